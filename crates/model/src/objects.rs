@@ -1,0 +1,772 @@
+//! The stored objects. Each carries the common fields `meta`, `revision`,
+//! `created_at` and `updated_at`; the last three are owned by the store and
+//! ignored when a client sends them.
+
+use crate::{Ipv4Cidr, JobId, Kind, MacAddr, MachineId, Name, Object, ParamName, TokenId, ValidationError};
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// Param values keyed by param name.
+pub type ParamValues = BTreeMap<ParamName, Value>;
+
+/// Declares an object struct with the common fields appended, and its
+/// [`Object`] impl.
+macro_rules! object {
+    (
+        $(#[$m:meta])*
+        pub struct $name:ident : $kind:ident, key = $key:ident {
+            $( $(#[$fm:meta])* pub $f:ident : $t:ty, )*
+        }
+    ) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $( $(#[$fm])* pub $f: $t, )*
+            /// Free-form string labels.
+            #[serde(default)]
+            pub meta: BTreeMap<String, String>,
+            /// Revision, incremented by the store on every write.
+            #[serde(default)]
+            pub revision: u64,
+            /// When the object was created (set by the store).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub created_at: Option<DateTime<Utc>>,
+            /// When the object was last written (set by the store).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub updated_at: Option<DateTime<Utc>>,
+        }
+
+        impl $name {
+            #[allow(dead_code)]
+            fn invalid(&self, field: &str, message: impl Into<String>) -> ValidationError {
+                ValidationError::field(Kind::$kind, self.key(), field, message)
+            }
+        }
+
+        impl Object for $name {
+            const KIND: Kind = Kind::$kind;
+            fn key(&self) -> String {
+                self.$key.to_string()
+            }
+            fn check(&self) -> Result<(), ValidationError> {
+                self.check_fields()
+            }
+        }
+    };
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_discovery() -> Name {
+    Name::known("discovery")
+}
+
+/// Processor architecture of a machine or bootenv variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// x86-64.
+    #[default]
+    Amd64,
+    /// 64-bit ARM.
+    Arm64,
+}
+
+object! {
+    /// A managed system, keyed by a stable UUID.
+    pub struct Machine : Machine, key = id {
+        /// Stable identity; assigned by the server when omitted.
+        #[serde(default = "MachineId::generate")]
+        pub id: MachineId,
+        /// Host name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// MAC addresses of the machine's NICs.
+        #[serde(default)]
+        pub macs: Vec<MacAddr>,
+        /// The machine's provisioning address, when known.
+        #[serde(default)]
+        pub address: Option<Ipv4Addr>,
+        /// Processor architecture.
+        #[serde(default)]
+        pub arch: Arch,
+        /// Boot environment the machine boots into next.
+        #[serde(default = "default_discovery")]
+        pub bootenv: Name,
+        /// Workflow the machine runs, if any.
+        #[serde(default)]
+        pub workflow: Option<Name>,
+        /// Current stage of the workflow.
+        #[serde(default)]
+        pub stage: Option<Name>,
+        /// Current job, if one is handed out.
+        #[serde(default)]
+        pub current_job: Option<JobId>,
+        /// Profiles applied in order (first wins).
+        #[serde(default)]
+        pub profiles: Vec<Name>,
+        /// Params set on the machine itself (highest precedence).
+        #[serde(default)]
+        pub params: ParamValues,
+        /// Whether the agent may run jobs.
+        #[serde(default = "default_true")]
+        pub runnable: bool,
+        /// A locked machine refuses changes from workflows.
+        #[serde(default)]
+        pub locked: bool,
+        /// Hardware inventory reported by the agent.
+        #[serde(default)]
+        pub inventory: Value,
+    }
+}
+
+impl Machine {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        for (i, a) in self.macs.iter().enumerate() {
+            if self.macs[..i].contains(a) {
+                return Err(self.invalid(&format!("macs[{i}]"), format!("duplicate MAC address {a}")));
+            }
+        }
+        if self.stage.is_some() && self.workflow.is_none() {
+            return Err(self.invalid("stage", "a stage is set but no workflow; set `workflow` too"));
+        }
+        Ok(())
+    }
+}
+
+/// Operating system metadata of a bootenv.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OsInfo {
+    /// e.g. `debian-12`.
+    #[serde(default)]
+    pub name: String,
+    /// e.g. `debian`, `redhat`.
+    #[serde(default)]
+    pub family: String,
+    /// e.g. `12`.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// An install source: an ISO or archive and its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallSource {
+    /// File name or URL of the ISO/archive.
+    pub file: String,
+    /// Expected SHA-256, lower-case hex.
+    pub sha256: String,
+}
+
+/// A template rendered for a machine and served at a path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRef {
+    /// Name of this entry within its owner.
+    pub name: String,
+    /// Name of a stored template.
+    #[serde(default)]
+    pub template: Option<Name>,
+    /// Inline template text (instead of `template`).
+    #[serde(default)]
+    pub contents: Option<String>,
+    /// Path the rendered file appears at (TFTP and HTTP), itself a template.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+fn check_template_refs(
+    list: &[TemplateRef],
+    err: impl Fn(String, String) -> ValidationError,
+) -> Result<(), ValidationError> {
+    for (i, t) in list.iter().enumerate() {
+        if t.template.is_some() == t.contents.is_some() {
+            return Err(err(
+                format!("templates[{i}]"),
+                "set exactly one of `template` (a stored template's name) or `contents`".into(),
+            ));
+        }
+        if list[..i].iter().any(|o| o.name == t.name) {
+            return Err(err(format!("templates[{i}].name"), format!("duplicate entry `{}`", t.name)));
+        }
+    }
+    Ok(())
+}
+
+object! {
+    /// How to boot an OS or image.
+    pub struct BootEnv : BootEnv, key = name {
+        /// Name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// OS metadata.
+        #[serde(default)]
+        pub os: OsInfo,
+        /// Kernel path relative to the file root.
+        #[serde(default)]
+        pub kernel: Option<String>,
+        /// Initrd paths relative to the file root.
+        #[serde(default)]
+        pub initrds: Vec<String>,
+        /// Kernel command line (a template).
+        #[serde(default)]
+        pub boot_args: String,
+        /// Architectures this bootenv supports.
+        #[serde(default)]
+        pub arches: Vec<Arch>,
+        /// Install source with checksum.
+        #[serde(default)]
+        pub source: Option<InstallSource>,
+        /// Files rendered per machine.
+        #[serde(default)]
+        pub templates: Vec<TemplateRef>,
+        /// Params a machine must have to boot this.
+        #[serde(default)]
+        pub required_params: Vec<ParamName>,
+        /// Params this bootenv reads when set.
+        #[serde(default)]
+        pub optional_params: Vec<ParamName>,
+    }
+}
+
+impl BootEnv {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        if let Some(src) = &self.source
+            && (src.sha256.len() != 64 || !src.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(self.invalid("source.sha256", format!("expected 64 hex digits, got `{}`", src.sha256)));
+        }
+        check_template_refs(&self.templates, |f, m| self.invalid(&f, m))
+    }
+}
+
+object! {
+    /// A named template text (Jinja syntax).
+    pub struct Template : Template, key = name {
+        /// Name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// The template text.
+        pub contents: String,
+    }
+}
+
+impl Template {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}
+
+object! {
+    /// A typed parameter definition.
+    pub struct Param : Param, key = name {
+        /// Name.
+        pub name: ParamName,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// Longer documentation (Markdown).
+        #[serde(default)]
+        pub documentation: String,
+        /// JSON Schema values must satisfy; its `default` is the last fallback.
+        #[serde(default = "empty_schema")]
+        pub schema: Value,
+        /// Secure values are encrypted at rest and redacted everywhere.
+        #[serde(default)]
+        pub secure: bool,
+    }
+}
+
+fn empty_schema() -> Value {
+    Value::Object(Default::default())
+}
+
+impl Param {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        if !self.schema.is_object() && !self.schema.is_boolean() {
+            return Err(self.invalid(
+                "schema",
+                format!("expected a JSON Schema (an object), got {}", crate::json_type_name(&self.schema)),
+            ));
+        }
+        if let Err(e) = jsonschema::meta::validate(&self.schema) {
+            let at = e.instance_path().to_string();
+            return Err(
+                self.invalid(&format!("schema{}", at.replace('/', ".")), format!("not a valid JSON Schema: {e}"))
+            );
+        }
+        let validator = jsonschema::validator_for(&self.schema)
+            .map_err(|e| self.invalid("schema", format!("not a usable JSON Schema: {e}")))?;
+        if let Some(default) = self.schema.get("default")
+            && let Some(e) = validator.iter_errors(default).next()
+        {
+            return Err(self.invalid("schema.default", format!("the default does not satisfy the schema: {e}")));
+        }
+        Ok(())
+    }
+
+    /// Checks `value` against this param's schema; the error says what was expected.
+    pub fn check_value(&self, value: &Value) -> Result<(), String> {
+        let validator = jsonschema::validator_for(&self.schema)
+            .map_err(|e| format!("param `{}` has an unusable schema: {e}", self.name))?;
+        let errors: Vec<String> = validator
+            .iter_errors(value)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() { e.to_string() } else { format!("at {at}: {e}") }
+            })
+            .collect();
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+}
+
+object! {
+    /// A named set of param values.
+    pub struct Profile : Profile, key = name {
+        /// Name. The profile `global` applies to every machine.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// Profiles included by this one, in order.
+        #[serde(default)]
+        pub profiles: Vec<Name>,
+        /// Param values.
+        #[serde(default)]
+        pub params: ParamValues,
+    }
+}
+
+impl Profile {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        if self.profiles.contains(&self.name) {
+            return Err(self.invalid("profiles", "a profile cannot include itself"));
+        }
+        Ok(())
+    }
+}
+
+object! {
+    /// Templates the agent executes on a machine.
+    pub struct Task : Task, key = name {
+        /// Name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// Scripts to run (no `path`) and files to write (with `path`), in order.
+        #[serde(default)]
+        pub templates: Vec<TemplateRef>,
+        /// Params a machine must have to run this task.
+        #[serde(default)]
+        pub required_params: Vec<ParamName>,
+        /// Params this task reads when set.
+        #[serde(default)]
+        pub optional_params: Vec<ParamName>,
+        /// Time limit of one run, in seconds.
+        #[serde(default = "default_task_timeout")]
+        pub timeout_secs: u32,
+        /// How many times a failed run is retried.
+        #[serde(default)]
+        pub retries: u32,
+    }
+}
+
+fn default_task_timeout() -> u32 {
+    3600
+}
+
+impl Task {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        if self.timeout_secs == 0 {
+            return Err(self.invalid("timeout_secs", "expected a positive number of seconds"));
+        }
+        check_template_refs(&self.templates, |f, m| self.invalid(&f, m))
+    }
+}
+
+object! {
+    /// An optional bootenv plus ordered tasks.
+    pub struct Stage : Stage, key = name {
+        /// Name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// Bootenv the machine switches to when entering this stage.
+        #[serde(default)]
+        pub bootenv: Option<Name>,
+        /// Tasks run in order.
+        #[serde(default)]
+        pub tasks: Vec<Name>,
+        /// Params in force during this stage.
+        #[serde(default)]
+        pub params: ParamValues,
+        /// Reboot after the stage's tasks finish.
+        #[serde(default)]
+        pub reboot: bool,
+    }
+}
+
+impl Stage {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}
+
+object! {
+    /// An ordered list of stages.
+    pub struct Workflow : Workflow, key = name {
+        /// Name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// Stages in order.
+        pub stages: Vec<Name>,
+        /// Params in force while the workflow runs.
+        #[serde(default)]
+        pub params: ParamValues,
+    }
+}
+
+impl Workflow {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        if self.stages.is_empty() {
+            return Err(self.invalid("stages", "expected at least one stage"));
+        }
+        Ok(())
+    }
+}
+
+/// Life cycle of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Handed out, not started.
+    #[default]
+    Created,
+    /// The agent is running it.
+    Running,
+    /// Exited 0.
+    Finished,
+    /// Exited non-zero or timed out.
+    Failed,
+    /// Interrupted (agent lost, server restarted mid-run).
+    Incomplete,
+}
+
+object! {
+    /// One execution of one task on one machine.
+    pub struct Job : Job, key = id {
+        /// Identity; assigned by the server when omitted.
+        #[serde(default = "JobId::generate")]
+        pub id: JobId,
+        /// Machine it runs on.
+        pub machine: MachineId,
+        /// Task it runs.
+        pub task: Name,
+        /// Stage it belongs to.
+        #[serde(default)]
+        pub stage: Option<Name>,
+        /// Workflow it belongs to.
+        #[serde(default)]
+        pub workflow: Option<Name>,
+        /// State.
+        #[serde(default)]
+        pub state: JobState,
+        /// Exit code once ended.
+        #[serde(default)]
+        pub exit_code: Option<i32>,
+        /// When it started running.
+        #[serde(default)]
+        pub started_at: Option<DateTime<Utc>>,
+        /// When it ended.
+        #[serde(default)]
+        pub ended_at: Option<DateTime<Utc>>,
+    }
+}
+
+impl Job {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        if let (Some(s), Some(e)) = (self.started_at, self.ended_at)
+            && e < s
+        {
+            return Err(self.invalid("ended_at", "ends before it started"));
+        }
+        Ok(())
+    }
+}
+
+/// A DHCP option value by code: exactly one of `text`, `hex` or `ipv4`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpOption {
+    /// Option code, 1..=254.
+    pub code: u8,
+    /// Value as text (ASCII bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Value as hex bytes, `01:02:0a` or `01020a`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hex: Option<String>,
+    /// Value as a list of IPv4 addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Vec<Ipv4Addr>>,
+}
+
+impl DhcpOption {
+    /// The option's value as bytes.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        match (&self.text, &self.hex, &self.ipv4) {
+            (Some(t), None, None) => Ok(t.as_bytes().to_vec()),
+            (None, Some(h), None) => {
+                let digits: String = h.chars().filter(|c| *c != ':').collect();
+                if digits.len() % 2 != 0 {
+                    return Err(format!("hex value `{h}` has an odd number of digits"));
+                }
+                (0..digits.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| format!("`{h}` is not hex")))
+                    .collect()
+            }
+            (None, None, Some(ips)) => Ok(ips.iter().flat_map(|ip| ip.octets()).collect()),
+            _ => Err("set exactly one of `text`, `hex` or `ipv4`".into()),
+        }
+    }
+}
+
+fn check_options(
+    options: &[DhcpOption],
+    err: impl Fn(String, String) -> ValidationError,
+) -> Result<(), ValidationError> {
+    for (i, o) in options.iter().enumerate() {
+        if o.code == 0 || o.code == 255 {
+            return Err(err(format!("options[{i}].code"), "expected an option code from 1 to 254".into()));
+        }
+        match o.bytes() {
+            Ok(b) if b.len() > 255 => return Err(err(format!("options[{i}]"), "value longer than 255 bytes".into())),
+            Ok(_) => {}
+            Err(m) => return Err(err(format!("options[{i}]"), m)),
+        }
+    }
+    Ok(())
+}
+
+fn default_lease_secs() -> u32 {
+    3600
+}
+
+object! {
+    /// A DHCP scope.
+    pub struct Subnet : Subnet, key = name {
+        /// Name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// The network, e.g. `10.0.0.0/24`.
+        pub cidr: Ipv4Cidr,
+        /// First address handed out.
+        pub range_start: Ipv4Addr,
+        /// Last address handed out.
+        pub range_end: Ipv4Addr,
+        /// Interface whose direct (non-relayed) requests this subnet answers.
+        #[serde(default)]
+        pub interface: Option<String>,
+        /// Whether the subnet answers at all.
+        #[serde(default = "default_true")]
+        pub enabled: bool,
+        /// Answer only machines with a reservation.
+        #[serde(default)]
+        pub only_reservations: bool,
+        /// Lease time in seconds.
+        #[serde(default = "default_lease_secs")]
+        pub lease_secs: u32,
+        /// Default gateway (option 3).
+        #[serde(default)]
+        pub router: Option<Ipv4Addr>,
+        /// DNS servers (option 6).
+        #[serde(default)]
+        pub dns_servers: Vec<Ipv4Addr>,
+        /// Domain name (option 15).
+        #[serde(default)]
+        pub domain_name: Option<String>,
+        /// NTP servers (option 42).
+        #[serde(default)]
+        pub ntp_servers: Vec<Ipv4Addr>,
+        /// Boot server address (siaddr); defaults to the server's own.
+        #[serde(default)]
+        pub next_server: Option<Ipv4Addr>,
+        /// Any further options by code.
+        #[serde(default)]
+        pub options: Vec<DhcpOption>,
+    }
+}
+
+impl Subnet {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        for (field, ip) in [("range_start", self.range_start), ("range_end", self.range_end)] {
+            if !self.cidr.contains(ip) {
+                return Err(self.invalid(field, format!("{ip} is outside {}", self.cidr)));
+            }
+        }
+        if u32::from(self.range_start) > u32::from(self.range_end) {
+            return Err(
+                self.invalid("range_end", format!("{} is before range_start {}", self.range_end, self.range_start))
+            );
+        }
+        if self.lease_secs < 60 {
+            return Err(self.invalid("lease_secs", format!("expected at least 60 seconds, got {}", self.lease_secs)));
+        }
+        if let Some(r) = self.router
+            && !self.cidr.contains(r)
+        {
+            return Err(self.invalid("router", format!("{r} is outside {}", self.cidr)));
+        }
+        check_options(&self.options, |f, m| self.invalid(&f, m))
+    }
+}
+
+object! {
+    /// A fixed address for a MAC.
+    pub struct Reservation : Reservation, key = mac {
+        /// Client MAC address.
+        pub mac: MacAddr,
+        /// Address always given to it.
+        pub address: Ipv4Addr,
+        /// Host name (option 12).
+        #[serde(default)]
+        pub hostname: Option<Name>,
+        /// Subnet it belongs to (found by address when omitted).
+        #[serde(default)]
+        pub subnet: Option<Name>,
+        /// Boot server override.
+        #[serde(default)]
+        pub next_server: Option<Ipv4Addr>,
+        /// Options overriding the subnet's.
+        #[serde(default)]
+        pub options: Vec<DhcpOption>,
+    }
+}
+
+impl Reservation {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        check_options(&self.options, |f, m| self.invalid(&f, m))
+    }
+}
+
+/// Life cycle of a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    /// Offered, waiting for REQUEST.
+    #[default]
+    Offered,
+    /// Acknowledged.
+    Bound,
+    /// Released by the client.
+    Released,
+    /// Declined by the client (address in use elsewhere).
+    Declined,
+    /// Ran out.
+    Expired,
+}
+
+object! {
+    /// A DHCP lease, persisted before the ACK leaves.
+    pub struct Lease : Lease, key = address {
+        /// Leased address.
+        pub address: Ipv4Addr,
+        /// Client MAC.
+        pub mac: MacAddr,
+        /// Client identifier (option 61), hex.
+        #[serde(default)]
+        pub client_id: Option<String>,
+        /// Subnet it came from.
+        pub subnet: Name,
+        /// State.
+        #[serde(default)]
+        pub state: LeaseState,
+        /// Expiry.
+        pub expires_at: DateTime<Utc>,
+        /// Host name the client sent.
+        #[serde(default)]
+        pub hostname: Option<String>,
+    }
+}
+
+impl Lease {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}
+
+object! {
+    /// A person or service that logs in.
+    pub struct User : User, key = name {
+        /// Login name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// Roles (see the security issue); `admin` has every claim.
+        #[serde(default)]
+        pub roles: Vec<Name>,
+        /// Write-only: a new password, hashed by the server and never stored or returned.
+        #[serde(default, skip_serializing)]
+        pub password: Option<String>,
+        /// Argon2 hash, managed by the server; never returned by the API.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub password_hash: Option<String>,
+    }
+}
+
+impl User {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        if let Some(p) = &self.password
+            && p.chars().count() < 8
+        {
+            return Err(self.invalid("password", "expected at least 8 characters"));
+        }
+        Ok(())
+    }
+}
+
+object! {
+    /// An API token. The secret is shown once, at creation; only its hash is kept.
+    pub struct Token : Token, key = id {
+        /// Public identity of the token.
+        pub id: TokenId,
+        /// User it acts for.
+        pub user: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// When it stops working.
+        pub expires_at: DateTime<Utc>,
+        /// SHA-256 of the secret, hex; never returned by the API.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub secret_hash: Option<String>,
+    }
+}
+
+impl Token {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}

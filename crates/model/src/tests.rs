@@ -1,0 +1,103 @@
+use super::*;
+use serde_json::json;
+
+#[test]
+fn machine_gets_defaults_and_a_generated_id() {
+    let (key, v) = normalize(Kind::Machine, json!({"name": "web-1", "macs": ["52:54:00:AA:bb:01"]})).unwrap();
+    assert_eq!(v["id"], key);
+    assert_eq!(v["bootenv"], "discovery");
+    assert_eq!(v["macs"][0], "52:54:00:aa:bb:01", "MACs are normalised to lower case");
+    assert_eq!(v["runnable"], true);
+}
+
+#[test]
+fn errors_name_the_object_the_field_and_what_was_expected() {
+    let e = normalize(Kind::Machine, json!({"name": "web-1", "macs": ["zz"]})).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("macs[0]"));
+    assert!(e.to_string().contains("expected a MAC address"), "{e}");
+
+    let e = normalize(Kind::Machine, json!({"name": 5})).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("name"));
+    assert!(e.message.contains("invalid type"), "{e}");
+
+    let e = normalize(Kind::Machine, json!({"name": "a", "colour": "red"})).unwrap_err();
+    assert!(e.message.contains("unknown field `colour`"), "{e}");
+
+    let e = normalize(Kind::Machine, json!([1])).unwrap_err();
+    assert!(e.message.contains("expected a JSON object"), "{e}");
+}
+
+#[test]
+fn names_are_checked() {
+    for bad in ["", "-x", "a b", "a/b", "../x", "x\u{0}"] {
+        assert!(bad.parse::<Name>().is_err(), "{bad:?} accepted");
+    }
+    for good in ["a", "web-1", "debian_12.4", "A9"] {
+        assert!(good.parse::<Name>().is_ok(), "{good:?} refused");
+    }
+    assert!("a".repeat(129).parse::<Name>().is_err());
+}
+
+#[test]
+fn subnet_range_must_lie_in_its_cidr() {
+    let base = json!({"name": "lab", "cidr": "10.0.0.0/24", "range_start": "10.0.0.10", "range_end": "10.0.0.200"});
+    assert!(normalize(Kind::Subnet, base.clone()).is_ok());
+    let mut bad = base.clone();
+    bad["range_end"] = json!("10.0.1.5");
+    assert_eq!(normalize(Kind::Subnet, bad).unwrap_err().field.as_deref(), Some("range_end"));
+    let mut bad = base.clone();
+    bad["cidr"] = json!("10.0.0.1/24");
+    let e = normalize(Kind::Subnet, bad).unwrap_err();
+    assert!(e.message.contains("host bits"), "{e}");
+    let mut bad = base;
+    bad["options"] = json!([{"code": 66, "text": "x", "hex": "01"}]);
+    assert!(normalize(Kind::Subnet, bad).unwrap_err().message.contains("exactly one"));
+}
+
+#[test]
+fn param_schema_must_be_a_valid_json_schema() {
+    assert!(
+        normalize(Kind::Param, json!({"name": "ntp", "schema": {"type": "array", "items": {"type": "string"}}}))
+            .is_ok()
+    );
+    let e = normalize(Kind::Param, json!({"name": "ntp", "schema": {"type": "strnig"}})).unwrap_err();
+    assert!(e.field.unwrap().starts_with("schema"));
+    let e = normalize(Kind::Param, json!({"name": "ntp", "schema": {"type": "integer", "default": "x"}})).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("schema.default"));
+    let e = normalize(Kind::Param, json!({"name": "ntp", "schema": 3})).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("schema"));
+}
+
+#[test]
+fn param_values_are_checked_against_the_schema() {
+    let p: Param = decode(json!({"name": "ntp", "schema": {"type": "array", "items": {"type": "string"}}})).unwrap();
+    assert!(p.check_value(&json!(["a"])).is_ok());
+    let e = p.check_value(&json!([1])).unwrap_err();
+    assert!(e.contains("/0"), "{e}");
+}
+
+#[test]
+fn merge_patch_follows_rfc_7396() {
+    let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+    merge_patch(&mut doc, &json!({"a": "z", "c": {"f": null}}));
+    assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}}));
+    merge_patch(&mut doc, &json!({"a": [1]}));
+    assert_eq!(doc["a"], json!([1]));
+}
+
+#[test]
+fn every_kind_round_trips_its_plural_and_has_a_schema() {
+    for k in Kind::ALL {
+        assert_eq!(Kind::from_plural(k.plural()), Some(k));
+        let s = schema_of(k);
+        assert!(s["properties"][k.key_field()].is_object(), "{k} lacks its key field in the schema");
+    }
+}
+
+#[test]
+fn user_password_is_write_only() {
+    let (_, v) = normalize(Kind::User, json!({"name": "ops", "password": "correct horse"})).unwrap();
+    assert!(v.get("password").is_none());
+    let e = normalize(Kind::User, json!({"name": "ops", "password": "short"})).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("password"));
+}

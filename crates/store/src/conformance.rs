@@ -1,0 +1,200 @@
+//! The conformance suite every [`Store`](crate::Store) backend must pass.
+//!
+//! A backend's tests call [`conformance_tests!`](crate::conformance_tests)
+//! with an expression that builds a fresh, empty store; the macro expands to
+//! one `#[tokio::test]` per check below, so failures name the behaviour.
+
+use crate::{Action, Expect, Filter, ListQuery, Store, StoreError, StoreExt, WriteOp};
+use plinth_model::Kind;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Expands to one test per conformance check, each on a fresh store built by `$make`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            create_then_get_returns_the_body_with_revision_and_timestamps,
+            create_refuses_a_taken_key,
+            stale_revision_is_a_conflict_and_changes_nothing,
+            delete_returns_the_object_and_frees_the_key,
+            batches_are_all_or_nothing,
+            list_pages_in_key_order,
+            filters_match_scalars_and_array_elements,
+            concurrent_creates_of_one_key_let_exactly_one_win,
+            changes_are_published_after_commit,
+            kinds_are_separate_namespaces,
+        );
+    };
+    (@each $make:expr; $($name:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store: std::sync::Arc<dyn $crate::Store> = $make;
+                $crate::conformance::$name(store).await;
+            }
+        )*
+    };
+}
+
+fn machine(name: &str) -> Value {
+    json!({"name": name, "bootenv": "discovery", "macs": []})
+}
+
+pub async fn create_then_get_returns_the_body_with_revision_and_timestamps(s: Arc<dyn Store>) {
+    let r = s.create(Kind::Machine, "m1", machine("a")).await.unwrap();
+    assert_eq!(r.revision, 1);
+    let got = s.get(Kind::Machine, "m1").await.unwrap().expect("stored");
+    assert_eq!(got.revision, 1);
+    assert_eq!(got.body["name"], "a");
+    assert_eq!(got.body["revision"], 1);
+    assert!(got.body["created_at"].is_string());
+    assert_eq!(got.body["created_at"], got.body["updated_at"]);
+    assert!(s.get(Kind::Machine, "missing").await.unwrap().is_none());
+}
+
+pub async fn create_refuses_a_taken_key(s: Arc<dyn Store>) {
+    s.create(Kind::Machine, "m1", machine("a")).await.unwrap();
+    let e = s.create(Kind::Machine, "m1", machine("b")).await.unwrap_err();
+    assert!(matches!(e, StoreError::Exists { .. }), "{e}");
+    assert_eq!(s.get(Kind::Machine, "m1").await.unwrap().unwrap().body["name"], "a");
+}
+
+pub async fn stale_revision_is_a_conflict_and_changes_nothing(s: Arc<dyn Store>) {
+    let r1 = s.create(Kind::Machine, "m1", machine("a")).await.unwrap();
+    let r2 = s.put(Kind::Machine, "m1", machine("b"), Expect::Revision(r1.revision)).await.unwrap();
+    assert_eq!(r2.revision, 2);
+    assert_eq!(r2.body["created_at"], r1.body["created_at"], "created_at is kept");
+    let e = s.put(Kind::Machine, "m1", machine("c"), Expect::Revision(1)).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { expected: 1, actual: 2, .. }), "{e}");
+    assert_eq!(s.get(Kind::Machine, "m1").await.unwrap().unwrap().body["name"], "b");
+    let e = s.put(Kind::Machine, "nope", machine("c"), Expect::Present).await.unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
+}
+
+pub async fn delete_returns_the_object_and_frees_the_key(s: Arc<dyn Store>) {
+    s.create(Kind::Machine, "m1", machine("a")).await.unwrap();
+    let e = s.delete(Kind::Machine, "m1", Expect::Revision(7)).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    let d = s.delete(Kind::Machine, "m1", Expect::Any).await.unwrap();
+    assert_eq!(d.body["name"], "a");
+    assert!(s.get(Kind::Machine, "m1").await.unwrap().is_none());
+    assert!(matches!(s.delete(Kind::Machine, "m1", Expect::Any).await, Err(StoreError::NotFound { .. })));
+    let again = s.create(Kind::Machine, "m1", machine("z")).await.unwrap();
+    assert_eq!(again.revision, 1, "a re-created object starts over");
+}
+
+pub async fn batches_are_all_or_nothing(s: Arc<dyn Store>) {
+    s.create(Kind::Machine, "taken", machine("t")).await.unwrap();
+    let ops = vec![
+        WriteOp::Put { kind: Kind::Machine, key: "new".into(), body: machine("n"), expect: Expect::Absent },
+        WriteOp::Delete { kind: Kind::Machine, key: "taken".into(), expect: Expect::Any },
+        WriteOp::Put { kind: Kind::Machine, key: "taken".into(), body: machine("t2"), expect: Expect::Revision(1) },
+    ];
+    let e = s.apply(ops).await.unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { .. }), "third op sees the second's delete: {e}");
+    assert!(s.get(Kind::Machine, "new").await.unwrap().is_none(), "first op rolled back");
+    assert!(s.get(Kind::Machine, "taken").await.unwrap().is_some(), "second op rolled back");
+
+    let ok = s
+        .apply(vec![
+            WriteOp::Put { kind: Kind::Machine, key: "a".into(), body: machine("a"), expect: Expect::Absent },
+            WriteOp::Put { kind: Kind::Machine, key: "a".into(), body: machine("a2"), expect: Expect::Revision(1) },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ok.len(), 2);
+    assert_eq!(ok[1].revision, 2);
+}
+
+pub async fn list_pages_in_key_order(s: Arc<dyn Store>) {
+    for i in (0..25).rev() {
+        s.create(Kind::Machine, &format!("m{i:02}"), machine(&format!("n{i}"))).await.unwrap();
+    }
+    let mut q = ListQuery { limit: 10, ..Default::default() };
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let page = s.list(Kind::Machine, &q).await.unwrap();
+        seen.extend(page.items.iter().map(|r| r.key.clone()));
+        match page.next {
+            Some(n) => q.after = Some(n),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..25).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(seen, want);
+    assert_eq!(s.list_all(Kind::Machine, vec![]).await.unwrap().len(), 25);
+}
+
+pub async fn filters_match_scalars_and_array_elements(s: Arc<dyn Store>) {
+    let bodies = [
+        (
+            "a",
+            json!({"bootenv": "discovery", "macs": ["52:54:00:00:00:01"], "runnable": true, "n": 1, "os": {"family": "debian"}}),
+        ),
+        (
+            "b",
+            json!({"bootenv": "local", "macs": ["52:54:00:00:00:02", "52:54:00:00:00:03"], "runnable": false, "n": 2, "os": {"family": "redhat"}}),
+        ),
+        ("c", json!({"bootenv": "local", "macs": [], "runnable": true, "n": 2, "workflow": null})),
+    ];
+    for (k, b) in bodies {
+        s.create(Kind::Machine, k, b).await.unwrap();
+    }
+    async fn keys_of(s: &Arc<dyn Store>, filters: Vec<(&str, Value)>) -> Vec<String> {
+        let filters = filters
+            .into_iter()
+            .map(|(p, v)| Filter { path: p.split('.').map(str::to_owned).collect(), value: v })
+            .collect();
+        s.list_all(Kind::Machine, filters).await.unwrap().into_iter().map(|r| r.key).collect()
+    }
+    let keys = |f| keys_of(&s, f);
+    assert_eq!(keys(vec![("bootenv", json!("local"))]).await, ["b", "c"]);
+    assert_eq!(keys(vec![("macs", json!("52:54:00:00:00:03"))]).await, ["b"]);
+    assert_eq!(keys(vec![("runnable", json!(true))]).await, ["a", "c"]);
+    assert_eq!(keys(vec![("n", json!(2)), ("runnable", json!(true))]).await, ["c"]);
+    assert_eq!(keys(vec![("os.family", json!("debian"))]).await, ["a"]);
+    assert_eq!(keys(vec![("workflow", Value::Null)]).await, ["a", "b", "c"], "missing and null both match null");
+    assert!(keys(vec![("bootenv", json!(1))]).await.is_empty(), "types are not coerced");
+    let bad = Filter { path: vec!["a'b".into()], value: json!(1) };
+    assert!(matches!(
+        s.list(Kind::Machine, &ListQuery { filters: vec![bad], after: None, limit: 5 }).await,
+        Err(StoreError::Query(_))
+    ));
+}
+
+pub async fn concurrent_creates_of_one_key_let_exactly_one_win(s: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { s.create(Kind::Lease, "10.0.0.5", json!({"mac": i})).await }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StoreError::Exists { .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(wins, 1);
+}
+
+pub async fn changes_are_published_after_commit(s: Arc<dyn Store>) {
+    let mut rx = s.subscribe();
+    s.create(Kind::Template, "t", json!({"contents": "x"})).await.unwrap();
+    let _ = s.create(Kind::Template, "t", json!({"contents": "y"})).await.unwrap_err();
+    s.delete(Kind::Template, "t", Expect::Any).await.unwrap();
+    let c1 = rx.recv().await.unwrap();
+    assert_eq!((c1.kind, c1.action, c1.key.as_str(), c1.revision), (Kind::Template, Action::Created, "t", 1));
+    let c2 = rx.recv().await.unwrap();
+    assert_eq!(c2.action, Action::Deleted, "the failed create published nothing");
+    assert_eq!(c2.object["contents"], "x");
+}
+
+pub async fn kinds_are_separate_namespaces(s: Arc<dyn Store>) {
+    s.create(Kind::Template, "same", json!({"contents": "t"})).await.unwrap();
+    s.create(Kind::BootEnv, "same", json!({"kernel": "k"})).await.unwrap();
+    assert_eq!(s.list_all(Kind::Template, vec![]).await.unwrap().len(), 1);
+    assert_eq!(s.get(Kind::BootEnv, "same").await.unwrap().unwrap().body["kernel"], "k");
+}

@@ -1,0 +1,196 @@
+//! Plinth's storage seam.
+//!
+//! The [`Store`] trait is the only way the server reads or writes state. It
+//! stores every object as a JSON document under `(kind, key)` with a
+//! revision, and applies batches of writes atomically with per-object
+//! preconditions, which is what optimistic concurrency, lease allocation and
+//! job hand-out are built on. Every committed change is published to
+//! subscribers (the event stream) after the commit, never before.
+//!
+//! The embedded backend is [`SqliteStore`]. A PostgreSQL backend will implement
+//! the same trait and must pass the same [`conformance`] suite.
+//!
+//! This crate never validates object shapes: callers pass bodies that went
+//! through `plinth_model::normalize`. It owns exactly three body fields:
+//! `revision`, `created_at` and `updated_at`.
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use plinth_model::Kind;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// A stored object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its key within the kind.
+    pub key: String,
+    /// Revision, starting at 1 and incremented by every write.
+    pub revision: u64,
+    /// The object, including `revision`, `created_at` and `updated_at`.
+    pub body: Value,
+}
+
+/// What a write expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Anything (create or overwrite).
+    Any,
+    /// Nothing: the key must be free.
+    Absent,
+    /// An object at any revision.
+    Present,
+    /// An object at exactly this revision.
+    Revision(u64),
+}
+
+/// One write in an atomic batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Create or replace an object.
+    Put { kind: Kind, key: String, body: Value, expect: Expect },
+    /// Delete an object.
+    Delete { kind: Kind, key: String, expect: Expect },
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl Action {
+    /// Lower-case name used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Deleted => "deleted",
+        }
+    }
+}
+
+/// A committed change, as published to subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub kind: Kind,
+    pub action: Action,
+    pub key: String,
+    /// The object's revision after the write (before it, for deletes).
+    pub revision: u64,
+    /// The object after the write (before it, for deletes).
+    pub object: Value,
+}
+
+/// An equality filter on a (possibly nested) field. An array field matches
+/// when any element equals the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    /// Field path, e.g. `["bootenv"]` or `["os", "family"]`.
+    pub path: Vec<String>,
+    /// A JSON scalar (string, number, boolean or null).
+    pub value: Value,
+}
+
+/// A page request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ListQuery {
+    /// All filters must match.
+    pub filters: Vec<Filter>,
+    /// Return keys strictly after this one (the `next` of the previous page).
+    pub after: Option<String>,
+    /// Page size; backends cap it at [`MAX_PAGE`].
+    pub limit: usize,
+}
+
+/// The largest page a backend returns.
+pub const MAX_PAGE: usize = 10_000;
+
+/// A page of results, ordered by key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub items: Vec<Record>,
+    /// Cursor of the next page, if there may be one.
+    pub next: Option<String>,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{kind} `{key}` not found")]
+    NotFound { kind: Kind, key: String },
+    #[error("{kind} `{key}` already exists")]
+    Exists { kind: Kind, key: String },
+    #[error("{kind} `{key}` is at revision {actual}, not {expected}: reload it and retry")]
+    Conflict { kind: Kind, key: String, expected: u64, actual: u64 },
+    #[error("invalid query: {0}")]
+    Query(String),
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// The storage seam. Implementations are cheap to share (`Arc<dyn Store>`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one object.
+    async fn get(&self, kind: Kind, key: &str) -> Result<Option<Record>, StoreError>;
+
+    /// Lists objects of a kind in key order.
+    async fn list(&self, kind: Kind, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Applies all writes or none. Returns the changes, in order; they are
+    /// durable when this returns and are then published to subscribers.
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<Change>, StoreError>;
+
+    /// Subscribes to committed changes.
+    fn subscribe(&self) -> broadcast::Receiver<Change>;
+}
+
+/// Convenience calls on any store.
+#[async_trait]
+pub trait StoreExt: Store {
+    /// Creates an object; fails with [`StoreError::Exists`] if the key is taken.
+    async fn create(&self, kind: Kind, key: &str, body: Value) -> Result<Record, StoreError> {
+        self.put(kind, key, body, Expect::Absent).await
+    }
+
+    /// Writes one object under a precondition.
+    async fn put(&self, kind: Kind, key: &str, body: Value, expect: Expect) -> Result<Record, StoreError> {
+        let mut changes = self.apply(vec![WriteOp::Put { kind, key: key.to_owned(), body, expect }]).await?;
+        let c = changes.pop().ok_or_else(|| StoreError::Backend("write returned no change".into()))?;
+        Ok(Record { kind, key: c.key, revision: c.revision, body: c.object })
+    }
+
+    /// Deletes one object under a precondition and returns what was deleted.
+    async fn delete(&self, kind: Kind, key: &str, expect: Expect) -> Result<Record, StoreError> {
+        let mut changes = self.apply(vec![WriteOp::Delete { kind, key: key.to_owned(), expect }]).await?;
+        let c = changes.pop().ok_or_else(|| StoreError::Backend("delete returned no change".into()))?;
+        Ok(Record { kind, key: c.key, revision: c.revision, body: c.object })
+    }
+
+    /// Lists every object of a kind matching `filters`, page by page.
+    async fn list_all(&self, kind: Kind, filters: Vec<Filter>) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::new();
+        let mut query = ListQuery { filters, after: None, limit: MAX_PAGE };
+        loop {
+            let page = self.list(kind, &query).await?;
+            out.extend(page.items);
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+impl<S: Store + ?Sized> StoreExt for S {}

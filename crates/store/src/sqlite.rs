@@ -1,0 +1,322 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous=FULL`,
+//! so a write is on disk before `apply` returns and survives `kill -9` and
+//! power loss. One writer connection (SQLite serialises writers anyway) and a
+//! few reader connections that read concurrently with it. Calls run on
+//! tokio's blocking pool so the async runtime never waits on disk.
+
+use crate::{Action, Change, Expect, Filter, ListQuery, MAX_PAGE, Page, Record, Store, StoreError, WriteOp};
+use async_trait::async_trait;
+use plinth_model::Kind;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many have run. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &["CREATE TABLE objects (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+    ) WITHOUT ROWID;"];
+
+const READERS: usize = 3;
+
+/// The embedded SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    events: broadcast::Sender<Change>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending
+    /// migrations.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut writer =
+            Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(backend)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!("{} cannot use WAL mode (got {mode})", path.display())));
+        }
+        configure(&writer).map_err(backend)?;
+        migrate(&mut writer)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let c = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(backend)?;
+                configure(&c).map_err(backend)?;
+                Ok(Mutex::new(c))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(SqliteStore {
+            inner: Arc::new(Inner { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0), events }),
+        })
+    }
+
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let conn = inner.readers[i].lock().map_err(|_| StoreError::Backend("reader lock poisoned".into()))?;
+            f(&conn)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(backend)?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database is at schema version {version}, newer than this Plinth ({}); upgrade Plinth",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql).map_err(|e| StoreError::Backend(format!("migration {}: {e}", i + 1)))?;
+        tracing::info!(version = i + 1, "applied store migration");
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len()).map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
+fn parse_body(kind: Kind, key: &str, text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("{kind} `{key}` has a corrupt body: {e}")))
+}
+
+/// SQLite JSON path for a field path; segments are restricted so the path
+/// cannot be misread (it is bound as a parameter anyway).
+fn json_path(path: &[String]) -> Result<String, StoreError> {
+    if path.is_empty() {
+        return Err(StoreError::Query("empty field path".into()));
+    }
+    let mut out = String::from("$");
+    for seg in path {
+        if seg.is_empty() || !seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(StoreError::Query(format!("bad field name `{}`", seg.escape_debug())));
+        }
+        out.push_str(".\"");
+        out.push_str(seg);
+        out.push('"');
+    }
+    Ok(out)
+}
+
+/// Appends the SQL condition for one filter to `sql`, binding into `args`.
+fn filter_sql(f: &Filter, sql: &mut String, args: &mut Vec<SqlValue>) -> Result<(), StoreError> {
+    args.push(SqlValue::Text(json_path(&f.path)?));
+    let p = args.len();
+    let cond = match &f.value {
+        Value::Null => {
+            sql.push_str(&format!(" AND (json_type(body, ?{p}) IS NULL OR json_type(body, ?{p}) = 'null')"));
+            return Ok(());
+        }
+        Value::Bool(true) => "je.type = 'true'".to_owned(),
+        Value::Bool(false) => "je.type = 'false'".to_owned(),
+        Value::String(s) => {
+            args.push(SqlValue::Text(s.clone()));
+            format!("je.type = 'text' AND je.atom = ?{}", args.len())
+        }
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                args.push(SqlValue::Integer(i));
+            } else {
+                args.push(SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)));
+            }
+            format!("je.type IN ('integer', 'real') AND je.atom = ?{}", args.len())
+        }
+        Value::Array(_) | Value::Object(_) => return Err(StoreError::Query("a filter value must be a scalar".into())),
+    };
+    // json_each over a scalar yields the scalar itself; over an array, its
+    // elements: so one condition covers "equals" and "contains".
+    sql.push_str(&format!(
+        " AND json_type(body, ?{p}) IS NOT 'object' AND EXISTS (SELECT 1 FROM json_each(objects.body, ?{p}) je WHERE {cond})"
+    ));
+    Ok(())
+}
+
+fn check_expect(kind: Kind, key: &str, expect: Expect, current: Option<u64>) -> Result<(), StoreError> {
+    let not_found = || StoreError::NotFound { kind, key: key.to_owned() };
+    match (expect, current) {
+        (Expect::Any, _) => Ok(()),
+        (Expect::Absent, None) => Ok(()),
+        (Expect::Absent, Some(_)) => Err(StoreError::Exists { kind, key: key.to_owned() }),
+        (Expect::Present, Some(_)) => Ok(()),
+        (Expect::Present | Expect::Revision(_), None) => Err(not_found()),
+        (Expect::Revision(want), Some(have)) if want == have => Ok(()),
+        (Expect::Revision(want), Some(have)) => {
+            Err(StoreError::Conflict { kind, key: key.to_owned(), expected: want, actual: have })
+        }
+    }
+}
+
+fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>) -> Result<Vec<Change>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+    let now = serde_json::to_value(plinth_model::now()).map_err(backend)?;
+    let now_text = now.as_str().unwrap_or_default().to_owned();
+    let mut changes = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            WriteOp::Put { kind, key, mut body, expect } => {
+                let current: Option<(u64, String)> = tx
+                    .query_row(
+                        "SELECT revision, created_at FROM objects WHERE kind = ?1 AND key = ?2",
+                        params![kind.plural(), key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                check_expect(kind, &key, expect, current.as_ref().map(|c| c.0))?;
+                let Some(map) = body.as_object_mut() else {
+                    return Err(StoreError::Query(format!("{kind} `{key}`: body is not a JSON object")));
+                };
+                let revision = current.as_ref().map_or(1, |c| c.0 + 1);
+                let created = current.map_or_else(|| now_text.clone(), |c| c.1);
+                map.insert("revision".into(), Value::from(revision));
+                map.insert("created_at".into(), Value::String(created.clone()));
+                map.insert("updated_at".into(), now.clone());
+                let text = serde_json::to_string(&body).map_err(backend)?;
+                tx.execute(
+                    "INSERT INTO objects (kind, key, revision, created_at, updated_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (kind, key) DO UPDATE SET revision = excluded.revision,
+                        updated_at = excluded.updated_at, body = excluded.body",
+                    params![kind.plural(), key, revision, created, now_text, text],
+                )
+                .map_err(backend)?;
+                let action = if revision == 1 { Action::Created } else { Action::Updated };
+                changes.push(Change { kind, action, key, revision, object: body });
+            }
+            WriteOp::Delete { kind, key, expect } => {
+                let current: Option<(u64, String)> = tx
+                    .query_row(
+                        "SELECT revision, body FROM objects WHERE kind = ?1 AND key = ?2",
+                        params![kind.plural(), key],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                let Some((revision, text)) = current else {
+                    return Err(StoreError::NotFound { kind, key });
+                };
+                check_expect(kind, &key, expect, Some(revision))?;
+                let object = parse_body(kind, &key, &text)?;
+                tx.execute("DELETE FROM objects WHERE kind = ?1 AND key = ?2", params![kind.plural(), key])
+                    .map_err(backend)?;
+                changes.push(Change { kind, action: Action::Deleted, key, revision, object });
+            }
+        }
+    }
+    tx.commit().map_err(backend)?;
+    Ok(changes)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, kind: Kind, key: &str) -> Result<Option<Record>, StoreError> {
+        let key = key.to_owned();
+        self.with_reader(move |conn| {
+            let row: Option<(u64, String)> = conn
+                .prepare_cached("SELECT revision, body FROM objects WHERE kind = ?1 AND key = ?2")
+                .map_err(backend)?
+                .query_row(params![kind.plural(), key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(backend)?;
+            row.map(|(revision, text)| Ok(Record { kind, body: parse_body(kind, &key, &text)?, key, revision }))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list(&self, kind: Kind, query: &ListQuery) -> Result<Page, StoreError> {
+        let limit = query.limit.clamp(1, MAX_PAGE);
+        let mut sql = String::from("SELECT key, revision, body FROM objects WHERE kind = ?1");
+        let mut args = vec![SqlValue::Text(kind.plural().to_owned())];
+        if let Some(after) = &query.after {
+            args.push(SqlValue::Text(after.clone()));
+            sql.push_str(&format!(" AND key > ?{}", args.len()));
+        }
+        for f in &query.filters {
+            filter_sql(f, &mut sql, &mut args)?;
+        }
+        sql.push_str(&format!(" ORDER BY key LIMIT {}", limit + 1));
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?, r.get::<_, String>(2)?))
+                })
+                .map_err(backend)?;
+            let mut items = Vec::new();
+            for row in rows {
+                let (key, revision, text) = row.map_err(backend)?;
+                items.push(Record { kind, body: parse_body(kind, &key, &text)?, key, revision });
+            }
+            let next = if items.len() > limit {
+                items.truncate(limit);
+                items.last().map(|r| r.key.clone())
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<Change>, StoreError> {
+        let inner = self.inner.clone();
+        let changes = tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
+            apply_sync(&mut conn, ops)
+        })
+        .await
+        .map_err(backend)??;
+        for c in &changes {
+            // No subscribers is fine: nobody is watching.
+            let _ = self.inner.events.send(c.clone());
+        }
+        Ok(changes)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.events.subscribe()
+    }
+}

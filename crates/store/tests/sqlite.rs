@@ -1,0 +1,40 @@
+//! The conformance suite on the embedded SQLite backend, plus what only a
+//! file-backed store can show: reopening keeps everything.
+
+use plinth_model::Kind;
+use plinth_store::{SqliteStore, Store, StoreExt};
+use serde_json::json;
+use std::sync::Arc;
+
+fn fresh() -> Arc<dyn Store> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Arc::new(SqliteStore::open(&dir.join("plinth.db")).unwrap())
+}
+
+plinth_store::conformance_tests!(fresh());
+
+#[tokio::test]
+async fn reopening_keeps_objects_and_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db").join("plinth.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.create(Kind::Template, "t", json!({"contents": "x"})).await.unwrap();
+        s.put(Kind::Template, "t", json!({"contents": "y"}), plinth_store::Expect::Revision(1)).await.unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let r = s.get(Kind::Template, "t").await.unwrap().unwrap();
+    assert_eq!((r.revision, r.body["contents"].as_str()), (2, Some("y")));
+}
+
+#[tokio::test]
+async fn refuses_a_database_from_a_newer_plinth() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plinth.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let e = SqliteStore::open(&path).err().expect("refused");
+    assert!(e.to_string().contains("newer than this Plinth"), "{e}");
+}
