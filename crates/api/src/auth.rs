@@ -1,0 +1,245 @@
+//! Users, passwords and bearer tokens.
+//!
+//! A token is `plt_<id>.<secret>`: the id finds the stored [`Token`], whose
+//! `secret_hash` (SHA-256) must match the secret. Only the hash is stored, so
+//! a copy of the database does not hand out working tokens.
+
+use crate::{ApiError, AppState};
+use argon2::Argon2;
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use plinth_model::{Kind, Name, Token, TokenId, User};
+use plinth_store::{Store, StoreError, StoreExt};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::time::Duration;
+
+/// Longest lifetime a token may ask for.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Who is calling, attached to every authenticated request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The user.
+    pub user: Name,
+    /// The token used.
+    pub token: TokenId,
+}
+
+/// Hashes a password with Argon2id and a random salt.
+pub fn hash_password(password: &str) -> Result<String, ApiError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("password hashing failed: {e}")))
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+fn random_secret(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    OsRng.fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Failure to prepare the store for first use.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Api(#[from] ApiError),
+}
+
+/// Creates what a fresh store needs: the `admin` user and the `global`
+/// profile. The admin password is `PLINTH_ADMIN_PASSWORD` when given, else
+/// random and written to `<data_dir>/initial-admin-password` (mode 0600).
+pub async fn bootstrap(
+    store: &dyn Store,
+    data_dir: &Path,
+    admin_password: Option<String>,
+) -> Result<(), BootstrapError> {
+    if store.get(Kind::Profile, "global").await?.is_none() {
+        let body = json!({"name": "global", "description": "Params for every machine (built in)."});
+        let (key, body) = plinth_model::normalize(Kind::Profile, body).map_err(ApiError::from)?;
+        match store.create(Kind::Profile, &key, body).await {
+            Ok(_) | Err(StoreError::Exists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if store.get(Kind::User, "admin").await?.is_some() {
+        return Ok(());
+    }
+    let (password, from_env) = match admin_password {
+        Some(p) if !p.is_empty() => (p, true),
+        _ => (random_secret(18), false),
+    };
+    let hash = hash_password(&password)?;
+    let body =
+        json!({"name": "admin", "description": "Created on first start.", "roles": ["admin"], "password_hash": hash});
+    let (key, body) = plinth_model::normalize(Kind::User, body).map_err(ApiError::from)?;
+    store.create(Kind::User, &key, body).await?;
+    if from_env {
+        tracing::info!("created user `admin` with the password from PLINTH_ADMIN_PASSWORD");
+    } else {
+        let path = data_dir.join("initial-admin-password");
+        write_secret_file(&path, &format!("{password}\n"))
+            .map_err(|e| BootstrapError::Io(format!("cannot write {}: {e}", path.display())))?;
+        tracing::info!(path = %path.display(), "created user `admin`; its password is in this file (mode 0600)");
+    }
+    Ok(())
+}
+
+/// Writes a file readable only by its owner.
+pub(crate) fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    description: String,
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Result<(String, String), ApiError> {
+    let unauthorized = || ApiError::Unauthorized("send HTTP basic credentials (username and password)".into());
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+    let encoded = value.strip_prefix("Basic ").ok_or_else(unauthorized)?;
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| unauthorized())?;
+    let text = String::from_utf8(decoded).map_err(|_| unauthorized())?;
+    let (user, pass) = text.split_once(':').ok_or_else(unauthorized)?;
+    Ok((user.to_owned(), pass.to_owned()))
+}
+
+/// `POST /api/v1/auth/token`: HTTP basic credentials in, a bearer token out.
+pub async fn mint_token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let (username, password) = basic_credentials(&headers)?;
+    let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("token request body: {e}")))?
+    };
+    let ttl = req.ttl_secs.map_or(state.default_token_ttl, Duration::from_secs);
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::field("ttl_secs", format!("expected 1 to {} seconds", MAX_TOKEN_TTL.as_secs())));
+    }
+    let user = match username.parse::<Name>() {
+        Ok(n) => state.store.get(Kind::User, n.as_str()).await?,
+        Err(_) => None,
+    };
+    let hash = user.as_ref().and_then(|u| u.body.get("password_hash")).and_then(|h| h.as_str()).map(str::to_owned);
+    // Verify even for unknown users so timing does not reveal which exist.
+    let ok = tokio::task::spawn_blocking(move || match hash {
+        Some(h) => verify_password(&h, &password),
+        None => {
+            static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+            let dummy = DUMMY.get_or_init(|| hash_password("not a real password").unwrap_or_default());
+            let _ = verify_password(dummy, &password);
+            false
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if !ok {
+        tracing::warn!(user = %username.escape_debug(), "failed login");
+        return Err(ApiError::Unauthorized("wrong username or password".into()));
+    }
+    let id = TokenId::generate();
+    let secret = random_secret(32);
+    let expires_at =
+        plinth_model::now() + chrono::Duration::from_std(ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let token = Token {
+        id,
+        user: username.parse().map_err(ApiError::BadRequest)?,
+        description: req.description,
+        expires_at,
+        secret_hash: Some(sha256_hex(&secret)),
+        meta: Default::default(),
+        revision: 0,
+        created_at: None,
+        updated_at: None,
+    };
+    let body = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.store.create(Kind::Token, &id.to_string(), body).await?;
+    let out = json!({"token": format!("plt_{id}.{secret}"), "id": id, "user": token.user, "expires_at": expires_at});
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+/// Middleware: a valid, unexpired bearer token of an existing user, or 401.
+pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    let principal = authenticate(&state, req.headers()).await?;
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}
+
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let missing = || {
+        ApiError::Unauthorized("missing bearer token; get one with POST /api/v1/auth/token or `plinth login`".into())
+    };
+    let invalid = || ApiError::Unauthorized("invalid, expired or revoked token".into());
+    let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(missing)?;
+    let token = value.strip_prefix("Bearer ").ok_or_else(missing)?.trim();
+    let (id, secret) = token.strip_prefix("plt_").and_then(|t| t.split_once('.')).ok_or_else(invalid)?;
+    let id: TokenId = id.parse().map_err(|_| invalid())?;
+    let record = state.store.get(Kind::Token, &id.to_string()).await?.ok_or_else(invalid)?;
+    let stored: Token = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let want = stored.secret_hash.as_deref().unwrap_or_default();
+    if !constant_time_eq(want.as_bytes(), sha256_hex(secret).as_bytes()) || stored.expires_at <= plinth_model::now() {
+        return Err(invalid());
+    }
+    let user = state.store.get(Kind::User, stored.user.as_str()).await?.ok_or_else(invalid)?;
+    let _: User = plinth_model::decode(user.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Principal { user: stored.user, token: id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_only_against_their_hash() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "correct horse"));
+        assert!(!verify_password(&h, "correct horsE"));
+        assert!(!verify_password("not a hash", "x"));
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_inputs() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

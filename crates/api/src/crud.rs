@@ -1,0 +1,410 @@
+//! Generic CRUD over every kind: list, show, create, replace, merge-patch,
+//! delete. Bodies are validated by `plinth_model::normalize`, then by the
+//! checks that need the store (param values against their schemas), then
+//! written with a revision precondition so no update is ever lost.
+
+use crate::auth::{Principal, hash_password};
+use crate::{ApiError, AppState, MAX_BODY};
+use axum::body::Body;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use plinth_model::{Kind, Param};
+use plinth_store::{Expect, Filter, ListQuery, Record, StoreExt, WriteOp};
+use serde_json::{Value, json};
+
+/// Default page size of list calls.
+pub const DEFAULT_PAGE: usize = 100;
+
+/// Fields the store and server own; a client may send them back unchanged
+/// (they are ignored) but never set server-only secrets.
+const SERVER_ONLY: &[(Kind, &str)] = &[(Kind::User, "password_hash"), (Kind::Token, "secret_hash")];
+
+pub(crate) fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
+    Kind::from_plural(kind).ok_or_else(|| {
+        let all: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        ApiError::NotFound(format!("unknown kind `{}`; kinds are: {}", kind.escape_debug(), all.join(", ")))
+    })
+}
+
+/// Removes server-only fields before an object leaves the server.
+pub(crate) fn redact(kind: Kind, body: &mut Value) {
+    if let Value::Object(map) = body {
+        for (k, field) in SERVER_ONLY {
+            if *k == kind {
+                map.remove(*field);
+            }
+        }
+    }
+}
+
+fn etag(revision: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn object_response(status: StatusCode, record: Record) -> Response {
+    let mut body = record.body;
+    redact(record.kind, &mut body);
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut().insert(header::ETAG, etag(record.revision));
+    if status == StatusCode::CREATED
+        && let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/{}/{}", record.kind.plural(), record.key))
+    {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp
+}
+
+/// Parses `If-Match`: `"3"`, `W/"3"`, `3` or `*`.
+fn if_match(headers: &HeaderMap) -> Result<Option<Expect>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let s = v.to_str().map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?.trim();
+    if s == "*" {
+        return Ok(Some(Expect::Present));
+    }
+    let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
+    s.parse::<u64>().map(|r| Some(Expect::Revision(r))).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "If-Match must be an ETag from a previous response (a revision like \"3\"), got `{s}`"
+        ))
+    })
+}
+
+async fn read_json(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        if !ct.contains("json") {
+            return Err(ApiError::UnsupportedMediaType(format!("expected a JSON body (application/json), got `{ct}`")));
+        }
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::TooLarge(MAX_BODY))?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest("the request needs a JSON body".into()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))
+}
+
+fn check_writable(kind: Kind) -> Result<(), ApiError> {
+    if kind.writable_via_api() { Ok(()) } else { Err(ApiError::MethodNotAllowed) }
+}
+
+/// Rejects client attempts to set server-only fields.
+fn refuse_server_only(kind: Kind, body: &Value) -> Result<(), ApiError> {
+    for (k, field) in SERVER_ONLY {
+        if *k == kind && body.get(*field).is_some() {
+            return Err(ApiError::field(*field, format!("{kind}: field `{field}` is managed by the server")));
+        }
+    }
+    Ok(())
+}
+
+/// Validates a body and applies the checks that need the store. `previous`
+/// is the stored object being replaced, if any.
+async fn prepare(
+    state: &AppState,
+    kind: Kind,
+    body: Value,
+    previous: Option<&Value>,
+) -> Result<(String, Value), ApiError> {
+    refuse_server_only(kind, &body)?;
+    let password =
+        (kind == Kind::User).then(|| body.get("password").and_then(Value::as_str).map(str::to_owned)).flatten();
+    let (key, mut value) = plinth_model::normalize(kind, body)?;
+    check_param_values(state, kind, &key, &value).await?;
+    if kind == Kind::User {
+        let hash = match password {
+            Some(pw) => Some(
+                tokio::task::spawn_blocking(move || hash_password(&pw))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))??,
+            ),
+            None => previous.and_then(|p| p.get("password_hash")).and_then(Value::as_str).map(str::to_owned),
+        };
+        if let (Some(h), Value::Object(map)) = (hash, &mut value) {
+            map.insert("password_hash".into(), Value::String(h));
+        }
+    }
+    Ok((key, value))
+}
+
+/// Every param value in `params` must belong to a defined param and satisfy
+/// its schema.
+async fn check_param_values(state: &AppState, kind: Kind, key: &str, body: &Value) -> Result<(), ApiError> {
+    if !matches!(kind, Kind::Machine | Kind::Profile | Kind::Stage | Kind::Workflow) {
+        return Ok(());
+    }
+    let Some(Value::Object(params)) = body.get("params") else { return Ok(()) };
+    for (name, value) in params {
+        let field = format!("params.{name}");
+        let Some(record) = state.store.get(Kind::Param, name).await? else {
+            return Err(ApiError::field(
+                field,
+                format!(
+                    "{kind} `{key}`: param `{name}` is not defined; define it first (POST /api/v1/params) so its values can be typed"
+                ),
+            ));
+        };
+        let param: Param = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+        if let Err(why) = param.check_value(value) {
+            return Err(ApiError::field(field, format!("param `{name}` on {kind} `{key}`: {why}")));
+        }
+    }
+    Ok(())
+}
+
+/// Splits a list call's query into paging and field filters, typing each
+/// filter value by the field's schema.
+fn list_query(state_schema: &Value, kind: Kind, pairs: Vec<(String, String)>) -> Result<ListQuery, ApiError> {
+    let mut q = ListQuery { limit: DEFAULT_PAGE, ..Default::default() };
+    let props = state_schema.get("properties").and_then(Value::as_object);
+    for (name, raw) in pairs {
+        match name.as_str() {
+            "limit" => {
+                q.limit = raw.parse::<usize>().ok().filter(|l| (1..=plinth_store::MAX_PAGE).contains(l)).ok_or_else(
+                    || ApiError::BadRequest(format!("limit must be 1 to {}, got `{raw}`", plinth_store::MAX_PAGE)),
+                )?;
+            }
+            "after" => q.after = Some(raw),
+            field => {
+                let path: Vec<String> = field.split('.').map(str::to_owned).collect();
+                let top = props.and_then(|p| p.get(&path[0]));
+                let Some(prop) = top else {
+                    let known: Vec<&str> = props.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+                    return Err(ApiError::Invalid {
+                        detail: format!(
+                            "{kind} have no field `{}` to filter on; fields are: {}",
+                            path[0].escape_debug(),
+                            known.join(", ")
+                        ),
+                        field: Some(field.to_owned()),
+                    });
+                };
+                let types = if path.len() == 1 { schema_types(state_schema, prop) } else { Vec::new() };
+                q.filters.push(Filter { path, value: typed_value(&types, &raw) });
+            }
+        }
+    }
+    Ok(q)
+}
+
+/// JSON types a property may take, following `$ref`, `anyOf`/`oneOf` and array items.
+fn schema_types(root: &Value, prop: &Value) -> Vec<String> {
+    fn walk(root: &Value, s: &Value, out: &mut Vec<String>, depth: u8) {
+        if depth > 8 {
+            return;
+        }
+        if let Some(r) = s.get("$ref").and_then(Value::as_str)
+            && let Some(name) = r.strip_prefix("#/$defs/")
+            && let Some(def) = root.get("$defs").and_then(|d| d.get(name))
+        {
+            walk(root, def, out, depth + 1);
+        }
+        match s.get("type") {
+            Some(Value::String(t)) => out.push(t.clone()),
+            Some(Value::Array(ts)) => out.extend(ts.iter().filter_map(Value::as_str).map(str::to_owned)),
+            _ => {}
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(Value::Array(alts)) = s.get(key) {
+                for a in alts {
+                    walk(root, a, out, depth + 1);
+                }
+            }
+        }
+        if let Some(items) = s.get("items") {
+            walk(root, items, out, depth + 1);
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, prop, &mut out, 0);
+    out
+}
+
+fn typed_value(types: &[String], raw: &str) -> Value {
+    let has = |t: &str| types.iter().any(|x| x == t);
+    if raw == "null" && has("null") {
+        return Value::Null;
+    }
+    if has("boolean")
+        && let Ok(b) = raw.parse::<bool>()
+    {
+        return Value::Bool(b);
+    }
+    if has("integer")
+        && let Ok(i) = raw.parse::<i64>()
+    {
+        return json!(i);
+    }
+    if has("number")
+        && let Ok(f) = raw.parse::<f64>()
+    {
+        return json!(f);
+    }
+    Value::String(raw.to_owned())
+}
+
+/// `GET /api/v1/{kind}`.
+pub async fn list(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let schema = plinth_model::schema_of(kind);
+    let query = list_query(&schema, kind, pairs)?;
+    let page = state.store.list(kind, &query).await?;
+    let items: Vec<Value> = page
+        .items
+        .into_iter()
+        .map(|r| {
+            let mut b = r.body;
+            redact(kind, &mut b);
+            b
+        })
+        .collect();
+    Ok(axum::Json(json!({"items": items, "next": page.next})).into_response())
+}
+
+/// `GET /api/v1/{kind}/{key}`.
+pub async fn show(
+    State(state): State<AppState>,
+    Path((kind, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let record = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
+    Ok(object_response(StatusCode::OK, record))
+}
+
+fn not_found(kind: Kind, key: &str) -> ApiError {
+    ApiError::NotFound(format!("{kind} `{}` not found", key.escape_debug()))
+}
+
+/// `POST /api/v1/{kind}`.
+pub async fn create(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    check_writable(kind)?;
+    let body = read_json(&headers, body).await?;
+    let (key, value) = prepare(&state, kind, body, None).await?;
+    let record = state.store.create(kind, &key, value).await?;
+    Ok(object_response(StatusCode::CREATED, record))
+}
+
+/// Puts the key from the URL into a body that lacks it, and refuses a body
+/// whose key disagrees with the URL.
+fn key_from_path(kind: Kind, key: &str, body: &mut Value) -> Result<(), ApiError> {
+    let field = kind.key_field();
+    let Value::Object(map) = body else {
+        return Err(ApiError::BadRequest(format!("{kind}: expected a JSON object")));
+    };
+    match map.get(field) {
+        None => {
+            map.insert(field.into(), Value::String(key.to_owned()));
+            Ok(())
+        }
+        Some(Value::String(k)) if k == key => Ok(()),
+        Some(other) => Err(ApiError::field(
+            field,
+            format!(
+                "{kind} `{key}`: the body's `{field}` ({other}) does not match the URL; the key of an object cannot change"
+            ),
+        )),
+    }
+}
+
+/// The precondition a write uses: the client's `If-Match`, else the revision
+/// we read, so a concurrent writer is never silently overwritten.
+fn precondition(client: Option<Expect>, read: &Record) -> Result<Expect, ApiError> {
+    match client {
+        Some(Expect::Revision(r)) if r != read.revision => Err(ApiError::PreconditionFailed(format!(
+            "{} `{}` is at revision {}, not {r}: reload it and retry",
+            read.kind, read.key, read.revision
+        ))),
+        _ => Ok(Expect::Revision(read.revision)),
+    }
+}
+
+/// `PUT /api/v1/{kind}/{key}`: replaces an existing object.
+pub async fn replace(
+    State(state): State<AppState>,
+    Path((kind, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    check_writable(kind)?;
+    let expect = if_match(&headers)?;
+    let mut body = read_json(&headers, body).await?;
+    key_from_path(kind, &key, &mut body)?;
+    let current = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
+    let expect = precondition(expect, &current)?;
+    let (_, value) = prepare(&state, kind, body, Some(&current.body)).await?;
+    let record = state.store.put(kind, &key, value, expect).await?;
+    Ok(object_response(StatusCode::OK, record))
+}
+
+/// `PATCH /api/v1/{kind}/{key}`: applies a JSON merge patch (RFC 7396).
+pub async fn patch(
+    State(state): State<AppState>,
+    Path((kind, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    check_writable(kind)?;
+    let expect = if_match(&headers)?;
+    let patch = read_json(&headers, body).await?;
+    if !patch.is_object() {
+        return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
+    }
+    refuse_server_only(kind, &patch)?;
+    let current = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
+    let expect = precondition(expect, &current)?;
+    let mut merged = current.body.clone();
+    for (_, field) in SERVER_ONLY.iter().filter(|(k, _)| *k == kind) {
+        if let Value::Object(m) = &mut merged {
+            m.remove(*field);
+        }
+    }
+    plinth_model::merge_patch(&mut merged, &patch);
+    key_from_path(kind, &key, &mut merged)?;
+    let (_, value) = prepare(&state, kind, merged, Some(&current.body)).await?;
+    let record = state.store.put(kind, &key, value, expect).await?;
+    Ok(object_response(StatusCode::OK, record))
+}
+
+/// `DELETE /api/v1/{kind}/{key}`. Deleting a user revokes its tokens in the
+/// same transaction.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((kind, key)): Path<(String, String)>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let expect = if_match(&headers)?.unwrap_or(Expect::Any);
+    if kind == Kind::Profile && key == "global" {
+        return Err(ApiError::Conflict(
+            "the `global` profile is built in and cannot be deleted; clear its params instead".into(),
+        ));
+    }
+    if kind == Kind::User && key == principal.user.as_str() {
+        return Err(ApiError::Conflict("you cannot delete the user you are logged in as".into()));
+    }
+    let mut ops = vec![WriteOp::Delete { kind, key: key.clone(), expect }];
+    if kind == Kind::User {
+        let filter = Filter { path: vec!["user".into()], value: Value::String(key.clone()) };
+        for t in state.store.list_all(Kind::Token, vec![filter]).await? {
+            ops.push(WriteOp::Delete { kind: Kind::Token, key: t.key, expect: Expect::Any });
+        }
+    }
+    let changes = state.store.apply(ops).await?;
+    let first = changes.into_iter().next().ok_or_else(|| ApiError::Internal("delete returned no change".into()))?;
+    let mut body = first.object;
+    redact(kind, &mut body);
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
+}

@@ -1,0 +1,84 @@
+//! Plinth's REST API.
+//!
+//! Owns the HTTPS listener (`--api-addr`), authentication (users, passwords,
+//! bearer tokens), the generic CRUD routes at `/api/v1/<kind>`, the server-sent
+//! event stream and the OpenAPI document. It validates every body with
+//! `plinth_model` before anything reaches the store, and it redacts
+//! server-only fields (password and token hashes) from every response and
+//! event.
+//!
+//! It must never serve boot files: those belong to the plain-HTTP boot server.
+#![forbid(unsafe_code)]
+
+mod auth;
+mod crud;
+mod error;
+mod events;
+mod openapi;
+pub mod tls;
+
+pub use auth::{BootstrapError, Principal, bootstrap, hash_password};
+pub use error::ApiError;
+
+use axum::Router;
+use axum::routing::{get, post};
+use plinth_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body the API reads.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Lifetime of tokens minted without an explicit `ttl_secs`.
+    pub default_token_ttl: Duration,
+}
+
+/// The API's router, with authentication applied to every route but
+/// `POST /api/v1/auth/token`.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/api/v1/openapi.json", get(openapi::document))
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/events", get(events::stream))
+        .route("/api/v1/{kind}", get(crud::list).post(crud::create))
+        .route("/api/v1/{kind}/{key}", get(crud::show).put(crud::replace).patch(crud::patch).delete(crud::delete))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/api/v1/auth/token", post(auth::mint_token))
+        .merge(protected)
+        .fallback(|| async { ApiError::NotFound("no such route; see /api/v1/openapi.json".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+}
+
+async fn info() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"name": "plinth", "version": env!("CARGO_PKG_VERSION"), "api": "v1"}))
+}
+
+/// Serves the API over TLS on `listener` until `shutdown` resolves, then
+/// drains connections for up to ten seconds.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    listener.set_nonblocking(true)?;
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    axum_server::from_tcp_rustls(listener, config)
+        .handle(handle)
+        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .await
+}

@@ -1,0 +1,202 @@
+//! The OpenAPI 3.1 document, generated from the kind list and each kind's
+//! JSON Schema so it cannot drift from what the server accepts.
+
+use crate::AppState;
+use axum::Json;
+use axum::extract::State;
+use plinth_model::Kind;
+use serde_json::{Map, Value, json};
+
+/// Rewrites `#/$defs/X` references to `#/components/schemas/X`.
+fn rewrite_refs(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/$defs/")
+            {
+                *r = format!("#/components/schemas/{name}");
+            }
+            map.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+fn error_responses(codes: &[&str]) -> Map<String, Value> {
+    codes.iter().map(|c| (c.to_string(), json!({"$ref": format!("#/components/responses/{c}")}))).collect()
+}
+
+fn type_name(kind: Kind) -> String {
+    let p = kind.plural();
+    let singular = p.strip_suffix('s').unwrap_or(p);
+    let mut c = singular.chars();
+    c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+}
+
+/// Builds the document.
+pub fn build() -> Value {
+    let mut schemas = Map::new();
+    let mut paths = Map::new();
+    for kind in Kind::ALL {
+        let name = type_name(kind);
+        let mut schema = plinth_model::schema_of(kind);
+        if let Some(Value::Object(defs)) = schema.as_object_mut().and_then(|m| m.remove("$defs")) {
+            for (k, mut v) in defs {
+                rewrite_refs(&mut v);
+                schemas.insert(k, v);
+            }
+        }
+        if let Value::Object(m) = &mut schema {
+            m.remove("$schema");
+        }
+        rewrite_refs(&mut schema);
+        schemas.insert(name.clone(), schema);
+        let obj_ref = json!({"$ref": format!("#/components/schemas/{name}")});
+        let plural = kind.plural();
+        let key_param = json!({"name": "key", "in": "path", "required": true, "schema": {"type": "string"},
+            "description": format!("the object's `{}`", kind.key_field())});
+        let if_match = json!({"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"},
+            "description": "ETag (revision) the write expects; 412 when stale"});
+        let ok_obj = json!({"description": "the object; ETag carries its revision",
+            "content": {"application/json": {"schema": obj_ref}}});
+        let body = json!({"required": true, "content": {"application/json": {"schema": obj_ref}}});
+        let mut list_resp = error_responses(&["400", "401"]);
+        list_resp.insert(
+            "200".into(),
+            json!({"description": "a page of objects in key order",
+            "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "items": {"type": "array", "items": obj_ref}, "next": {"type": ["string", "null"]}}}}}}),
+        );
+        let mut collection = json!({
+            "get": {"operationId": format!("list_{plural}"), "tags": [plural], "summary": format!("List {plural}"),
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": plinth_store::MAX_PAGE, "default": crate::crud::DEFAULT_PAGE}},
+                    {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "`next` of the previous page"},
+                    {"name": "filters", "in": "query", "style": "form", "explode": true,
+                     "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                     "description": "any other parameter is an equality filter on that field, e.g. `?bootenv=discovery`; array fields match an element"}],
+                "responses": list_resp}
+        });
+        let mut item = json!({
+            "parameters": [key_param],
+            "get": {"operationId": format!("get_{plural}"), "tags": [plural], "summary": format!("Get one of {plural}"),
+                "responses": merge(json!({"200": ok_obj}), error_responses(&["401", "404"]))},
+            "delete": {"operationId": format!("delete_{plural}"), "tags": [plural], "summary": format!("Delete one of {plural}"),
+                "parameters": [if_match],
+                "responses": merge(json!({"200": {"description": "the deleted object", "content": {"application/json": {"schema": obj_ref}}}}),
+                    error_responses(&["401", "404", "409", "412"]))}
+        });
+        if kind.writable_via_api() {
+            collection["post"] = json!({"operationId": format!("create_{plural}"), "tags": [plural], "summary": format!("Create one of {plural}"),
+                "requestBody": body,
+                "responses": merge(json!({"201": ok_obj}), error_responses(&["400", "401", "409", "413", "415"]))});
+            item["put"] = json!({"operationId": format!("replace_{plural}"), "tags": [plural], "summary": format!("Replace one of {plural}"),
+                "parameters": [if_match], "requestBody": body,
+                "responses": merge(json!({"200": ok_obj}), error_responses(&["400", "401", "404", "412", "413", "415"]))});
+            item["patch"] = json!({"operationId": format!("patch_{plural}"), "tags": [plural], "summary": format!("Merge-patch one of {plural} (RFC 7396)"),
+                "parameters": [if_match],
+                "requestBody": {"required": true, "content": {"application/merge-patch+json": {"schema": {"type": "object"}}, "application/json": {"schema": {"type": "object"}}}},
+                "responses": merge(json!({"200": ok_obj}), error_responses(&["400", "401", "404", "412", "413", "415"]))});
+        }
+        paths.insert(format!("/api/v1/{plural}"), collection);
+        paths.insert(format!("/api/v1/{plural}/{{key}}"), item);
+    }
+    paths.insert("/api/v1/auth/token".into(), json!({"post": {
+        "operationId": "create_token", "tags": ["auth"], "summary": "Exchange a username and password for a bearer token",
+        "security": [{"basic": []}],
+        "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "ttl_secs": {"type": "integer", "minimum": 1, "maximum": crate::auth::MAX_TOKEN_TTL.as_secs()}, "description": {"type": "string"}}}}}},
+        "responses": merge(json!({"201": {"description": "the token (shown once)", "content": {"application/json": {"schema": {"type": "object",
+            "properties": {"token": {"type": "string"}, "id": {"type": "string"}, "user": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}}}}}}}),
+            error_responses(&["400", "401"]))}}));
+    paths.insert("/api/v1/events".into(), json!({"get": {
+        "operationId": "events", "tags": ["events"], "summary": "Server-sent events of committed changes",
+        "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string"}, "description": "comma-separated kinds"},
+                       {"name": "key", "in": "query", "schema": {"type": "string"}}],
+        "responses": merge(json!({"200": {"description": "`change` events {kind, action, key, revision, object}; `lagged` when events were missed",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}}}}), error_responses(&["400", "401"]))}}));
+    paths.insert("/api/v1/info".into(), json!({"get": {"operationId": "info", "tags": ["meta"], "summary": "Server name and version",
+        "responses": merge(json!({"200": {"description": "version", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401"]))}}));
+    paths.insert("/api/v1/openapi.json".into(), json!({"get": {"operationId": "openapi", "tags": ["meta"], "summary": "This document",
+        "responses": merge(json!({"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401"]))}}));
+    schemas.insert(
+        "Error".into(),
+        json!({"type": "object", "required": ["error", "detail"], "properties": {
+        "error": {"type": "string", "description": "machine-readable code"},
+        "detail": {"type": "string", "description": "what was wrong and what to do"},
+        "field": {"type": "string", "description": "the offending field, when one is to blame"}}}),
+    );
+    let responses: Map<String, Value> = [
+        ("400", "invalid request: bad JSON, wrong types, unknown fields, failed validation"),
+        ("401", "missing, invalid or expired credentials"),
+        ("404", "no such object or kind"),
+        ("409", "the key is taken, or the object cannot be deleted"),
+        ("412", "If-Match names a stale revision"),
+        ("413", "body too large"),
+        ("415", "body is not JSON"),
+    ]
+    .into_iter()
+    .map(|(c, d)| (c.to_owned(), json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})))
+    .collect();
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Plinth API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Provisioning for bare metal and cloud machines. Every route needs a bearer token except POST /api/v1/auth/token."},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "basic": {"type": "http", "scheme": "basic"}
+            }
+        }
+    })
+}
+
+fn merge(mut a: Value, b: Map<String, Value>) -> Value {
+    if let Value::Object(m) = &mut a {
+        m.extend(b);
+    }
+    a
+}
+
+/// `GET /api/v1/openapi.json`.
+pub async fn document(State(_): State<AppState>) -> Json<Value> {
+    Json(build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_paths_and_every_ref_resolves() {
+        let doc = build();
+        for k in Kind::ALL {
+            assert!(doc["paths"][format!("/api/v1/{}", k.plural())]["get"].is_object());
+            assert!(doc["paths"][format!("/api/v1/{}/{{key}}", k.plural())]["delete"].is_object());
+        }
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        for r in all {
+            let path = r.strip_prefix("#/").expect("local ref");
+            let target = path.split('/').fold(&doc, |v, seg| &v[seg]);
+            assert!(!target.is_null(), "dangling {r}");
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! Plinth's command-line client.
+//!
+//! `plinth <kind> list|show|create|update|patch|delete` for every kind,
+//! `plinth login`, `plinth logout`, `plinth events` and `plinth completions`.
+//! It talks to the API only; it never opens the store. The endpoint, token
+//! and CA certificate come from flags, then `PLINTH_ENDPOINT` /
+//! `PLINTH_TOKEN` / `PLINTH_CA_CERT`, then the file `plinth login` wrote.
+#![forbid(unsafe_code)]
+
+mod client;
+pub mod config;
+pub mod output;
+
+pub use client::{Client, ClientError, Reply};
+
+use clap::{Arg, ArgAction, ArgMatches, Command, value_parser};
+use output::Format;
+use plinth_model::Kind;
+use reqwest::Method;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+/// Adds the global client flags and every client subcommand to `cmd`.
+pub fn augment(cmd: Command) -> Command {
+    let mut cmd = cmd
+        .arg(
+            Arg::new("endpoint")
+                .long("endpoint")
+                .global(true)
+                .env("PLINTH_ENDPOINT")
+                .help("API endpoint, e.g. https://127.0.0.1:8092"),
+        )
+        .arg(
+            Arg::new("token").long("token").global(true).env("PLINTH_TOKEN").hide_env_values(true).help("Bearer token"),
+        )
+        .arg(
+            Arg::new("ca-cert")
+                .long("ca-cert")
+                .global(true)
+                .env("PLINTH_CA_CERT")
+                .value_parser(value_parser!(PathBuf))
+                .help("CA certificate to trust (the server's <data-dir>/tls/ca.pem)"),
+        )
+        .arg(
+            Arg::new("output")
+                .short('o')
+                .long("output")
+                .global(true)
+                .value_parser(["table", "json", "yaml"])
+                .default_value("table")
+                .help("Output format"),
+        )
+        .subcommand(
+            Command::new("login")
+                .about("Get a token with a username and password and save it to the config file")
+                .arg(Arg::new("username").long("username").short('u').default_value("admin"))
+                .arg(
+                    Arg::new("password-file")
+                        .long("password-file")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("Read the password from this file"),
+                )
+                .arg(
+                    Arg::new("password-stdin")
+                        .long("password-stdin")
+                        .action(ArgAction::SetTrue)
+                        .help("Read the password from standard input"),
+                )
+                .arg(Arg::new("ttl").long("ttl").value_parser(value_parser!(u64)).help("Token lifetime in seconds")),
+        )
+        .subcommand(Command::new("logout").about("Revoke the saved token and forget it"))
+        .subcommand(
+            Command::new("events")
+                .about("Follow the event stream, one JSON object per line")
+                .arg(Arg::new("kind").long("kind").help("Comma-separated kinds"))
+                .arg(Arg::new("key").long("key"))
+                .arg(
+                    Arg::new("count")
+                        .long("count")
+                        .value_parser(value_parser!(u64))
+                        .help("Stop after this many events"),
+                ),
+        )
+        .subcommand(
+            Command::new("completions")
+                .about("Print a shell completion script")
+                .arg(Arg::new("shell").required(true).value_parser(value_parser!(clap_complete::Shell))),
+        );
+    for kind in Kind::ALL {
+        cmd = cmd.subcommand(kind_command(kind));
+    }
+    cmd
+}
+
+fn body_args(cmd: Command) -> Command {
+    cmd.arg(
+        Arg::new("file")
+            .short('f')
+            .long("file")
+            .value_parser(value_parser!(PathBuf))
+            .help("JSON or YAML file with the object (`-` for standard input)"),
+    )
+    .arg(Arg::new("data").long("data").short('d').conflicts_with("file").help("The object as inline JSON"))
+}
+
+fn if_match_arg() -> Arg {
+    Arg::new("if-match")
+        .long("if-match")
+        .value_parser(value_parser!(u64))
+        .help("Fail unless the object is at this revision")
+}
+
+fn kind_command(kind: Kind) -> Command {
+    let key = || Arg::new("key").required(true).help(format!("The object's `{}`", kind.key_field()));
+    let mut cmd = Command::new(kind.plural())
+        .about(format!("Manage {}", kind.plural()))
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(
+            Command::new("list")
+                .about(format!("List {}", kind.plural()))
+                .arg(
+                    Arg::new("filter")
+                        .long("filter")
+                        .short('F')
+                        .action(ArgAction::Append)
+                        .help("FIELD=VALUE equality filter (repeatable), e.g. bootenv=discovery"),
+                )
+                .arg(
+                    Arg::new("limit")
+                        .long("limit")
+                        .value_parser(value_parser!(usize))
+                        .help("At most this many objects"),
+                ),
+        )
+        .subcommand(Command::new("show").about("Show one object").arg(key()))
+        .subcommand(
+            Command::new("delete")
+                .visible_alias(if kind == Kind::Token { "revoke" } else { "rm" })
+                .about("Delete one object")
+                .arg(key())
+                .arg(if_match_arg()),
+        );
+    if kind.writable_via_api() {
+        cmd = cmd
+            .subcommand(body_args(Command::new("create").about("Create an object")))
+            .subcommand(body_args(Command::new("update").about("Replace an object").arg(key()).arg(if_match_arg())))
+            .subcommand(body_args(
+                Command::new("patch").about("Merge-patch an object (RFC 7396)").arg(key()).arg(if_match_arg()),
+            ));
+    }
+    cmd
+}
+
+fn read_body(m: &ArgMatches) -> Result<Value, ClientError> {
+    let (text, source) = if let Some(d) = m.get_one::<String>("data") {
+        (d.clone(), "--data".to_owned())
+    } else if let Some(p) = m.get_one::<PathBuf>("file") {
+        if p.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map_err(|e| ClientError::Input(format!("standard input: {e}")))?;
+            (s, "standard input".to_owned())
+        } else {
+            let s = std::fs::read_to_string(p).map_err(|e| ClientError::Input(format!("{}: {e}", p.display())))?;
+            (s, p.display().to_string())
+        }
+    } else {
+        return Err(ClientError::Input("give the object with -f FILE (JSON or YAML) or --data JSON".into()));
+    };
+    match serde_json::from_str(&text) {
+        Ok(v) => Ok(v),
+        Err(json_err) => serde_yaml::from_str::<Value>(&text)
+            .map_err(|_| ClientError::Input(format!("{source} is neither JSON nor YAML: {json_err}"))),
+    }
+}
+
+fn client(global: &ArgMatches, cfg: &config::Config, need_token: bool) -> Result<Client, ClientError> {
+    let endpoint = global.get_one::<String>("endpoint").cloned().or_else(|| cfg.endpoint.clone()).ok_or_else(|| {
+        ClientError::Input(
+            "no endpoint: pass --endpoint, set PLINTH_ENDPOINT, or run `plinth login --endpoint URL`".into(),
+        )
+    })?;
+    let token = global.get_one::<String>("token").cloned().or_else(|| cfg.token.clone());
+    if need_token && token.is_none() {
+        return Err(ClientError::Input("not logged in: run `plinth login`, or pass --token / set PLINTH_TOKEN".into()));
+    }
+    let ca = global.get_one::<PathBuf>("ca-cert").cloned().or_else(|| cfg.ca_cert.clone());
+    Client::new(&endpoint, token, ca.as_deref())
+}
+
+fn encode_key(key: &str) -> String {
+    key.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Whether `name` is a subcommand this crate handles.
+pub fn handles(name: &str) -> bool {
+    matches!(name, "login" | "logout" | "events" | "completions") || Kind::from_plural(name).is_some()
+}
+
+/// Runs a client subcommand; `root` is the whole command (for completions).
+/// Returns the process exit code.
+pub async fn run(name: &str, sub: &ArgMatches, global: &ArgMatches, root: &mut Command) -> u8 {
+    let format = Format::parse(global.get_one::<String>("output").map(String::as_str).unwrap_or("table"));
+    match run_inner(name, sub, global, root, format).await {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(out.as_bytes());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn run_inner(
+    name: &str,
+    sub: &ArgMatches,
+    global: &ArgMatches,
+    root: &mut Command,
+    format: Format,
+) -> Result<String, ClientError> {
+    let cfg = config::load()?;
+    match name {
+        "completions" => {
+            let shell = *sub
+                .get_one::<clap_complete::Shell>("shell")
+                .ok_or_else(|| ClientError::Input("which shell?".into()))?;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, root, "plinth", &mut buf);
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        "login" => login(sub, global, cfg).await,
+        "logout" => {
+            let c = client(global, &cfg, true)?;
+            let token = global.get_one::<String>("token").cloned().or_else(|| cfg.token.clone()).unwrap_or_default();
+            if let Some(id) = token.strip_prefix("plt_").and_then(|t| t.split_once('.')).map(|(id, _)| id.to_owned()) {
+                c.call(Method::DELETE, &format!("/api/v1/tokens/{}", encode_key(&id)), None, None).await?;
+            }
+            let mut cfg = cfg;
+            cfg.token = None;
+            config::save(&cfg)?;
+            Ok("logged out\n".into())
+        }
+        "events" => {
+            let c = client(global, &cfg, true)?;
+            let mut q = Vec::new();
+            if let Some(k) = sub.get_one::<String>("kind") {
+                q.push(format!("kind={}", encode_key(k)));
+            }
+            if let Some(k) = sub.get_one::<String>("key") {
+                q.push(format!("key={}", encode_key(k)));
+            }
+            let query = if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) };
+            follow_events(&c, &query, sub.get_one::<u64>("count").copied()).await
+        }
+        plural => {
+            let kind =
+                Kind::from_plural(plural).ok_or_else(|| ClientError::Input(format!("unknown command `{plural}`")))?;
+            let c = client(global, &cfg, true)?;
+            let (action, m) = sub.subcommand().ok_or_else(|| ClientError::Input("which action?".into()))?;
+            object_command(&c, kind, action, m, format).await
+        }
+    }
+}
+
+async fn login(sub: &ArgMatches, global: &ArgMatches, mut cfg: config::Config) -> Result<String, ClientError> {
+    let username = sub.get_one::<String>("username").cloned().unwrap_or_else(|| "admin".into());
+    let password = if let Some(p) = sub.get_one::<PathBuf>("password-file") {
+        std::fs::read_to_string(p).map_err(|e| ClientError::Input(format!("{}: {e}", p.display())))?
+    } else if sub.get_flag("password-stdin") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| ClientError::Input(format!("standard input: {e}")))?;
+        s
+    } else if let Ok(p) = std::env::var("PLINTH_PASSWORD") {
+        p
+    } else {
+        return Err(ClientError::Input(
+            "give the password with --password-file FILE, --password-stdin or PLINTH_PASSWORD".into(),
+        ));
+    };
+    let password = password.trim_end_matches(['\n', '\r']);
+    if let Some(ca) = global.get_one::<PathBuf>("ca-cert") {
+        cfg.ca_cert = Some(std::path::absolute(ca).map_err(|e| ClientError::Input(format!("{}: {e}", ca.display())))?);
+    }
+    if let Some(e) = global.get_one::<String>("endpoint") {
+        cfg.endpoint = Some(e.clone());
+    }
+    cfg.token = None;
+    let c = client(global, &cfg, false)?;
+    let reply = c.login(&username, password, sub.get_one::<u64>("ttl").copied()).await?;
+    let token = reply
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ClientError::Input("the server sent no token".into()))?;
+    cfg.token = Some(token.to_owned());
+    cfg.endpoint = Some(c.endpoint().to_owned());
+    let path = config::save(&cfg)?;
+    let expires = reply.get("expires_at").and_then(Value::as_str).unwrap_or("?");
+    Ok(format!("logged in to {} as {username}; token saved to {} (expires {expires})\n", c.endpoint(), path.display()))
+}
+
+async fn follow_events(c: &Client, query: &str, count: Option<u64>) -> Result<String, ClientError> {
+    use futures_util::StreamExt;
+    let resp = c.events(query).await?;
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut seen = 0u64;
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ClientError::Connect { endpoint: c.endpoint().into(), message: e.to_string() })?;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(pos) = buf.find('\n') {
+            let line: String = buf.drain(..=pos).collect();
+            if let Some(data) = line.trim_end().strip_prefix("data:") {
+                let _ = writeln!(stdout, "{}", data.trim_start());
+                let _ = stdout.flush();
+                seen += 1;
+                if count.is_some_and(|n| seen >= n) {
+                    return Ok(String::new());
+                }
+            }
+        }
+    }
+    Ok(String::new())
+}
+
+async fn object_command(
+    c: &Client,
+    kind: Kind,
+    action: &str,
+    m: &ArgMatches,
+    format: Format,
+) -> Result<String, ClientError> {
+    let base = format!("/api/v1/{}", kind.plural());
+    let key_path = || m.get_one::<String>("key").map(|k| format!("{base}/{}", encode_key(k))).unwrap_or_default();
+    let if_match = || m.try_get_one::<u64>("if-match").ok().flatten().copied();
+    match action {
+        "list" => {
+            let mut params: Vec<String> = Vec::new();
+            for f in m.get_many::<String>("filter").into_iter().flatten() {
+                let (k, v) =
+                    f.split_once('=').ok_or_else(|| ClientError::Input(format!("filter `{f}` is not FIELD=VALUE")))?;
+                params.push(format!("{}={}", encode_key(k), encode_key(v)));
+            }
+            let want = m.get_one::<usize>("limit").copied();
+            let mut items = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = want.map_or(1000, |w| (w - items.len()).clamp(1, 1000));
+                let mut q = params.clone();
+                q.push(format!("limit={page}"));
+                if let Some(a) = &after {
+                    q.push(format!("after={}", encode_key(a)));
+                }
+                let reply = c.call(Method::GET, &format!("{base}?{}", q.join("&")), None, None).await?;
+                if let Some(Value::Array(batch)) = reply.body.get("items") {
+                    items.extend(batch.iter().cloned());
+                }
+                after = reply.body.get("next").and_then(Value::as_str).map(str::to_owned);
+                if after.is_none() || want.is_some_and(|w| items.len() >= w) {
+                    break;
+                }
+            }
+            Ok(output::list(kind, &items, format))
+        }
+        "show" => Ok(output::one(&c.call(Method::GET, &key_path(), None, None).await?.body, format)),
+        "create" => Ok(output::one(&c.call(Method::POST, &base, Some(&read_body(m)?), None).await?.body, format)),
+        "update" => {
+            Ok(output::one(&c.call(Method::PUT, &key_path(), Some(&read_body(m)?), if_match()).await?.body, format))
+        }
+        "patch" => {
+            Ok(output::one(&c.call(Method::PATCH, &key_path(), Some(&read_body(m)?), if_match()).await?.body, format))
+        }
+        "delete" => {
+            c.call(Method::DELETE, &key_path(), None, if_match()).await?;
+            Ok(format!(
+                "deleted {} {}\n",
+                kind.plural(),
+                m.get_one::<String>("key").map(String::as_str).unwrap_or_default()
+            ))
+        }
+        other => Err(ClientError::Input(format!("unknown action `{other}`"))),
+    }
+}

@@ -1,0 +1,102 @@
+//! The `plinth` binary: `plinth serve` runs the server; every other
+//! subcommand is the CLI client (see the `plinth-cli` crate).
+#![forbid(unsafe_code)]
+
+mod serve;
+
+use clap::{Arg, ArgAction, Command, value_parser};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn command() -> Command {
+    let serve = Command::new("serve")
+        .about("Run the Plinth server on its embedded store")
+        .arg(
+            Arg::new("data-dir")
+                .long("data-dir")
+                .env("PLINTH_DATA_DIR")
+                .default_value("./plinth-data")
+                .value_parser(value_parser!(PathBuf))
+                .help("Where the store, TLS material and files live"),
+        )
+        .arg(Arg::new("api-addr").long("api-addr").default_value("0.0.0.0:8092").help("HTTPS API listen address"))
+        .arg(
+            Arg::new("tls-cert")
+                .long("tls-cert")
+                .requires("tls-key")
+                .value_parser(value_parser!(PathBuf))
+                .help("PEM certificate chain instead of the local CA's"),
+        )
+        .arg(
+            Arg::new("tls-key")
+                .long("tls-key")
+                .requires("tls-cert")
+                .value_parser(value_parser!(PathBuf))
+                .help("PEM private key for --tls-cert"),
+        )
+        .arg(
+            Arg::new("tls-san")
+                .long("tls-san")
+                .action(ArgAction::Append)
+                .help("Extra DNS name or IP for the generated certificate (repeatable)"),
+        )
+        .arg(
+            Arg::new("token-ttl")
+                .long("token-ttl")
+                .default_value("86400")
+                .value_parser(value_parser!(u64).range(60..=2_592_000))
+                .help("Default token lifetime, seconds"),
+        )
+        .arg(
+            Arg::new("log-format")
+                .long("log-format")
+                .default_value("text")
+                .value_parser(["text", "json"])
+                .help("Log format"),
+        );
+    let root = Command::new("plinth")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Provisioning for bare metal and cloud machines")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(serve);
+    plinth_cli::augment(root)
+}
+
+fn main() -> ExitCode {
+    let mut root = command();
+    let matches = match root.try_get_matches_from_mut(std::env::args_os()) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let Some((name, sub)) = matches.subcommand() else { return ExitCode::from(2) };
+    if name == "serve" {
+        return match runtime.block_on(serve::run(sub)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    ExitCode::from(runtime.block_on(plinth_cli::run(name, sub, &matches, &mut root)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_is_consistent() {
+        super::command().debug_assert();
+    }
+}

@@ -1,0 +1,96 @@
+//! `plinth serve`: opens the store, prepares it on first start, sets up TLS
+//! and runs the listeners until SIGTERM or SIGINT.
+
+use anyhow::{Context, Result};
+use clap::ArgMatches;
+use plinth_api::AppState;
+use plinth_store::SqliteStore;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PLINTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs the server.
+pub async fn run(m: &ArgMatches) -> Result<()> {
+    init_logging(m.get_one::<String>("log-format").map(String::as_str).unwrap_or("text"));
+    let data_dir = m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data"));
+    if !data_dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        // The data dir holds the store, keys and the initial password: owner only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    }
+    let store = SqliteStore::open(&data_dir.join("plinth.db")).context("cannot open the store")?;
+    let store: Arc<dyn plinth_store::Store> = Arc::new(store);
+    plinth_api::bootstrap(store.as_ref(), &data_dir, std::env::var("PLINTH_ADMIN_PASSWORD").ok())
+        .await
+        .context("cannot prepare the store")?;
+
+    let api_addr: std::net::SocketAddr = m
+        .get_one::<String>("api-addr")
+        .map(String::as_str)
+        .unwrap_or("0.0.0.0:8092")
+        .parse()
+        .context("--api-addr must be IP:PORT, e.g. 0.0.0.0:8092")?;
+    let (cert, key) = match (m.get_one::<PathBuf>("tls-cert"), m.get_one::<PathBuf>("tls-key")) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+            names.extend(hostname());
+            if !api_addr.ip().is_unspecified() {
+                names.push(api_addr.ip().to_string());
+            }
+            names.extend(m.get_many::<String>("tls-san").into_iter().flatten().cloned());
+            names.dedup();
+            let files = plinth_api::tls::ensure_local_ca(&data_dir, &names).context("cannot set up TLS")?;
+            (files.cert, files.key)
+        }
+    };
+    let tls = plinth_api::tls::server_config(&cert, &key).context("cannot load the TLS certificate")?;
+    let listener =
+        std::net::TcpListener::bind(api_addr).with_context(|| format!("cannot listen on {api_addr} (--api-addr)"))?;
+    let bound = listener.local_addr()?;
+    let state = AppState {
+        store,
+        default_token_ttl: Duration::from_secs(m.get_one::<u64>("token-ttl").copied().unwrap_or(86_400)),
+    };
+    tracing::info!(service = "api", url = %format!("https://{bound}"), "listening");
+    plinth_api::serve(listener, tls, state, shutdown_signal()).await.context("API server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Test harness: runs the real `plinth` binary on port 0 with a temporary
+//! data dir and talks to it over HTTPS and through the CLI.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const PASSWORD: &str = "test-admin-password";
+
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_plinth")
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Server::start_in(tmp.path());
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn start_in(dir: &Path) -> Server {
+        let mut child = Command::new(bin())
+            .args(["serve", "--api-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("PLINTH_ADMIN_PASSWORD", PASSWORD)
+            .env("PLINTH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start plinth");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(pos) = line.find("url=https://") {
+                    let url = line[pos + 4..].split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = tx.send(url);
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(u) => u,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Server { child, url, dir: dir.to_owned(), _tmp: None, log }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("tls").join("ca.pem")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..200 {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("server did not stop on SIGTERM");
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        let pem = std::fs::read(self.ca()).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    pub async fn token(&self) -> String {
+        let r = self
+            .http()
+            .post(format!("{}/api/v1/auth/token", self.url))
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn api(&self) -> Api {
+        Api { http: self.http(), url: self.url.clone(), token: self.token().await }
+    }
+
+    /// Runs the CLI against this server with a config file in the data dir.
+    pub fn cli(&self, args: &[&str], token: Option<&str>) -> Output {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("PLINTH_ENDPOINT", &self.url)
+            .env("PLINTH_CA_CERT", self.ca())
+            .env("PLINTH_CONFIG", self.dir.join("cli-config.json"))
+            .env_remove("PLINTH_TOKEN")
+            .stdin(Stdio::null());
+        if let Some(t) = token {
+            c.env("PLINTH_TOKEN", t);
+        }
+        c.output().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Api {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub token: String,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub body: Value,
+}
+
+impl Api {
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>, if_match: Option<&str>) -> Resp {
+        let mut r = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        if let Some(m) = if_match {
+            r = r.header("If-Match", m);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let etag = resp.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+        let bytes = resp.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp { status, etag, body }
+    }
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(reqwest::Method::GET, path, None, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.send(reqwest::Method::POST, path, Some(body), None).await
+    }
+}
