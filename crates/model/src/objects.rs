@@ -536,7 +536,7 @@ impl DhcpOption {
             (Some(t), None, None) => Ok(t.as_bytes().to_vec()),
             (None, Some(h), None) => {
                 let digits: String = h.chars().filter(|c| *c != ':').collect();
-                if digits.len() % 2 != 0 {
+                if !digits.len().is_multiple_of(2) {
                     return Err(format!("hex value `{h}` has an odd number of digits"));
                 }
                 (0..digits.len())
