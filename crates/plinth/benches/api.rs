@@ -78,8 +78,23 @@ async fn main() {
 
     println!("| measurement | result |");
     println!("| --- | --- |");
-    println!("| create {MACHINES} machines, {WRITERS} concurrent clients | {:.0} creates/s ({create_secs:.1} s) |", MACHINES as f64 / create_secs);
-    println!("| get one machine (sequential, 2000 requests) | p50 {} · p99 {} |", ms(percentile(&gets, 0.5)), ms(percentile(&gets, 0.99)));
-    println!("| list all {MACHINES} machines in one page (10 runs) | p50 {} · max {} |", ms(percentile(&lists, 0.5)), ms(percentile(&lists, 1.0)));
-    println!("| list with filter `bootenv=local` (100 of {MACHINES}) | p50 {} · max {} |", ms(percentile(&filtered, 0.5)), ms(percentile(&filtered, 1.0)));
+    println!(
+        "| create {MACHINES} machines, {WRITERS} concurrent clients | {:.0} creates/s ({create_secs:.1} s) |",
+        MACHINES as f64 / create_secs
+    );
+    println!(
+        "| get one machine (sequential, 2000 requests) | p50 {} · p99 {} |",
+        ms(percentile(&gets, 0.5)),
+        ms(percentile(&gets, 0.99))
+    );
+    println!(
+        "| list all {MACHINES} machines in one page (10 runs) | p50 {} · max {} |",
+        ms(percentile(&lists, 0.5)),
+        ms(percentile(&lists, 1.0))
+    );
+    println!(
+        "| list with filter `bootenv=local` (100 of {MACHINES}) | p50 {} · max {} |",
+        ms(percentile(&filtered, 0.5)),
+        ms(percentile(&filtered, 1.0))
+    );
 }

@@ -7,7 +7,13 @@ use common::Server;
 use serde_json::Value;
 
 fn ok(out: &std::process::Output) -> String {
-    assert!(out.status.success(), "exit {:?}\nstdout: {}\nstderr: {}", out.status.code(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
@@ -25,7 +31,9 @@ async fn login_then_manage_objects_with_every_verb() {
     let yaml = server.dir.join("bootenv.yaml");
     std::fs::write(&yaml, "name: debian-12\nkernel: debian/linux\nos:\n  family: debian\n  version: \"12\"\n").unwrap();
     ok(&server.cli(&["bootenvs", "create", "-f", yaml.to_str().unwrap()], None));
-    let created = ok(&server.cli(&["machines", "create", "-o", "json", "--data", r#"{"name":"web-1","bootenv":"debian-12"}"#], None));
+    let created =
+        ok(&server
+            .cli(&["machines", "create", "-o", "json", "--data", r#"{"name":"web-1","bootenv":"debian-12"}"#], None));
     let machine: Value = serde_json::from_str(&created).unwrap();
     let id = machine["id"].as_str().unwrap();
     ok(&server.cli(&["machines", "create", "--data", r#"{"name":"web-2"}"#], None));
@@ -79,7 +87,11 @@ async fn errors_are_helpful_and_exit_codes_distinct() {
     assert_eq!(r.status.code(), Some(5));
     // No server there: connection error, exit 6.
     let mut c = std::process::Command::new(common::bin());
-    let r = c.args(["machines", "list", "--endpoint", "https://127.0.0.1:1", "--token", &token]).env("PLINTH_CONFIG", server.dir.join("none.json")).output().unwrap();
+    let r = c
+        .args(["machines", "list", "--endpoint", "https://127.0.0.1:1", "--token", &token])
+        .env("PLINTH_CONFIG", server.dir.join("none.json"))
+        .output()
+        .unwrap();
     assert_eq!(r.status.code(), Some(6));
     assert!(String::from_utf8_lossy(&r.stderr).contains("cannot reach"));
     // Untrusted certificate: says which file to pass.
@@ -93,7 +105,11 @@ async fn errors_are_helpful_and_exit_codes_distinct() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("--ca-cert"), "{}", String::from_utf8_lossy(&r.stderr));
     // Usage errors from clap: exit 2.
     assert_eq!(server.cli(&["machines", "frobnicate"], Some(&token)).status.code(), Some(2));
-    assert_eq!(server.cli(&["tokens", "create", "--data", "{}"], Some(&token)).status.code(), Some(2), "tokens are not created directly");
+    assert_eq!(
+        server.cli(&["tokens", "create", "--data", "{}"], Some(&token)).status.code(),
+        Some(2),
+        "tokens are not created directly"
+    );
     // Completions are generated for the real command tree.
     let comp = ok(&server.cli(&["completions", "bash"], None));
     assert!(comp.contains("machines") && comp.contains("bootenvs"));

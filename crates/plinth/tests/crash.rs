@@ -22,7 +22,13 @@ async fn acknowledged_writes_survive_kill_9() {
             writers.push(tokio::spawn(async move {
                 for i in 0..10_000 {
                     let name = format!("r{round}-w{w}-{i}");
-                    let r = api.http.post(format!("{}/api/v1/templates", api.url)).bearer_auth(&api.token).json(&json!({"name": name, "contents": "x".repeat(200)})).send().await;
+                    let r = api
+                        .http
+                        .post(format!("{}/api/v1/templates", api.url))
+                        .bearer_auth(&api.token)
+                        .json(&json!({"name": name, "contents": "x".repeat(200)}))
+                        .send()
+                        .await;
                     match r {
                         Ok(resp) if resp.status() == 201 => acked.lock().unwrap().push(name),
                         _ => break, // the server died under us
@@ -58,7 +64,12 @@ async fn acknowledged_writes_survive_kill_9() {
             }
         }
         let lost: Vec<&String> = acked.iter().filter(|n| !stored.contains(*n)).collect();
-        assert!(lost.is_empty(), "round {round}: {} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} acknowledged writes lost, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
         drop(server);
     }
 }
