@@ -21,6 +21,19 @@ fn command() -> Command {
         )
         .arg(Arg::new("api-addr").long("api-addr").default_value("0.0.0.0:8092").help("HTTPS API listen address"))
         .arg(
+            Arg::new("http-addr")
+                .long("http-addr")
+                .default_value("0.0.0.0:8091")
+                .help("Plain-HTTP boot file server address, or `off`"),
+        )
+        .arg(Arg::new("tftp-addr").long("tftp-addr").default_value("0.0.0.0:69").help("TFTP server address, or `off`"))
+        .arg(
+            Arg::new("file-root")
+                .long("file-root")
+                .value_parser(value_parser!(PathBuf))
+                .help("Directory served over TFTP and HTTP [default: <data-dir>/files]"),
+        )
+        .arg(
             Arg::new("tls-cert")
                 .long("tls-cert")
                 .requires("tls-key")

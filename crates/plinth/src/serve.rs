@@ -90,7 +90,77 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         default_token_ttl: Duration::from_secs(m.get_one::<u64>("token-ttl").copied().unwrap_or(86_400)),
     };
     tracing::info!(service = "api", url = %format!("https://{bound}"), "listening");
-    plinth_api::serve(listener, tls, state, shutdown_signal()).await.context("API server failed")?;
+
+    let file_root = m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| data_dir.join("files"));
+    let file_root = plinth_boot::files::FileRoot::new(&file_root)
+        .with_context(|| format!("cannot use file root {}", file_root.display()))?;
+    tracing::info!(path = %file_root.path().display(), "serving boot files from the file root");
+
+    // One shutdown signal fans out to every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(addr) = optional_addr(m, "http-addr")? {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(service = "http", url = %format!("http://{}", l.local_addr()?), "listening");
+                let (root, stop) = (file_root.clone(), stopped());
+                tasks.spawn(
+                    async move { plinth_boot::http::serve(l, root, stop).await.context("boot HTTP server failed") },
+                );
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen for boot HTTP (--http-addr); continuing without it")
+            }
+        }
+    }
+    if let Some(addr) = optional_addr(m, "tftp-addr")? {
+        match tokio::net::UdpSocket::bind(addr).await {
+            Ok(s) => {
+                tracing::info!(service = "tftp", url = %format!("tftp://{}", s.local_addr()?), "listening");
+                let (root, stop) = (file_root.clone(), stopped());
+                tasks.spawn(async move {
+                    plinth_boot::tftp::serve(s, root, Default::default(), stop).await.context("TFTP server failed")
+                });
+            }
+            Err(e) => {
+                let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or pass --tftp-addr 0.0.0.0:6969)"
+                } else {
+                    ""
+                };
+                tracing::error!(%addr, error = %e, "cannot listen for TFTP{hint}; continuing without it");
+            }
+        }
+    }
+    let api_stop = stopped();
+    tasks.spawn(async move { plinth_api::serve(listener, tls, state, api_stop).await.context("API server failed") });
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Some(r) = tasks.join_next() => {
+            // A listener ended on its own: that is a failure; stop the rest.
+            let _ = stop_tx.send(true);
+            r.context("listener task")??;
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(r) = tasks.join_next().await {
+        r.context("listener task")??;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A listen address flag, where `off` disables the listener.
+fn optional_addr(m: &ArgMatches, name: &str) -> Result<Option<std::net::SocketAddr>> {
+    match m.get_one::<String>(name).map(String::as_str) {
+        None | Some("off") | Some("") => Ok(None),
+        Some(a) => a.parse().map(Some).with_context(|| format!("--{name} must be IP:PORT or `off`, got `{a}`")),
+    }
 }

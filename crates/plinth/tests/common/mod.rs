@@ -17,6 +17,8 @@ pub struct Server {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Listener URLs by service: `api`, `http`, `tftp`.
+    pub services: std::collections::HashMap<String, String>,
 }
 
 pub fn bin() -> &'static str {
@@ -33,7 +35,16 @@ impl Server {
 
     pub fn start_in(dir: &Path) -> Server {
         let mut child = Command::new(bin())
-            .args(["serve", "--api-addr", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--api-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--tftp-addr",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(dir)
             .env("PLINTH_ADMIN_PASSWORD", PASSWORD)
             .env("PLINTH_LOG", "info")
@@ -49,21 +60,37 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(pos) = line.find("url=https://") {
-                    let url = line[pos + 4..].split_whitespace().next().unwrap_or_default().to_owned();
-                    let _ = tx.send(url);
+                if let (Some(s), Some(u)) = (line.find("service=\""), line.find("url=")) {
+                    let service = line[s + 9..].split('"').next().unwrap_or_default().to_owned();
+                    let url = line[u + 4..].split_whitespace().next().unwrap_or_default().to_owned();
+                    let _ = tx.send((service, url));
                 }
                 log2.lock().unwrap().push(line);
             }
         });
-        let url = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(u) => u,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start: {:?}", log.lock().unwrap());
+        let mut services = std::collections::HashMap::new();
+        while services.len() < 3 {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((s, u)) => {
+                    services.insert(s, u);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("server did not start: {:?}", log.lock().unwrap());
+                }
             }
-        };
-        Server { child, url, dir: dir.to_owned(), _tmp: None, log }
+        }
+        let url = services["api"].clone();
+        Server { child, url, dir: dir.to_owned(), _tmp: None, log, services }
+    }
+
+    /// `host:port` of a listener.
+    pub fn addr(&self, service: &str) -> String {
+        self.services[service].split("://").nth(1).unwrap().to_owned()
+    }
+
+    pub fn files(&self) -> PathBuf {
+        self.dir.join("files")
     }
 
     pub fn ca(&self) -> PathBuf {

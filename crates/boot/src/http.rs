@@ -1,0 +1,215 @@
+//! The boot HTTP server (plain HTTP: firmware and installers need it).
+//!
+//! `GET`/`HEAD /files/<path>` serves the file root with `Range`, `ETag`,
+//! `Last-Modified` and conditional requests, streaming large files in big
+//! chunks. The path is percent-decoded exactly once and then resolved by
+//! [`FileRoot::resolve`], so encoded or double-encoded traversal cannot
+//! leave the root. Nothing of the API is reachable here.
+
+use crate::files::{FileRoot, PathError};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// Chunk size when streaming a file.
+const CHUNK: usize = 256 * 1024;
+
+/// The boot HTTP router.
+pub fn router(root: FileRoot) -> Router {
+    Router::new()
+        .route("/files/{*path}", axum::routing::get(file))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .with_state(root)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    root: FileRoot,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(root)).with_graceful_shutdown(shutdown).await
+}
+
+/// Decodes `%XX` escapes once. Invalid escapes are an error, not passed on.
+pub fn percent_decode(raw: &str) -> Option<Vec<u8>> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let s = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(s, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn plain(status: StatusCode, msg: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{msg}\n")).into_response()
+}
+
+fn content_type(path: &std::path::Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("ipxe" | "txt" | "cfg" | "conf" | "ks" | "seed" | "sh") => "text/plain; charset=utf-8",
+        Some("json") => "application/json",
+        Some("yaml" | "yml") => "application/yaml",
+        Some("iso") => "application/x-iso9660-image",
+        Some("html") => "text/html; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A byte range to send: `start..start+len`.
+#[derive(Debug, PartialEq, Eq)]
+enum Range {
+    Full,
+    Part { start: u64, len: u64 },
+    Unsatisfiable,
+}
+
+/// Parses one `Range: bytes=...` spec. Several ranges are served as the
+/// whole file, which RFC 9110 allows.
+fn parse_range(value: &str, size: u64) -> Range {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else { return Range::Full };
+    if spec.contains(',') {
+        return Range::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else { return Range::Full };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (true, false) => b.parse::<u64>().ok().map(|n| {
+            let n = n.min(size);
+            (size - n, n)
+        }),
+        (false, _) => a.parse::<u64>().ok().and_then(|start| {
+            if start >= size {
+                return Some((start, 0));
+            }
+            let end = if b.is_empty() { Some(size.saturating_sub(1)) } else { b.parse::<u64>().ok() }?;
+            if end < start {
+                return None;
+            }
+            Some((start, end.min(size.saturating_sub(1)).saturating_sub(start) + 1))
+        }),
+        (true, true) => None,
+    };
+    match parsed {
+        None => Range::Full,
+        Some((start, len)) if start >= size || len == 0 => Range::Unsatisfiable,
+        Some((start, len)) => Range::Part { start, len },
+    }
+}
+
+async fn file(State(root): State<FileRoot>, method: Method, headers: HeaderMap, uri: Uri) -> Response {
+    let raw = uri.path().strip_prefix("/files/").unwrap_or_default();
+    let Some(request) = percent_decode(raw) else {
+        return plain(StatusCode::BAD_REQUEST, "bad percent-encoding in path");
+    };
+    let resolved = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || root.resolve(&request)).await
+    };
+    let path = match resolved {
+        Ok(Ok(p)) => p,
+        Ok(Err(PathError::NotFound | PathError::NotAFile | PathError::Empty)) => {
+            return plain(StatusCode::NOT_FOUND, "not found");
+        }
+        Ok(Err(e)) => {
+            tracing::info!(path = %raw.escape_debug(), error = %e, "http: refused path");
+            return plain(StatusCode::FORBIDDEN, &format!("refused: {e}"));
+        }
+        Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    };
+    let mut f = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => return plain(StatusCode::NOT_FOUND, "not found"),
+    };
+    let Ok(meta) = f.metadata().await else { return plain(StatusCode::NOT_FOUND, "not found") };
+    let size = meta.len();
+    let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+    let mtime = modified.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let etag = format!("\"{size:x}-{:x}\"", mtime.as_nanos());
+    // HTTP dates have one-second resolution.
+    let modified_secs = UNIX_EPOCH + Duration::from_secs(mtime.as_secs());
+    let last_modified = httpdate::fmt_http_date(modified_secs);
+
+    let header_str = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let not_modified = match header_str(header::IF_NONE_MATCH) {
+        Some(inm) => inm.split(',').any(|t| t.trim() == etag || t.trim() == "*"),
+        None => header_str(header::IF_MODIFIED_SINCE)
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .is_some_and(|since: SystemTime| modified_secs <= since),
+    };
+    let mut h = HeaderMap::new();
+    let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+    h.insert(header::ETAG, hv(&etag));
+    h.insert(header::LAST_MODIFIED, hv(&last_modified));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, h).into_response();
+    }
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&path)));
+
+    let range_applies = header_str(header::IF_RANGE).is_none_or(|ir| ir == etag || ir == last_modified);
+    let range = match header_str(header::RANGE) {
+        Some(r) if range_applies => parse_range(r, size),
+        _ => Range::Full,
+    };
+    let (status, start, len) = match range {
+        Range::Full => (StatusCode::OK, 0, size),
+        Range::Part { start, len } => {
+            h.insert(header::CONTENT_RANGE, hv(&format!("bytes {start}-{}/{size}", start + len - 1)));
+            (StatusCode::PARTIAL_CONTENT, start, len)
+        }
+        Range::Unsatisfiable => {
+            h.insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
+            return (StatusCode::RANGE_NOT_SATISFIABLE, h).into_response();
+        }
+    };
+    h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
+    if method == Method::HEAD {
+        return (status, h).into_response();
+    }
+    if start > 0 && f.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "seek failed");
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), CHUNK);
+    (status, h, Body::from_stream(stream)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Range::Part { start: 0, len: 100 });
+        assert_eq!(parse_range("bytes=900-", 1000), Range::Part { start: 900, len: 100 });
+        assert_eq!(parse_range("bytes=-100", 1000), Range::Part { start: 900, len: 100 });
+        assert_eq!(parse_range("bytes=-5000", 1000), Range::Part { start: 0, len: 1000 });
+        assert_eq!(parse_range("bytes=990-5000", 1000), Range::Part { start: 990, len: 10 });
+        assert_eq!(parse_range("bytes=1000-", 1000), Range::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 1000), Range::Full, "invalid spec is ignored");
+        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Range::Full);
+        assert_eq!(parse_range("items=0-1", 1000), Range::Full);
+        assert_eq!(parse_range("bytes=-0", 1000), Range::Unsatisfiable);
+    }
+
+    #[test]
+    fn percent_decoding_happens_once_and_rejects_bad_escapes() {
+        assert_eq!(percent_decode("a%2e%2E/b").unwrap(), b"a../b");
+        assert_eq!(percent_decode("%252e").unwrap(), b"%2e");
+        assert!(percent_decode("%zz").is_none());
+        assert!(percent_decode("%2").is_none());
+    }
+}
