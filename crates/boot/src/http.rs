@@ -22,6 +22,7 @@ const CHUNK: usize = 256 * 1024;
 pub fn router(root: FileRoot) -> Router {
     Router::new()
         .route("/files/{*path}", axum::routing::get(file))
+        .route("/ipxe/{mac}", axum::routing::get(ipxe_script))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .with_state(root)
 }
@@ -110,11 +111,35 @@ fn parse_range(value: &str, size: u64) -> Range {
     }
 }
 
+/// `GET /ipxe/<mac>`: the iPXE script DHCP points iPXE at. Until the
+/// rendering engine fills this per machine, it is `ipxe/<mac>.ipxe` from the
+/// file root if present, else `ipxe/default.ipxe`.
+async fn ipxe_script(
+    State(root): State<FileRoot>,
+    axum::extract::Path(mac): axum::extract::Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let mac = mac.to_ascii_lowercase().replace(':', "-");
+    let valid = mac.len() == 17 && mac.split('-').all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !valid {
+        return plain(StatusCode::BAD_REQUEST, "expected a MAC address like 52-54-00-12-34-56");
+    }
+    let specific = format!("ipxe/{mac}.ipxe");
+    let chosen = if root.resolve(specific.as_bytes()).is_ok() { specific } else { "ipxe/default.ipxe".to_owned() };
+    serve_path(root, chosen.into_bytes(), method, headers).await
+}
+
 async fn file(State(root): State<FileRoot>, method: Method, headers: HeaderMap, uri: Uri) -> Response {
     let raw = uri.path().strip_prefix("/files/").unwrap_or_default();
     let Some(request) = percent_decode(raw) else {
         return plain(StatusCode::BAD_REQUEST, "bad percent-encoding in path");
     };
+    serve_path(root, request, method, headers).await
+}
+
+async fn serve_path(root: FileRoot, request: Vec<u8>, method: Method, headers: HeaderMap) -> Response {
+    let raw = String::from_utf8_lossy(&request).into_owned();
     let resolved = {
         let root = root.clone();
         tokio::task::spawn_blocking(move || root.resolve(&request)).await

@@ -10,6 +10,7 @@
 //! file root: every path goes through [`files::FileRoot::resolve`].
 #![forbid(unsafe_code)]
 
+pub mod dhcp;
 pub mod files;
 pub mod http;
 pub mod tftp;

@@ -139,9 +139,11 @@ mod tests {
         m
     }
 
+    type Opts<'a> = &'a [(u8, &'a [u8])];
+
     #[test]
     fn classifies_real_boot_clients() {
-        let cases: &[(&[(u8, &[u8])], Option<Firmware>, bool)] = &[
+        let cases: &[(Opts, Option<Firmware>, bool)] = &[
             // SeaBIOS + iPXE ROM before iPXE takes over: PXEClient, arch 0.
             (&[(60, b"PXEClient:Arch:00000:UNDI:002001"), (93, &[0, 0])], Some(Firmware::Bios), false),
             // OVMF PXE.

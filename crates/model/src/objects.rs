@@ -615,8 +615,18 @@ object! {
         /// Any further options by code.
         #[serde(default)]
         pub options: Vec<DhcpOption>,
+        /// Boot file per client kind, overriding the defaults: keys `bios`,
+        /// `uefi-ia32`, `uefi-x64`, `uefi-arm64`, `uefi-http-x64`,
+        /// `uefi-http-arm64`, `ipxe`; values are paths in the file root or URLs,
+        /// with `{http}`, `{server}` and `{mac}` expanded.
+        #[serde(default)]
+        pub boot_files: BTreeMap<String, String>,
     }
 }
+
+/// Keys of [`Subnet::boot_files`].
+pub const BOOT_FILE_KEYS: &[&str] =
+    &["bios", "uefi-ia32", "uefi-x64", "uefi-arm64", "uefi-http-x64", "uefi-http-arm64", "ipxe"];
 
 impl Subnet {
     fn check_fields(&self) -> Result<(), ValidationError> {
@@ -637,6 +647,25 @@ impl Subnet {
             && !self.cidr.contains(r)
         {
             return Err(self.invalid("router", format!("{r} is outside {}", self.cidr)));
+        }
+        for (k, v) in &self.boot_files {
+            if !BOOT_FILE_KEYS.contains(&k.as_str()) {
+                return Err(self.invalid(
+                    &format!("boot_files.{k}"),
+                    format!("unknown client kind; expected one of {}", BOOT_FILE_KEYS.join(", ")),
+                ));
+            }
+            if v.is_empty() || v.len() > 255 {
+                return Err(self.invalid(&format!("boot_files.{k}"), "expected a path or URL of 1 to 255 characters"));
+            }
+        }
+        if let Some(i) = &self.interface
+            && (i.is_empty() || i.len() > 15 || !i.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c)))
+        {
+            return Err(self.invalid(
+                "interface",
+                format!("expected a network interface name like eth0, got `{}`", i.escape_debug()),
+            ));
         }
         check_options(&self.options, |f, m| self.invalid(&f, m))
     }

@@ -26,6 +26,12 @@ fn command() -> Command {
                 .default_value("0.0.0.0:8091")
                 .help("Plain-HTTP boot file server address, or `off`"),
         )
+        .arg(
+            Arg::new("dhcp-port")
+                .long("dhcp-port")
+                .default_value("67")
+                .help("DHCP server port, or `off`; DHCP answers only on interfaces named by enabled subnets"),
+        )
         .arg(Arg::new("tftp-addr").long("tftp-addr").default_value("0.0.0.0:69").help("TFTP server address, or `off`"))
         .arg(
             Arg::new("file-root")

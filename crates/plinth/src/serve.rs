@@ -106,9 +106,11 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
 
+    let mut http_port = 8091;
     if let Some(addr) = optional_addr(m, "http-addr")? {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
+                http_port = l.local_addr()?.port();
                 tracing::info!(service = "http", url = %format!("http://{}", l.local_addr()?), "listening");
                 let (root, stop) = (file_root.clone(), stopped());
                 tasks.spawn(
@@ -137,6 +139,19 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
                 };
                 tracing::error!(%addr, error = %e, "cannot listen for TFTP{hint}; continuing without it");
             }
+        }
+    }
+    match m.get_one::<String>("dhcp-port").map(String::as_str) {
+        None | Some("off") => tracing::info!("dhcp: disabled (--dhcp-port off)"),
+        Some(p) => {
+            let server_port: u16 =
+                p.parse().with_context(|| format!("--dhcp-port must be a port number or `off`, got `{p}`"))?;
+            let config = plinth_boot::dhcp::DhcpConfig { server_port, http_port, ..Default::default() };
+            let (store, stop) = (state.store.clone(), stopped());
+            tasks.spawn(async move {
+                plinth_boot::dhcp::serve(store, config, stop).await;
+                Ok(())
+            });
         }
     }
     let api_stop = stopped();

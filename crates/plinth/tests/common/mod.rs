@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod netns;
+
 pub const PASSWORD: &str = "test-admin-password";
 
 pub struct Server {
@@ -19,6 +21,8 @@ pub struct Server {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// Listener URLs by service: `api`, `http`, `tftp`.
     pub services: std::collections::HashMap<String, String>,
+    /// Command prefix the server and CLI run behind.
+    pub prefix: Vec<String>,
 }
 
 pub fn bin() -> &'static str {
@@ -34,17 +38,27 @@ impl Server {
     }
 
     pub fn start_in(dir: &Path) -> Server {
-        let mut child = Command::new(bin())
-            .args([
-                "serve",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--tftp-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+        Server::start_with(
+            dir,
+            &[],
+            &["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "off"],
+        )
+    }
+
+    /// Starts the server behind `prefix` (e.g. `ip netns exec NS`) with extra flags.
+    pub fn start_with(dir: &Path, prefix: &[&str], flags: &[&str]) -> Server {
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
+            .args(["serve", "--api-addr", "127.0.0.1:0"])
+            .args(flags)
+            .arg("--data-dir")
             .arg(dir)
             .env("PLINTH_ADMIN_PASSWORD", PASSWORD)
             .env("PLINTH_LOG", "info")
@@ -69,7 +83,9 @@ impl Server {
             }
         });
         let mut services = std::collections::HashMap::new();
-        while services.len() < 3 {
+        let wanted = 1 + flags.iter().filter(|f| **f == "--http-addr" || **f == "--tftp-addr").count()
+            - flags.windows(2).filter(|w| (w[0] == "--http-addr" || w[0] == "--tftp-addr") && w[1] == "off").count();
+        while services.len() < wanted {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok((s, u)) => {
                     services.insert(s, u);
@@ -81,7 +97,8 @@ impl Server {
             }
         }
         let url = services["api"].clone();
-        Server { child, url, dir: dir.to_owned(), _tmp: None, log, services }
+        let prefix = prefix.iter().map(|s| s.to_string()).collect();
+        Server { child, url, dir: dir.to_owned(), _tmp: None, log, services, prefix }
     }
 
     /// `host:port` of a listener.
@@ -148,7 +165,14 @@ impl Server {
 
     /// Runs the CLI against this server with a config file in the data dir.
     pub fn cli(&self, args: &[&str], token: Option<&str>) -> Output {
-        let mut c = Command::new(bin());
+        let mut c = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         c.args(args)
             .env("PLINTH_ENDPOINT", &self.url)
             .env("PLINTH_CA_CERT", self.ca())

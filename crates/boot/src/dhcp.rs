@@ -1,0 +1,607 @@
+//! The DHCP listener around `plinth_dhcp`'s core.
+//!
+//! Subnets, reservations and leases come from the store and are kept current
+//! through its change events. Plinth answers only on the interfaces that an
+//! enabled subnet names (`Subnet.interface`), each through its own socket
+//! bound to that device, so no other interface ever sees an answer; relayed
+//! requests arriving on those interfaces are matched to a subnet by
+//! `giaddr`. With no subnet configured, nothing is opened and nothing is
+//! handed out.
+//!
+//! Requests are handled one at a time by one task, which owns the in-memory
+//! index (pools, leases by address and by client, offers): allocation never
+//! races within a server, and across servers the store's per-object
+//! revision preconditions decide. A bound lease is written to the store
+//! before its ACK is sent.
+
+use plinth_dhcp::pxe::BootFiles;
+use plinth_dhcp::server::{
+    self, Decision, Destination, Facts, LeaseState, LeaseWrite, Owner, ReservationView, SubnetView,
+};
+use plinth_dhcp::{Message, MessageType, Pool, code};
+use plinth_model::{Kind, Lease, Reservation, Subnet};
+use plinth_store::{Expect, Store, StoreExt};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// DHCP listener settings.
+#[derive(Debug, Clone)]
+pub struct DhcpConfig {
+    /// Server port (67).
+    pub server_port: u16,
+    /// Client port (68).
+    pub client_port: u16,
+    /// Port of the boot HTTP server, for boot URLs.
+    pub http_port: u16,
+    /// Queue of received packets; beyond it packets are dropped.
+    pub queue: usize,
+}
+
+impl Default for DhcpConfig {
+    fn default() -> DhcpConfig {
+        DhcpConfig { server_port: 67, client_port: 68, http_port: 8091, queue: 4096 }
+    }
+}
+
+type ClientKey = Vec<u8>;
+
+struct SubnetState {
+    subnet: Subnet,
+    pool: Pool,
+    options: Vec<(u8, Vec<u8>)>,
+    boot: BootFiles,
+}
+
+#[derive(Debug, Clone)]
+struct LeaseRec {
+    client: ClientKey,
+    state: plinth_model::LeaseState,
+    expires_at: i64,
+    revision: u64,
+}
+
+struct ReservationRec {
+    reservation: Reservation,
+    options: Vec<(u8, Vec<u8>)>,
+}
+
+struct Listener {
+    socket: Arc<UdpSocket>,
+    address: Ipv4Addr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Packet {
+    interface: String,
+    from: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+fn option_bytes(opts: &[plinth_model::DhcpOption]) -> Vec<(u8, Vec<u8>)> {
+    opts.iter().filter_map(|o| o.bytes().ok().map(|b| (o.code, b))).collect()
+}
+
+fn subnet_options(s: &Subnet) -> Vec<(u8, Vec<u8>)> {
+    let ips = |v: &[Ipv4Addr]| v.iter().flat_map(|i| i.octets()).collect::<Vec<u8>>();
+    let mut out = Vec::new();
+    if let Some(r) = s.router {
+        out.push((code::ROUTER, r.octets().to_vec()));
+    }
+    if !s.dns_servers.is_empty() {
+        out.push((code::DNS, ips(&s.dns_servers)));
+    }
+    if let Some(d) = &s.domain_name {
+        out.push((code::DOMAIN_NAME, d.as_bytes().to_vec()));
+    }
+    out.push((code::BROADCAST, s.cidr.broadcast().octets().to_vec()));
+    if !s.ntp_servers.is_empty() {
+        out.push((code::NTP, ips(&s.ntp_servers)));
+    }
+    for (c, v) in option_bytes(&s.options) {
+        match out.iter_mut().find(|(k, _)| *k == c) {
+            Some((_, old)) => *old = v,
+            None => out.push((c, v)),
+        }
+    }
+    out
+}
+
+fn client_key(m: &Message) -> ClientKey {
+    match m.option(code::CLIENT_ID) {
+        Some(id) if !id.is_empty() => id.to_vec(),
+        _ => {
+            let mut k = vec![m.htype];
+            k.extend_from_slice(&m.chaddr[..usize::from(m.hlen.min(16))]);
+            k
+        }
+    }
+}
+
+fn key_of_lease(l: &Lease) -> ClientKey {
+    match l.client_id.as_deref().and_then(hex_decode) {
+        Some(id) if !id.is_empty() => id,
+        _ => {
+            let mut k = vec![1];
+            k.extend_from_slice(&l.mac.0);
+            k
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The in-memory view of subnets, reservations, leases and offers.
+struct Engine {
+    store: Arc<dyn Store>,
+    config: DhcpConfig,
+    subnets: Vec<SubnetState>,
+    reservations: HashMap<[u8; 6], ReservationRec>,
+    leases: HashMap<Ipv4Addr, LeaseRec>,
+    by_client: HashMap<ClientKey, Ipv4Addr>,
+    offers: HashMap<Ipv4Addr, (ClientKey, i64)>,
+    listeners: HashMap<String, Listener>,
+    tx: mpsc::Sender<Packet>,
+}
+
+impl Engine {
+    fn held(&self, ip: Ipv4Addr, now: i64) -> bool {
+        let lease_held = self.leases.get(&ip).is_some_and(|l| {
+            l.expires_at > now
+                && matches!(l.state, plinth_model::LeaseState::Bound | plinth_model::LeaseState::Declined)
+        });
+        let offered = self.offers.get(&ip).is_some_and(|(_, exp)| *exp > now);
+        let reserved = self.reservations.values().any(|r| r.reservation.address == ip);
+        lease_held || offered || reserved
+    }
+
+    /// Rebuilds everything from the store and reconciles listeners.
+    async fn reload(&mut self) {
+        let load = async {
+            let subnets = self.store.list_all(Kind::Subnet, vec![]).await?;
+            let reservations = self.store.list_all(Kind::Reservation, vec![]).await?;
+            let leases = self.store.list_all(Kind::Lease, vec![]).await?;
+            Ok::<_, plinth_store::StoreError>((subnets, reservations, leases))
+        };
+        let (subnets, reservations, leases) = match load.await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "dhcp: cannot load configuration; keeping the previous one");
+                return;
+            }
+        };
+        self.reservations.clear();
+        for r in reservations {
+            if let Ok(res) = plinth_model::decode::<Reservation>(r.body) {
+                let options = option_bytes(&res.options);
+                self.reservations.insert(res.mac.0, ReservationRec { reservation: res, options });
+            }
+        }
+        self.leases.clear();
+        self.by_client.clear();
+        for r in leases {
+            let revision = r.revision;
+            if let Ok(l) = plinth_model::decode::<Lease>(r.body) {
+                let client = key_of_lease(&l);
+                self.by_client.insert(client.clone(), l.address);
+                self.leases.insert(
+                    l.address,
+                    LeaseRec { client, state: l.state, expires_at: l.expires_at.timestamp(), revision },
+                );
+            }
+        }
+        let now = now_secs();
+        self.subnets.clear();
+        for r in subnets {
+            let Ok(s) = plinth_model::decode::<Subnet>(r.body) else { continue };
+            if !s.enabled {
+                continue;
+            }
+            let mut pool = Pool::new(s.range_start, s.range_end);
+            for ip in [s.cidr.addr, s.cidr.broadcast()] {
+                pool.take(ip);
+            }
+            let options = subnet_options(&s);
+            let boot = BootFiles::with_overrides(&s.boot_files);
+            self.subnets.push(SubnetState { subnet: s, pool, options, boot });
+        }
+        let held: Vec<Ipv4Addr> = self
+            .leases
+            .keys()
+            .chain(self.offers.keys())
+            .copied()
+            .chain(self.reservations.values().map(|r| r.reservation.address))
+            .filter(|ip| self.held(*ip, now))
+            .collect();
+        for s in &mut self.subnets {
+            for ip in &held {
+                s.pool.take(*ip);
+            }
+        }
+        self.reconcile_listeners();
+        tracing::info!(
+            subnets = self.subnets.len(),
+            reservations = self.reservations.len(),
+            leases = self.leases.len(),
+            "dhcp: configuration loaded"
+        );
+    }
+
+    fn reconcile_listeners(&mut self) {
+        let wanted: Vec<String> = self.subnets.iter().filter_map(|s| s.subnet.interface.clone()).collect();
+        self.listeners.retain(|name, l| {
+            let keep = wanted.contains(name);
+            if !keep {
+                l.task.abort();
+                tracing::info!(interface = %name, "dhcp: stopped listening");
+            }
+            keep
+        });
+        let addrs = if_addrs::get_if_addrs().unwrap_or_default();
+        for name in wanted {
+            if self.listeners.contains_key(&name) {
+                continue;
+            }
+            let cidrs: Vec<plinth_model::Ipv4Cidr> = self
+                .subnets
+                .iter()
+                .filter(|s| s.subnet.interface.as_deref() == Some(&name))
+                .map(|s| s.subnet.cidr)
+                .collect();
+            let address = addrs
+                .iter()
+                .filter(|a| a.name == name)
+                .filter_map(|a| match a.ip() {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    _ => None,
+                })
+                .max_by_key(|ip| cidrs.iter().any(|c| c.contains(*ip)));
+            let Some(address) = address else {
+                tracing::error!(interface = %name, "dhcp: interface has no IPv4 address (or does not exist); not listening there");
+                continue;
+            };
+            match open_socket(&name, self.config.server_port) {
+                Ok(socket) => {
+                    let socket = Arc::new(socket);
+                    let task = tokio::spawn(receive(socket.clone(), name.clone(), self.tx.clone()));
+                    tracing::info!(service = "dhcp", interface = %name, %address, port = self.config.server_port, "listening");
+                    self.listeners.insert(name, Listener { socket, address, task });
+                }
+                Err(e) => {
+                    let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        " (needs root or CAP_NET_BIND_SERVICE and CAP_NET_RAW)"
+                    } else {
+                        ""
+                    };
+                    tracing::error!(interface = %name, error = %e, "dhcp: cannot listen{hint}; continuing without it");
+                }
+            }
+        }
+    }
+
+    fn subnet_for(&self, m: &Message, interface: &str) -> Option<usize> {
+        if !m.giaddr.is_unspecified() {
+            return self.subnets.iter().position(|s| s.subnet.cidr.contains(m.giaddr));
+        }
+        self.subnets.iter().position(|s| s.subnet.interface.as_deref() == Some(interface))
+    }
+
+    fn owner(&self, ip: Ipv4Addr, client: &ClientKey, mac: Option<[u8; 6]>, now: i64) -> Owner {
+        if let Some(r) = self.reservations.values().find(|r| r.reservation.address == ip) {
+            return if Some(r.reservation.mac.0) == mac { Owner::ThisClient } else { Owner::Other };
+        }
+        if let Some((who, exp)) = self.offers.get(&ip)
+            && *exp > now
+        {
+            return if who == client { Owner::ThisClient } else { Owner::Other };
+        }
+        match self.leases.get(&ip) {
+            Some(l) if l.expires_at > now && l.state == plinth_model::LeaseState::Bound => {
+                if &l.client == client {
+                    Owner::ThisClient
+                } else {
+                    Owner::Other
+                }
+            }
+            Some(l) if l.expires_at > now && l.state == plinth_model::LeaseState::Declined => {
+                if &l.client == client {
+                    Owner::ThisClient
+                } else {
+                    Owner::Other
+                }
+            }
+            _ => Owner::Free,
+        }
+    }
+
+    async fn handle(&mut self, p: Packet) {
+        let m = match Message::parse(&p.bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(from = %p.from, error = %e, "dhcp: malformed packet");
+                return;
+            }
+        };
+        let Some(listener) = self.listeners.get(&p.interface) else { return };
+        let (socket, server_id) = (listener.socket.clone(), listener.address);
+        let Some(si) = self.subnet_for(&m, &p.interface) else {
+            tracing::debug!(interface = %p.interface, giaddr = %m.giaddr, "dhcp: no subnet for request; ignoring");
+            return;
+        };
+        let now = now_secs();
+        let client = client_key(&m);
+        let mac = m.mac();
+        let kind = m.message_type();
+        let requested = server::requested_address(&m);
+        let requested_owner = requested.map_or(Owner::Free, |ip| self.owner(ip, &client, mac, now));
+        let subnet_cidr = self.subnets[si].subnet.cidr;
+        let current = self
+            .by_client
+            .get(&client)
+            .copied()
+            .filter(|ip| subnet_cidr.contains(*ip) && self.owner(*ip, &client, mac, now) != Owner::Other)
+            .or_else(|| self.offers.iter().find(|(_, (who, exp))| who == &client && *exp > now).map(|(ip, _)| *ip));
+        let has_reservation = mac.is_some_and(|m| self.reservations.contains_key(&m));
+        let free = if kind == Some(MessageType::Discover) && !has_reservation && current.is_none() {
+            self.next_free(si, now)
+        } else {
+            None
+        };
+        let reservation = mac.and_then(|m| self.reservations.get(&m));
+        let http_base = format!("http://{server_id}:{}", self.config.http_port);
+        let s = &self.subnets[si];
+        let view = SubnetView {
+            name: s.subnet.name.as_str(),
+            network: s.subnet.cidr.addr,
+            prefix: s.subnet.cidr.prefix,
+            lease_secs: s.subnet.lease_secs,
+            options: &s.options,
+            next_server: s.subnet.next_server,
+            only_reservations: s.subnet.only_reservations,
+            boot_files: &s.boot,
+            range: Some((s.subnet.range_start, s.subnet.range_end)),
+        };
+        let facts = Facts {
+            server_id,
+            http_base: &http_base,
+            reservation: reservation.map(|r| ReservationView {
+                address: r.reservation.address,
+                hostname: r.reservation.hostname.as_ref().map(|h| h.as_str()),
+                options: &r.options,
+                next_server: r.reservation.next_server,
+            }),
+            current,
+            requested_owner,
+            free,
+            now: now.max(0) as u64,
+        };
+        let decision = server::decide(&m, &view, &facts);
+        let subnet_name = s.subnet.name.to_string();
+        let mac_text = mac.map(|b| plinth_model::MacAddr(b).to_string()).unwrap_or_default();
+        if let Some(f) = free
+            && !matches!(&decision, Decision::Reply { lease: Some(LeaseWrite { address, .. }), .. } if *address == f)
+        {
+            // Not used after all.
+            self.subnets[si].pool.free(f);
+        }
+        match decision {
+            Decision::Ignore(why) => tracing::debug!(mac = %mac_text, ?kind, why, "dhcp: ignored"),
+            Decision::OtherServer => {
+                self.offers.retain(|ip, (who, _)| {
+                    let drop = *who == client;
+                    if drop {
+                        for s in &mut self.subnets {
+                            s.pool.free(*ip);
+                        }
+                    }
+                    !drop
+                });
+            }
+            Decision::Record(w) => {
+                if let Err(e) = self.persist(&w, &m, &client, &subnet_name).await {
+                    tracing::warn!(mac = %mac_text, error = %e, "dhcp: cannot record lease change");
+                }
+            }
+            Decision::Reply { message, to, lease } => {
+                if let Some(w) = &lease {
+                    if w.state == LeaseState::Offered {
+                        self.offers.insert(w.address, (client.clone(), w.expires_at as i64));
+                        self.subnets[si].pool.take(w.address);
+                    } else if let Err(e) = self.persist(w, &m, &client, &subnet_name).await {
+                        // Not durable: do not acknowledge. The client retries.
+                        tracing::warn!(mac = %mac_text, address = %w.address, error = %e, "dhcp: lease not stored; reply withheld");
+                        return;
+                    }
+                }
+                let dest = match to {
+                    Destination::Relay(ip) => SocketAddrV4::new(ip, self.config.server_port),
+                    Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, self.config.client_port),
+                    Destination::Unicast(ip) => SocketAddrV4::new(ip, self.config.client_port),
+                };
+                let reply_kind = message.message_type();
+                if let Err(e) = socket.send_to(&message.encode(), dest).await {
+                    tracing::warn!(%dest, error = %e, "dhcp: send failed");
+                }
+                tracing::info!(mac = %mac_text, request = ?kind, reply = ?reply_kind, address = %message.yiaddr, subnet = %subnet_name, file = %String::from_utf8_lossy(&message.file), "dhcp");
+            }
+        }
+    }
+
+    fn next_free(&mut self, si: usize, now: i64) -> Option<Ipv4Addr> {
+        // The pool may still mark addresses whose lease or offer has since
+        // expired; it never hands out one that is held.
+        for _ in 0..64 {
+            let ip = self.subnets[si].pool.next_free()?;
+            if self.held(ip, now) {
+                self.subnets[si].pool.take(ip);
+                continue;
+            }
+            self.subnets[si].pool.take(ip);
+            return Some(ip);
+        }
+        None
+    }
+
+    async fn persist(
+        &mut self,
+        w: &LeaseWrite,
+        m: &Message,
+        client: &ClientKey,
+        subnet: &str,
+    ) -> Result<(), plinth_store::StoreError> {
+        let state = match w.state {
+            LeaseState::Offered | LeaseState::Bound => plinth_model::LeaseState::Bound,
+            LeaseState::Released => plinth_model::LeaseState::Released,
+            LeaseState::Declined => plinth_model::LeaseState::Declined,
+        };
+        let expires = chrono::DateTime::from_timestamp(w.expires_at as i64, 0).unwrap_or_default();
+        let mac = plinth_model::MacAddr(m.mac().unwrap_or_default());
+        let body = serde_json::json!({
+            "address": w.address,
+            "mac": mac.to_string(),
+            "client_id": m.option(code::CLIENT_ID).map(hex),
+            "subnet": subnet,
+            "state": state,
+            "expires_at": expires,
+            "hostname": w.hostname,
+        });
+        let (key, body) =
+            plinth_model::normalize(Kind::Lease, body).map_err(|e| plinth_store::StoreError::Query(e.to_string()))?;
+        let expect = match self.leases.get(&w.address) {
+            Some(l) => Expect::Revision(l.revision),
+            None => Expect::Absent,
+        };
+        let record = match self.store.put(Kind::Lease, &key, body.clone(), expect).await {
+            Ok(r) => r,
+            Err(plinth_store::StoreError::Conflict { .. } | plinth_store::StoreError::Exists { .. }) => {
+                // Another writer changed it: take the store's word and retry once.
+                let current = self.store.get(Kind::Lease, &key).await?;
+                let expect = current.as_ref().map_or(Expect::Absent, |r| Expect::Revision(r.revision));
+                self.store.put(Kind::Lease, &key, body, expect).await?
+            }
+            Err(e) => return Err(e),
+        };
+        self.offers.remove(&w.address);
+        if let Some(old) = self.by_client.iter().find(|(k, ip)| *k == client && **ip != w.address).map(|(_, ip)| *ip) {
+            for s in &mut self.subnets {
+                s.pool.free(old);
+            }
+        }
+        self.by_client.insert(client.clone(), w.address);
+        self.leases.insert(
+            w.address,
+            LeaseRec { client: client.clone(), state, expires_at: w.expires_at as i64, revision: record.revision },
+        );
+        for s in &mut self.subnets {
+            if state == plinth_model::LeaseState::Released {
+                s.pool.free(w.address);
+            } else {
+                s.pool.take(w.address);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_socket(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    // Only this interface's packets, and replies leave through it.
+    s.bind_device(Some(interface.as_bytes()))?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s.into())
+}
+
+async fn receive(socket: Arc<UdpSocket>, interface: String, tx: mpsc::Sender<Packet>) {
+    let mut buf = vec![0u8; 1500];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let p = Packet { interface: interface.clone(), from, bytes: buf[..n].to_vec() };
+                // A full queue means a flood: drop rather than grow.
+                if tx.try_send(p).is_err() {
+                    tracing::debug!(%interface, "dhcp: queue full, dropping a packet");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%interface, error = %e, "dhcp: receive error");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Runs the DHCP service until `shutdown` resolves.
+pub async fn serve(store: Arc<dyn Store>, config: DhcpConfig, shutdown: impl std::future::Future<Output = ()>) {
+    let (tx, mut rx) = mpsc::channel(config.queue);
+    let mut changes = store.subscribe();
+    let mut engine = Engine {
+        store,
+        config,
+        subnets: Vec::new(),
+        reservations: HashMap::new(),
+        leases: HashMap::new(),
+        by_client: HashMap::new(),
+        offers: HashMap::new(),
+        listeners: HashMap::new(),
+        tx,
+    };
+    engine.reload().await;
+    if engine.subnets.is_empty() {
+        tracing::info!("dhcp: no subnet configured; not answering anywhere until one is created");
+    }
+    tokio::pin!(shutdown);
+    let mut sweep = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(p) = rx.recv() => engine.handle(p).await,
+            change = changes.recv() => match change {
+                Ok(c) if matches!(c.kind, Kind::Subnet | Kind::Reservation) => engine.reload().await,
+                Ok(c) if c.kind == Kind::Lease => {
+                    // Our own writes are already indexed; another writer's
+                    // (the API, a second server) needs a reload.
+                    let ours = c.object.get("address").and_then(|a| a.as_str()).and_then(|a| a.parse::<Ipv4Addr>().ok())
+                        .and_then(|ip| engine.leases.get(&ip)).is_some_and(|l| l.revision == c.revision);
+                    if !ours {
+                        engine.reload().await;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => engine.reload().await,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            _ = sweep.tick() => {
+                let now = now_secs();
+                let expired: Vec<Ipv4Addr> = engine.offers.iter().filter(|(_, (_, e))| *e <= now).map(|(ip, _)| *ip).collect();
+                for ip in expired {
+                    engine.offers.remove(&ip);
+                    if !engine.held(ip, now) {
+                        for s in &mut engine.subnets {
+                            s.pool.free(ip);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (_, l) in engine.listeners.drain() {
+        l.task.abort();
+    }
+}

@@ -1,0 +1,294 @@
+//! DHCP against real clients inside network namespaces the test creates:
+//! udhcpc and dhclient get leases with the configured options, renew and
+//! release work, and a relayed request (perfdhcp as a relay) gets a lease
+//! from the subnet its giaddr names.
+
+mod common;
+
+use common::Server;
+use common::netns::{self, Netns};
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn have(tool: &str) -> bool {
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "{tool} is missing: .ci/run installs it");
+        eprintln!("SKIPPED: {tool} is not installed");
+    }
+    found
+}
+
+struct Lab {
+    srv: Netns,
+    cli: Netns,
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+fn ok(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Server in one namespace (10.77.0.1/24 on `vs0`), clients in another.
+fn lab(subnets: &[Value]) -> Lab {
+    let srv = Netns::new("srv");
+    let cli = Netns::new("cli");
+    netns::veth(&srv, "vs0", &cli, "vc0");
+    srv.ip(&["addr", "add", "10.77.0.1/24", "dev", "vs0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = srv.prefix();
+    let server = Server::start_with(dir.path(), &prefix, &["--http-addr", "10.77.0.1:0", "--tftp-addr", "10.77.0.1:0"]);
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, common::PASSWORD).unwrap();
+    ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
+    for s in subnets {
+        ok(server.cli(&["subnets", "create", "--data", &s.to_string()], None));
+    }
+    Lab { srv, cli, server, _dir: dir }
+}
+
+fn leases(lab: &Lab) -> Vec<Value> {
+    serde_json::from_str(&ok(lab.server.cli(&["leases", "list", "-o", "json"], None))).unwrap()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn lab_subnet() -> Value {
+    serde_json::json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100", "range_end": "10.77.0.199",
+        "interface": "vs0", "router": "10.77.0.1", "dns_servers": ["10.77.0.53", "10.77.0.54"], "domain_name": "lab.example",
+        "ntp_servers": ["10.77.0.123"], "lease_secs": 600, "options": [{"code": 252, "text": "http://wpad"}]})
+}
+
+const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;
+esac
+env > "$OUT/$1.$(date +%s%N)"
+"#;
+
+fn events(dir: &std::path::Path, kind: &str) -> Vec<String> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{kind}.")))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn env_var<'a>(env: &'a str, name: &str) -> Option<&'a str> {
+    env.lines().find_map(|l| l.strip_prefix(&format!("{name}=")))
+}
+
+#[test]
+fn udhcpc_gets_a_lease_with_options_renews_and_releases() {
+    if !netns::available() || !have("udhcpc") {
+        return;
+    }
+    let lab = lab(&[lab_subnet()]);
+    let out = tempfile::tempdir().unwrap();
+    let script = out.path().join("script.sh");
+    std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut client = lab
+        .cli
+        .exec(&[
+            "udhcpc",
+            "-f",
+            "-i",
+            "vc0",
+            "-s",
+            script.to_str().unwrap(),
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-x",
+            "hostname:web-7",
+            "-O",
+            "ntpsrv",
+            "-O",
+            "252",
+        ])
+        .env("OUT", out.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("udhcpc bound", Duration::from_secs(30), || !events(out.path(), "bound").is_empty());
+    let bound = events(out.path(), "bound").remove(0);
+    let ip = env_var(&bound, "ip").unwrap().to_owned();
+    let octets: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+    assert!(ip.starts_with("10.77.0.") && (100..=199).contains(&octets[3]), "address from the range: {ip}");
+    assert_eq!(env_var(&bound, "router"), Some("10.77.0.1"));
+    assert_eq!(env_var(&bound, "dns"), Some("10.77.0.53 10.77.0.54"));
+    assert_eq!(env_var(&bound, "domain"), Some("lab.example"));
+    assert_eq!(env_var(&bound, "ntpsrv"), Some("10.77.0.123"));
+    assert_eq!(env_var(&bound, "lease"), Some("600"));
+    assert_eq!(env_var(&bound, "serverid"), Some("10.77.0.1"));
+    assert_eq!(env_var(&bound, "mask"), Some("24"));
+    assert_eq!(env_var(&bound, "wpad"), Some("http://wpad"), "custom option by code (252)");
+
+    // The lease is in the store, bound, with the client's hostname.
+    let l = leases(&lab);
+    assert_eq!(l.len(), 1);
+    assert_eq!(
+        (l[0]["address"].as_str(), l[0]["state"].as_str(), l[0]["hostname"].as_str()),
+        (Some(ip.as_str()), Some("bound"), Some("web-7"))
+    );
+    let revision = l[0]["revision"].as_u64().unwrap();
+
+    // SIGUSR1: renew (unicast REQUEST with ciaddr) extends the same lease.
+    netns::run(&["kill", "-USR1", &client.id().to_string()]);
+    wait_for("renewal", Duration::from_secs(20), || !events(out.path(), "renew").is_empty());
+    assert_eq!(env_var(&events(out.path(), "renew")[0], "ip"), Some(ip.as_str()));
+    wait_for("renewed lease stored", Duration::from_secs(5), || {
+        leases(&lab)[0]["revision"].as_u64().unwrap() > revision
+    });
+
+    // SIGUSR2: release.
+    netns::run(&["kill", "-USR2", &client.id().to_string()]);
+    wait_for("release recorded", Duration::from_secs(10), || leases(&lab)[0]["state"] == "released");
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
+#[test]
+fn dhclient_gets_a_lease_and_a_reservation_wins() {
+    if !netns::available() || !have("dhclient") {
+        return;
+    }
+    let lab = lab(&[lab_subnet()]);
+    let mac = String::from_utf8(lab.cli.exec(&["cat", "/sys/class/net/vc0/address"]).output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    ok(lab.server.cli(
+        &[
+            "reservations",
+            "create",
+            "--data",
+            &serde_json::json!({"mac": mac, "address": "10.77.0.42", "hostname": "fixed-1",
+            "options": [{"code": 6, "ipv4": ["10.77.0.99"]}]})
+            .to_string(),
+        ],
+        None,
+    ));
+    let out = tempfile::tempdir().unwrap();
+    let script = out.path().join("dhclient-script");
+    // dhclient runs its script with a clean environment: the path is baked in.
+    let body = "#!/bin/sh\ncase \"$reason\" in BOUND|RENEW|REBOOT) ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\";; esac\n";
+    std::fs::write(&script, format!("{body}env > \"{}/$reason.$(date +%s%N)\"\n", out.path().display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lf = out.path().join("leases");
+    let pf = out.path().join("pid");
+    let st = lab
+        .cli
+        .exec(&[
+            "timeout",
+            "60",
+            "dhclient",
+            "-1",
+            "-4",
+            "-lf",
+            lf.to_str().unwrap(),
+            "-pf",
+            pf.to_str().unwrap(),
+            "-sf",
+            script.to_str().unwrap(),
+            "vc0",
+        ])
+        .env("OUT", out.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "dhclient -1 got a lease");
+    let bound = events(out.path(), "BOUND");
+    assert_eq!(
+        bound.len(),
+        1,
+        "one BOUND; saw {:?}",
+        std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>()
+    );
+    assert_eq!(env_var(&bound[0], "new_ip_address"), Some("10.77.0.42"), "the reserved address");
+    assert_eq!(env_var(&bound[0], "new_host_name"), Some("fixed-1"));
+    assert_eq!(env_var(&bound[0], "new_domain_name_servers"), Some("10.77.0.99"), "reservation options override");
+    assert_eq!(env_var(&bound[0], "new_routers"), Some("10.77.0.1"));
+    // Release with -r.
+    let _ = lab
+        .cli
+        .exec(&[
+            "timeout",
+            "30",
+            "dhclient",
+            "-r",
+            "-lf",
+            lf.to_str().unwrap(),
+            "-pf",
+            pf.to_str().unwrap(),
+            "-sf",
+            script.to_str().unwrap(),
+            "vc0",
+        ])
+        .env("OUT", out.path())
+        .status();
+    wait_for("release recorded", Duration::from_secs(10), || {
+        leases(&lab).iter().any(|l| l["address"] == "10.77.0.42" && l["state"] == "released")
+    });
+}
+
+#[test]
+fn relayed_requests_get_leases_from_the_giaddr_subnet() {
+    if !netns::available() || !have("perfdhcp") {
+        return;
+    }
+    let relayed = serde_json::json!({"name": "remote", "cidr": "10.88.0.0/24", "range_start": "10.88.0.10", "range_end": "10.88.0.250", "router": "10.88.0.1"});
+    let lab = lab(&[lab_subnet(), relayed]);
+    // The "relay" lives in the client namespace with an address on both nets.
+    lab.cli.ip(&["addr", "add", "10.77.0.2/24", "dev", "vc0"]);
+    lab.cli.ip(&["addr", "add", "10.88.0.1/24", "dev", "vc0"]);
+    lab.srv.ip(&["route", "add", "10.88.0.0/24", "via", "10.77.0.2"]);
+    let o = lab
+        .cli
+        .exec(&[
+            "timeout",
+            "30",
+            "perfdhcp",
+            "-4",
+            "-l",
+            "10.88.0.1",
+            "-r",
+            "20",
+            "-n",
+            "20",
+            "-R",
+            "20",
+            "-p",
+            "10",
+            "10.77.0.1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let l = leases(&lab);
+    assert!(!l.is_empty(), "relayed clients got leases: {text}");
+    for lease in &l {
+        assert_eq!(lease["subnet"], "remote", "{lease}");
+        assert!(lease["address"].as_str().unwrap().starts_with("10.88.0."), "{lease}");
+    }
+}
