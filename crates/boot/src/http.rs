@@ -24,7 +24,22 @@ pub fn router(root: FileRoot) -> Router {
         .route("/files/{*path}", axum::routing::get(file))
         .route("/ipxe/{mac}", axum::routing::get(ipxe_script))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(root)
+}
+
+/// Records every boot HTTP request: which client fetched what, and the answer.
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    tracing::info!(%client, %method, path = %path.escape_debug(), status = resp.status().as_u16(), "http boot request");
+    resp
 }
 
 /// Serves until `shutdown` resolves.
@@ -33,7 +48,9 @@ pub async fn serve(
     root: FileRoot,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(root)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(root).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Decodes `%XX` escapes once. Invalid escapes are an error, not passed on.

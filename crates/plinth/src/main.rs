@@ -2,6 +2,7 @@
 //! subcommand is the CLI client (see the `plinth-cli` crate).
 #![forbid(unsafe_code)]
 
+mod bootloaders;
 mod serve;
 
 use clap::{Arg, ArgAction, Command, value_parser};
@@ -73,12 +74,37 @@ fn command() -> Command {
                 .value_parser(["text", "json"])
                 .help("Log format"),
         );
+    let bootloaders =
+        Command::new("bootloaders").about("Manage boot loaders in the file root").subcommand_required(true).subcommand(
+            Command::new("install")
+                .about("Copy iPXE loaders from the system's ipxe package into the file root")
+                .arg(
+                    Arg::new("from")
+                        .long("from")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("Folder with the loaders [default: /usr/lib/ipxe]"),
+                )
+                .arg(
+                    Arg::new("data-dir")
+                        .long("data-dir")
+                        .env("PLINTH_DATA_DIR")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("Data dir whose files/ to fill [default: ./plinth-data]"),
+                )
+                .arg(
+                    Arg::new("file-root")
+                        .long("file-root")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("File root to fill (instead of <data-dir>/files)"),
+                ),
+        );
     let root = Command::new("plinth")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Provisioning for bare metal and cloud machines")
         .subcommand_required(true)
         .arg_required_else_help(true)
-        .subcommand(serve);
+        .subcommand(serve)
+        .subcommand(bootloaders);
     plinth_cli::augment(root)
 }
 
@@ -99,6 +125,17 @@ fn main() -> ExitCode {
         }
     };
     let Some((name, sub)) = matches.subcommand() else { return ExitCode::from(2) };
+    if name == "bootloaders" {
+        let result = sub.subcommand().map(|(_, m)| bootloaders::run(m));
+        return match result {
+            Some(Ok(())) => ExitCode::SUCCESS,
+            Some(Err(e)) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+            None => ExitCode::from(2),
+        };
+    }
     if name == "serve" {
         return match runtime.block_on(serve::run(sub)) {
             Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,163 @@
+//! The truest test: a QEMU VM (TCG) in a network namespace PXE-boots from
+//! Plinth alone. It gets its address and loader from Plinth's DHCP, iPXE
+//! chains to Plinth's boot HTTP server, a Debian kernel and a busybox initrd
+//! served by Plinth boot, get a lease again, fetch a file from Plinth and
+//! power off. Legacy BIOS and UEFI (OVMF). Assets come from
+//! `scripts/lab-assets.sh` (run by .ci/run).
+
+mod common;
+
+use common::Server;
+use common::netns::{self, Netns};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn lab_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("PLINTH_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/lab"));
+    let ready = dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file();
+    if !ready {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "VM assets missing in {}: .ci/run runs scripts/lab-assets.sh",
+            dir.display()
+        );
+        eprintln!("SKIPPED: run scripts/lab-assets.sh to prepare {}", dir.display());
+        return None;
+    }
+    Some(dir)
+}
+
+fn have(path: &str) -> bool {
+    let found = std::path::Path::new(path).exists()
+        || Command::new("sh").args(["-c", &format!("command -v {path}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "{path} is missing: .ci/run installs it");
+        eprintln!("SKIPPED: {path} is not installed");
+    }
+    found
+}
+
+fn ok(o: std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn boot(uefi: bool, mac: &str) {
+    let Some(assets) = lab_dir() else { return };
+    if !netns::available()
+        || !have("qemu-system-x86_64")
+        || !have("/usr/lib/ipxe/undionly.kpxe")
+        || (uefi && !have("/usr/share/ovmf/OVMF.fd"))
+    {
+        return;
+    }
+    let ns = Netns::new("vm");
+    ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "br0"]);
+    ns.ip(&["link", "set", "br0", "up"]);
+    ns.ip(&["tuntap", "add", "tap0", "mode", "tap"]);
+    ns.ip(&["link", "set", "tap0", "master", "br0"]);
+    ns.ip(&["link", "set", "tap0", "up"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = ns.prefix();
+    // Port 69: PXE firmware fetches its loader from the standard TFTP port.
+    let server =
+        Server::start_with(dir.path(), &prefix, &["--http-addr", "10.77.0.1:0", "--tftp-addr", "10.77.0.1:69"]);
+    let http = server.addr("http");
+    let files = server.files();
+    ok(Command::new(common::bin()).args(["bootloaders", "install", "--file-root"]).arg(&files).output().unwrap());
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(assets.join(f), files.join(f)).unwrap();
+    }
+    std::fs::write(files.join("hello.txt"), "plinth-says-hello").unwrap();
+    std::fs::create_dir_all(files.join("ipxe")).unwrap();
+    // `initrd=` names the initrd for the EFI stub (LAB-NOTES); harmless on BIOS.
+    std::fs::write(
+        files.join("ipxe/default.ipxe"),
+        format!(
+            "#!ipxe\nkernel http://{http}/files/vmlinuz initrd=initrd.img console=ttyS0 loglevel=3 panic=5 plinth={http}\ninitrd http://{http}/files/initrd.img\nboot\n"
+        ),
+    )
+    .unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, common::PASSWORD).unwrap();
+    ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
+    let subnet = serde_json::json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100", "range_end": "10.77.0.199",
+        "interface": "br0", "lease_secs": 600});
+    ok(server.cli(&["subnets", "create", "--data", &subnet.to_string()], None));
+
+    let mut qemu = ns.exec(&[
+        "timeout",
+        "300",
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-nographic",
+        "-no-reboot",
+        "-boot",
+        "n",
+    ]);
+    qemu.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
+    if uefi {
+        // virtio-net without an option ROM: OVMF's own PXE client (arch 7)
+        // does the first DHCP and fetches ipxe.efi over Plinth's TFTP.
+        qemu.args([
+            "-bios",
+            "/usr/share/ovmf/OVMF.fd",
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+        ]);
+    } else {
+        // e1000 with QEMU's iPXE option ROM, as on SeaBIOS machines.
+        qemu.args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
+    }
+    let out = qemu.stdin(Stdio::null()).output().unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    let tail: String = console.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+    assert!(
+        console.contains("PLINTH-LAB: fetched [plinth-says-hello]"),
+        "the VM did not phone home; console tail:\n{tail}"
+    );
+
+    // Plinth saw the whole chain: a bound lease for the VM's MAC, and its
+    // HTTP requests for the kernel, the initrd and the file.
+    let leases: Vec<serde_json::Value> = serde_json::from_str(&ok(
+        server.cli(&["leases", "list", "-o", "json", "--filter", &format!("mac={mac}")], None)
+    ))
+    .unwrap();
+    assert!(leases.iter().any(|l| l["state"] == "bound"), "{leases:?}");
+    let log = server.log.lock().unwrap().join("\n");
+    for path in ["/ipxe/", "/files/vmlinuz", "/files/initrd.img", "/files/hello.txt"] {
+        assert!(log.contains(&format!("path={path}")), "no HTTP request for {path} in the server log");
+    }
+    for line in log.lines().filter(|l| l.contains("dhcp") && l.contains("reply=")) {
+        eprintln!("{line}");
+    }
+    if uefi {
+        assert!(log.contains("file=ipxe.efi"), "UEFI firmware was offered the UEFI loader");
+        assert!(log.contains("file=ipxe.efi") && log.contains("tftp: sent"), "and fetched it over TFTP");
+    }
+    drop(server);
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+#[test]
+fn bios_vm_pxe_boots_from_plinth() {
+    boot(false, "52:54:00:aa:00:01");
+}
+
+#[test]
+fn uefi_vm_pxe_boots_from_plinth() {
+    boot(true, "52:54:00:aa:00:02");
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Prepares what the VM boot tests need in one folder (default target/lab):
+# a Debian kernel (unpacked from its package, never installed), its e1000
+# module, and an initrd of busybox that gets an address by DHCP, fetches a
+# file from Plinth's boot HTTP server and powers off. Idempotent.
+set -euo pipefail
+dir=${1:-target/lab}
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+
+if [ ! -f "$dir/vmlinuz" ]; then
+  pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  [ -n "$pkg" ] || { echo "cannot find the kernel package behind linux-image-amd64 (run apt-get update)" >&2; exit 1; }
+  (cd "$dir" && rm -f linux-image-*.deb && apt-get download "$pkg" >/dev/null)
+  rm -rf "$dir/kernel"
+  dpkg -x "$dir"/linux-image-*.deb "$dir/kernel"
+  cp "$dir"/kernel/boot/vmlinuz-* "$dir/vmlinuz.tmp"
+  mv "$dir/vmlinuz.tmp" "$dir/vmlinuz"
+fi
+
+# NIC drivers for e1000 and virtio-net; their dependencies are resolved
+# from each module's own `depends=` field (.modinfo), no depmod needed.
+wanted=(e1000 virtio_net virtio_pci)
+busybox=$(command -v busybox)
+file -L "$busybox" 2>/dev/null | grep -q 'statically linked' || [ -f /bin/busybox ] || { echo "needs busybox-static" >&2; exit 1; }
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+mkdir -p "$root"/{bin,dev,proc,sys,etc,tmp,modules}
+cp /bin/busybox "$root/bin/busybox"
+: > "$root/modules/order"
+declare -A seen=()
+module_file() { find "$dir/kernel/lib/modules" -name "$1.ko*" | head -n 1; }
+add_module() {
+  local m=$1 f deps d
+  [ -z "${seen[$m]:-}" ] || return 0
+  seen[$m]=1
+  f=$(module_file "$m")
+  # Absent means built into the kernel.
+  [ -n "$f" ] || return 0
+  case "$f" in
+    *.xz) xz -dc "$f" > "$root/modules/$m.ko" ;;
+    *.zst) zstd -dcq "$f" > "$root/modules/$m.ko" ;;
+    *) cp "$f" "$root/modules/$m.ko" ;;
+  esac
+  deps=$(tr '\0' '\n' < "$root/modules/$m.ko" | sed -n 's/^depends=//p' | head -n 1)
+  for d in ${deps//,/ }; do add_module "$d"; done
+  echo "$m" >> "$root/modules/order"
+}
+for m in "${wanted[@]}"; do add_module "$m"; done
+grep -qx e1000 "$root/modules/order" || { echo "e1000 module not found in the kernel package" >&2; exit 1; }
+cat > "$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules/order); do insmod "/modules/$m.ko" || echo "PLINTH-LAB: insmod $m failed"; done; ls /sys/class/net
+ip link set eth0 up
+server=$(sed -n 's/.*plinth=\([^ ]*\).*/\1/p' /proc/cmdline)
+echo "PLINTH-LAB: initrd up, server $server"
+if udhcpc -i eth0 -q -n -t 10 -T 2 -s /udhcpc.sh; then
+  hello=$(wget -q -O - "http://$server/files/hello.txt?from=$(cat /sys/class/net/eth0/address)")
+  echo "PLINTH-LAB: fetched [$hello]"
+else
+  echo "PLINTH-LAB: no DHCP lease"
+fi
+poweroff -f
+INIT
+cat > "$root/udhcpc.sh" <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+  bound|renew) ip addr add "$ip/$mask" dev "$interface"; echo "PLINTH-LAB: leased $ip" ;;
+esac
+SCRIPT
+chmod +x "$root/init" "$root/udhcpc.sh"
+(cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -9) > "$dir/initrd.img.tmp"
+mv "$dir/initrd.img.tmp" "$dir/initrd.img"
+echo "lab assets ready in $dir"
