@@ -70,13 +70,21 @@ struct ReservationRec {
 }
 
 struct Listener {
+    /// Server port (67).
     socket: Arc<UdpSocket>,
+    /// PXE boot server port (4011), for proxy subnets.
+    boot_socket: Option<Arc<UdpSocket>>,
     address: Ipv4Addr,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// The PXE boot server port (proxyDHCP requests).
+pub const BOOT_SERVER_PORT: u16 = 4011;
 
 struct Packet {
     interface: String,
+    /// Local port it arrived on.
+    port: u16,
     from: SocketAddr,
     bytes: Vec<u8>,
 }
@@ -210,7 +218,10 @@ impl Engine {
             if !s.enabled {
                 continue;
             }
-            let mut pool = Pool::new(s.range_start, s.range_end);
+            let mut pool = match (s.range_start, s.range_end) {
+                (Some(a), Some(b)) if !s.proxy => Pool::new(a, b),
+                _ => Pool::new(Ipv4Addr::new(0, 0, 0, 1), Ipv4Addr::UNSPECIFIED),
+            };
             for ip in [s.cidr.addr, s.cidr.broadcast()] {
                 pool.take(ip);
             }
@@ -242,14 +253,20 @@ impl Engine {
 
     fn reconcile_listeners(&mut self) {
         let wanted: Vec<String> = self.subnets.iter().filter_map(|s| s.subnet.interface.clone()).collect();
-        self.listeners.retain(|name, l| {
-            let keep = wanted.contains(name);
-            if !keep {
-                l.task.abort();
+        let proxied =
+            |name: &str| self.subnets.iter().any(|s| s.subnet.proxy && s.subnet.interface.as_deref() == Some(name));
+        let stale: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(name, l)| !wanted.contains(name) || l.boot_socket.is_some() != proxied(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(l) = self.listeners.remove(&name) {
+                l.tasks.iter().for_each(|t| t.abort());
                 tracing::info!(interface = %name, "dhcp: stopped listening");
             }
-            keep
-        });
+        }
         let addrs = if_addrs::get_if_addrs().unwrap_or_default();
         for name in wanted {
             if self.listeners.contains_key(&name) {
@@ -273,12 +290,27 @@ impl Engine {
                 tracing::error!(interface = %name, "dhcp: interface has no IPv4 address (or does not exist); not listening there");
                 continue;
             };
-            match open_socket(&name, self.config.server_port) {
-                Ok(socket) => {
+            let proxy =
+                self.subnets.iter().any(|s| s.subnet.proxy && s.subnet.interface.as_deref() == Some(name.as_str()));
+            let opened = open_socket(&name, self.config.server_port).and_then(|s| {
+                let boot = if proxy { Some(open_socket(&name, BOOT_SERVER_PORT)?) } else { None };
+                Ok((s, boot))
+            });
+            match opened {
+                Ok((socket, boot)) => {
                     let socket = Arc::new(socket);
-                    let task = tokio::spawn(receive(socket.clone(), name.clone(), self.tx.clone()));
-                    tracing::info!(service = "dhcp", interface = %name, %address, port = self.config.server_port, "listening");
-                    self.listeners.insert(name, Listener { socket, address, task });
+                    let mut tasks = vec![tokio::spawn(receive(
+                        socket.clone(),
+                        name.clone(),
+                        self.config.server_port,
+                        self.tx.clone(),
+                    ))];
+                    let boot_socket = boot.map(Arc::new);
+                    if let Some(b) = &boot_socket {
+                        tasks.push(tokio::spawn(receive(b.clone(), name.clone(), BOOT_SERVER_PORT, self.tx.clone())));
+                    }
+                    tracing::info!(service = "dhcp", interface = %name, %address, port = self.config.server_port, proxy, "listening");
+                    self.listeners.insert(name, Listener { socket, boot_socket, address, tasks });
                 }
                 Err(e) => {
                     let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -336,11 +368,20 @@ impl Engine {
             }
         };
         let Some(listener) = self.listeners.get(&p.interface) else { return };
-        let (socket, server_id) = (listener.socket.clone(), listener.address);
+        let on_boot_port = p.port == BOOT_SERVER_PORT;
+        let socket = if on_boot_port { listener.boot_socket.clone() } else { Some(listener.socket.clone()) };
+        let (Some(socket), server_id) = (socket, listener.address) else { return };
         let Some(si) = self.subnet_for(&m, &p.interface) else {
             tracing::debug!(interface = %p.interface, giaddr = %m.giaddr, "dhcp: no subnet for request; ignoring");
             return;
         };
+        if self.subnets[si].subnet.proxy {
+            self.handle_proxy(&m, si, server_id, on_boot_port, &socket, p.from).await;
+            return;
+        }
+        if on_boot_port {
+            return;
+        }
         let now = now_secs();
         let client = client_key(&m);
         let mac = m.mac();
@@ -372,7 +413,7 @@ impl Engine {
             next_server: s.subnet.next_server,
             only_reservations: s.subnet.only_reservations,
             boot_files: &s.boot,
-            range: Some((s.subnet.range_start, s.subnet.range_end)),
+            range: s.subnet.range_start.zip(s.subnet.range_end),
         };
         let facts = Facts {
             server_id,
@@ -426,17 +467,69 @@ impl Engine {
                         return;
                     }
                 }
-                let dest = match to {
-                    Destination::Relay(ip) => SocketAddrV4::new(ip, self.config.server_port),
-                    Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, self.config.client_port),
-                    Destination::Unicast(ip) => SocketAddrV4::new(ip, self.config.client_port),
-                };
+                let dest = self.destination(to, p.from);
                 let reply_kind = message.message_type();
                 if let Err(e) = socket.send_to(&message.encode(), dest).await {
                     tracing::warn!(%dest, error = %e, "dhcp: send failed");
                 }
                 tracing::info!(mac = %mac_text, request = ?kind, reply = ?reply_kind, address = %message.yiaddr, subnet = %subnet_name, file = %String::from_utf8_lossy(&message.file), "dhcp");
             }
+        }
+    }
+
+    fn destination(&self, to: Destination, from: SocketAddr) -> SocketAddr {
+        match to {
+            Destination::Relay(ip) => SocketAddrV4::new(ip, self.config.server_port).into(),
+            Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, self.config.client_port).into(),
+            Destination::Unicast(ip) => SocketAddrV4::new(ip, self.config.client_port).into(),
+            Destination::Source => from,
+        }
+    }
+
+    async fn handle_proxy(
+        &self,
+        m: &Message,
+        si: usize,
+        server_id: Ipv4Addr,
+        on_boot_port: bool,
+        socket: &UdpSocket,
+        from: SocketAddr,
+    ) {
+        let s = &self.subnets[si];
+        let http_base = format!("http://{server_id}:{}", self.config.http_port);
+        let view = SubnetView {
+            name: s.subnet.name.as_str(),
+            network: s.subnet.cidr.addr,
+            prefix: s.subnet.cidr.prefix,
+            lease_secs: s.subnet.lease_secs,
+            options: &s.options,
+            next_server: s.subnet.next_server,
+            only_reservations: false,
+            boot_files: &s.boot,
+            range: None,
+        };
+        let facts = Facts {
+            server_id,
+            http_base: &http_base,
+            reservation: None,
+            current: None,
+            requested_owner: Owner::Other,
+            free: None,
+            now: now_secs().max(0) as u64,
+        };
+        let mac = m.mac().map(|b| plinth_model::MacAddr(b).to_string()).unwrap_or_default();
+        match server::decide_proxy(m, &view, &facts, on_boot_port) {
+            Decision::Reply { message, to, .. } => {
+                let dest = self.destination(to, from);
+                if let Err(e) = socket.send_to(&message.encode(), dest).await {
+                    tracing::warn!(%dest, error = %e, "dhcp: proxy send failed");
+                }
+                tracing::info!(%mac, request = ?m.message_type(), reply = ?message.message_type(), subnet = %s.subnet.name, proxy = true,
+                    port = if on_boot_port { BOOT_SERVER_PORT } else { self.config.server_port },
+                    file = %String::from_utf8_lossy(&message.file), "dhcp");
+            }
+            Decision::Ignore(why) => tracing::debug!(%mac, why, "dhcp: proxy ignored"),
+            _ => {}
         }
     }
 
@@ -528,12 +621,12 @@ fn open_socket(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-async fn receive(socket: Arc<UdpSocket>, interface: String, tx: mpsc::Sender<Packet>) {
+async fn receive(socket: Arc<UdpSocket>, interface: String, port: u16, tx: mpsc::Sender<Packet>) {
     let mut buf = vec![0u8; 1500];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
-                let p = Packet { interface: interface.clone(), from, bytes: buf[..n].to_vec() };
+                let p = Packet { interface: interface.clone(), port, from, bytes: buf[..n].to_vec() };
                 // A full queue means a flood: drop rather than grow.
                 if tx.try_send(p).is_err() {
                     tracing::debug!(%interface, "dhcp: queue full, dropping a packet");
@@ -602,6 +695,6 @@ pub async fn serve(store: Arc<dyn Store>, config: DhcpConfig, shutdown: impl std
         }
     }
     for (_, l) in engine.listeners.drain() {
-        l.task.abort();
+        l.tasks.iter().for_each(|t| t.abort());
     }
 }

@@ -581,10 +581,17 @@ object! {
         pub description: String,
         /// The network, e.g. `10.0.0.0/24`.
         pub cidr: Ipv4Cidr,
-        /// First address handed out.
-        pub range_start: Ipv4Addr,
-        /// Last address handed out.
-        pub range_end: Ipv4Addr,
+        /// First address handed out (required unless `proxy`).
+        #[serde(default)]
+        pub range_start: Option<Ipv4Addr>,
+        /// Last address handed out (required unless `proxy`).
+        #[serde(default)]
+        pub range_end: Option<Ipv4Addr>,
+        /// proxyDHCP mode (PXE spec): another server hands out addresses;
+        /// Plinth answers PXE and iPXE clients with boot information only,
+        /// on port 67 and 4011, and never gives an address.
+        #[serde(default)]
+        pub proxy: bool,
         /// Interface whose direct (non-relayed) requests this subnet answers.
         #[serde(default)]
         pub interface: Option<String>,
@@ -630,14 +637,30 @@ pub const BOOT_FILE_KEYS: &[&str] =
 
 impl Subnet {
     fn check_fields(&self) -> Result<(), ValidationError> {
-        for (field, ip) in [("range_start", self.range_start), ("range_end", self.range_end)] {
-            if !self.cidr.contains(ip) {
-                return Err(self.invalid(field, format!("{ip} is outside {}", self.cidr)));
+        match (self.range_start, self.range_end) {
+            (Some(start), Some(end)) => {
+                for (field, ip) in [("range_start", start), ("range_end", end)] {
+                    if !self.cidr.contains(ip) {
+                        return Err(self.invalid(field, format!("{ip} is outside {}", self.cidr)));
+                    }
+                }
+                if u32::from(start) > u32::from(end) {
+                    return Err(self.invalid("range_end", format!("{end} is before range_start {start}")));
+                }
+            }
+            (None, None) if self.proxy => {}
+            (None, _) => {
+                return Err(
+                    self.invalid("range_start", "required: the first address to hand out (or set `proxy: true`)")
+                );
+            }
+            (_, None) => {
+                return Err(self.invalid("range_end", "required: the last address to hand out (or set `proxy: true`)"));
             }
         }
-        if u32::from(self.range_start) > u32::from(self.range_end) {
+        if self.proxy && self.interface.is_none() {
             return Err(
-                self.invalid("range_end", format!("{} is before range_start {}", self.range_end, self.range_start))
+                self.invalid("interface", "a proxy subnet answers broadcasts and needs the interface to answer on")
             );
         }
         if self.lease_secs < 60 {

@@ -40,6 +40,10 @@ fn have(path: &str) -> bool {
     found
 }
 
+fn log_has(server: &Server, needle: &str) -> bool {
+    server.log.lock().unwrap().iter().any(|l| l.contains(needle))
+}
+
 fn ok(o: std::process::Output) -> String {
     assert!(
         o.status.success(),
@@ -50,7 +54,7 @@ fn ok(o: std::process::Output) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-fn boot(uefi: bool, mac: &str) {
+fn boot(uefi: bool, proxy: bool, mac: &str) {
     let Some(assets) = lab_dir() else { return };
     if !netns::available()
         || !have("qemu-system-x86_64")
@@ -91,9 +95,41 @@ fn boot(uefi: bool, mac: &str) {
     let pw = dir.path().join("pw");
     std::fs::write(&pw, common::PASSWORD).unwrap();
     ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
-    let subnet = serde_json::json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100", "range_end": "10.77.0.199",
-        "interface": "br0", "lease_secs": 600});
+    let subnet = if proxy {
+        serde_json::json!({"name": "lab", "cidr": "10.77.0.0/24", "proxy": true, "interface": "br0"})
+    } else {
+        serde_json::json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100", "range_end": "10.77.0.199",
+            "interface": "br0", "lease_secs": 600})
+    };
     ok(server.cli(&["subnets", "create", "--data", &subnet.to_string()], None));
+
+    // proxyDHCP: addresses come from dnsmasq (PXE off) on another host of
+    // the same segment; Plinth only adds boot information.
+    let mut other_dhcp = None;
+    let dhcp_ns = proxy.then(|| Netns::new("dhcp"));
+    if let Some(dns) = &dhcp_ns {
+        netns::veth(&ns, "vd0", dns, "vd1");
+        ns.ip(&["link", "set", "vd0", "master", "br0"]);
+        dns.ip(&["addr", "add", "10.77.0.2/24", "dev", "vd1"]);
+        let leasefile = dir.path().join("dnsmasq.leases");
+        let child = dns
+            .exec(&[
+                "dnsmasq",
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--interface=vd1",
+                "--bind-interfaces",
+                "--dhcp-range=10.77.0.50,10.77.0.60,255.255.255.0,1h",
+                "--dhcp-authoritative",
+            ])
+            .arg(format!("--dhcp-leasefile={}", leasefile.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        other_dhcp = Some(child);
+    }
 
     let mut qemu = ns.exec(&[
         "timeout",
@@ -123,6 +159,10 @@ fn boot(uefi: bool, mac: &str) {
         qemu.args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
     }
     let out = qemu.stdin(Stdio::null()).output().unwrap();
+    if let Some(mut c) = other_dhcp {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     let console = String::from_utf8_lossy(&out.stdout);
     let tail: String = console.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
     assert!(
@@ -136,7 +176,16 @@ fn boot(uefi: bool, mac: &str) {
         server.cli(&["leases", "list", "-o", "json", "--filter", &format!("mac={mac}")], None)
     ))
     .unwrap();
-    assert!(leases.iter().any(|l| l["state"] == "bound"), "{leases:?}");
+    if proxy {
+        assert!(leases.is_empty(), "proxyDHCP never hands out addresses: {leases:?}");
+        assert!(
+            console.contains("PLINTH-LAB: leased 10.77.0.5") || console.contains("PLINTH-LAB: leased 10.77.0.60"),
+            "the address came from dnsmasq"
+        );
+        assert!(log_has(&server, "proxy=true"), "Plinth answered as proxyDHCP");
+    } else {
+        assert!(leases.iter().any(|l| l["state"] == "bound"), "{leases:?}");
+    }
     let log = server.log.lock().unwrap().join("\n");
     for path in ["/ipxe/", "/files/vmlinuz", "/files/initrd.img", "/files/hello.txt"] {
         assert!(log.contains(&format!("path={path}")), "no HTTP request for {path} in the server log");
@@ -154,10 +203,18 @@ fn boot(uefi: bool, mac: &str) {
 
 #[test]
 fn bios_vm_pxe_boots_from_plinth() {
-    boot(false, "52:54:00:aa:00:01");
+    boot(false, false, "52:54:00:aa:00:01");
 }
 
 #[test]
 fn uefi_vm_pxe_boots_from_plinth() {
-    boot(true, "52:54:00:aa:00:02");
+    boot(true, false, "52:54:00:aa:00:02");
+}
+
+#[test]
+fn proxy_dhcp_boots_a_vm_next_to_another_dhcp_server() {
+    if !have("dnsmasq") {
+        return;
+    }
+    boot(false, true, "52:54:00:aa:00:03");
 }

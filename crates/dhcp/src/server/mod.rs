@@ -112,6 +112,8 @@ pub enum Destination {
     Broadcast,
     /// To this address, port 68.
     Unicast(Ipv4Addr),
+    /// Back to the request's source address and port (proxyDHCP on 4011).
+    Source,
 }
 
 /// The outcome of a request.
@@ -302,26 +304,79 @@ fn build(
         }
     }
     let next_server = reservation.and_then(|x| x.next_server).or(subnet.next_server).unwrap_or(facts.server_id);
-    let client = classify(m);
-    let mac = m.mac().map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join("-")).unwrap_or_default();
-    if let Some(file) = subnet.boot_files.choose(&client, facts.http_base, &facts.server_id.to_string(), &mac) {
-        r.siaddr = next_server;
-        if file.len() < 128 {
-            r.file = file.as_bytes().to_vec();
-        }
-        r.set_option(code::BOOTFILE, file.into_bytes());
-        if client.firmware.is_some_and(|f| f.is_http()) {
-            r.set_option(code::VENDOR_CLASS, b"HTTPClient".to_vec());
-        } else if client.pxe {
-            r.set_option(code::VENDOR_CLASS, b"PXEClient".to_vec());
-            // PXE discovery control: use the boot file in this reply.
-            r.set_option(code::VENDOR_SPECIFIC, vec![6, 1, 8, 255]);
-        }
-    }
+    add_boot(&mut r, m, subnet, facts, next_server, false);
     if let Some(ra) = m.option(code::RELAY_AGENT) {
         r.set_option(code::RELAY_AGENT, ra.to_vec());
     }
     r
+}
+
+/// Puts the boot file for `m`'s client into `r`. Returns whether there was
+/// one. `always_vendor` marks the reply as a PXE one even for clients that
+/// did not say PXEClient (proxyDHCP replies must).
+fn add_boot(
+    r: &mut Message,
+    m: &Message,
+    subnet: &SubnetView<'_>,
+    facts: &Facts<'_>,
+    next_server: Ipv4Addr,
+    always_vendor: bool,
+) -> bool {
+    let client = classify(m);
+    let mac = m.mac().map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join("-")).unwrap_or_default();
+    let Some(file) = subnet.boot_files.choose(&client, facts.http_base, &facts.server_id.to_string(), &mac) else {
+        return false;
+    };
+    r.siaddr = next_server;
+    if file.len() < 128 {
+        r.file = file.as_bytes().to_vec();
+    }
+    r.set_option(code::BOOTFILE, file.into_bytes());
+    if client.firmware.is_some_and(|f| f.is_http()) {
+        r.set_option(code::VENDOR_CLASS, b"HTTPClient".to_vec());
+    } else if client.pxe || always_vendor {
+        r.set_option(code::VENDOR_CLASS, b"PXEClient".to_vec());
+        // PXE discovery control: use the boot file in this reply.
+        r.set_option(code::VENDOR_SPECIFIC, vec![6, 1, 8, 255]);
+    }
+    if let Some(uuid) = &client.uuid {
+        r.set_option(code::CLIENT_UUID, uuid.clone());
+    }
+    true
+}
+
+/// proxyDHCP (PXE 2.1): next to another DHCP server, answer PXE and iPXE
+/// clients with boot information only, never an address. DISCOVERs on port
+/// 67 get a proxy offer (broadcast); REQUESTs to the boot server port 4011
+/// get an ACK sent back to their source.
+pub fn decide_proxy(m: &Message, subnet: &SubnetView<'_>, facts: &Facts<'_>, boot_server_port: bool) -> Decision {
+    if m.op != 1 {
+        return Decision::Ignore("not a request");
+    }
+    let client = classify(m);
+    if client.firmware.is_none() && !client.ipxe {
+        return Decision::Ignore("not a network-boot client; the other DHCP server serves it");
+    }
+    let kind = match (m.message_type(), boot_server_port) {
+        (Some(MessageType::Discover), false) => MessageType::Offer,
+        (Some(MessageType::Request), true) => MessageType::Ack,
+        (Some(MessageType::Request), false) => return Decision::Ignore("address request: for the other DHCP server"),
+        _ => return Decision::Ignore("not a proxyDHCP exchange"),
+    };
+    let mut r = m.reply(kind);
+    r.set_option(code::SERVER_ID, facts.server_id.octets().to_vec());
+    let next_server = subnet.next_server.unwrap_or(facts.server_id);
+    if !add_boot(&mut r, m, subnet, facts, next_server, true) {
+        return Decision::Ignore("no boot file for this kind of client");
+    }
+    let to = if boot_server_port {
+        Destination::Source
+    } else if !m.giaddr.is_unspecified() {
+        Destination::Relay(m.giaddr)
+    } else {
+        Destination::Broadcast
+    };
+    Decision::Reply { message: Box::new(r), to, lease: None }
 }
 
 #[cfg(test)]

@@ -247,3 +247,42 @@ fn only_reservations_ignores_unknown_clients() {
     };
     assert!(matches!(decide(&msg(MessageType::Discover, &[]), &s, &facts()), Decision::Ignore(_)));
 }
+
+#[test]
+fn proxy_answers_pxe_clients_with_boot_information_only() {
+    let pxe = msg(
+        MessageType::Discover,
+        &[
+            (code::VENDOR_CLASS, b"PXEClient:Arch:00007:UNDI:003000"),
+            (code::CLIENT_ARCH, &[0, 7]),
+            (code::CLIENT_UUID, &[0; 17]),
+        ],
+    );
+    let (m, to, lease) = with_subnet(|s| reply(decide_proxy(&pxe, s, &facts(), false)));
+    assert_eq!(m.message_type(), Some(MessageType::Offer));
+    assert_eq!(m.yiaddr, Ipv4Addr::UNSPECIFIED, "never an address");
+    assert!(m.option(code::LEASE_TIME).is_none() && m.option(code::ROUTER).is_none());
+    assert_eq!(m.file, b"ipxe.efi");
+    assert_eq!(m.option(code::VENDOR_CLASS), Some(&b"PXEClient"[..]));
+    assert_eq!(m.option(code::CLIENT_UUID), Some(&[0u8; 17][..]), "UUID echoed");
+    assert_eq!((to, lease), (Destination::Broadcast, None));
+
+    let ipxe_req = msg(
+        MessageType::Request,
+        &[(code::USER_CLASS, b"iPXE"), (code::VENDOR_CLASS, b"PXEClient:Arch:00000:UNDI:002001")],
+    );
+    let (m, to, _) = with_subnet(|s| reply(decide_proxy(&ipxe_req, s, &facts(), true)));
+    assert_eq!(m.message_type(), Some(MessageType::Ack));
+    assert_eq!(m.file, b"http://10.0.0.1:8091/ipxe/52-54-00-12-34-56");
+    assert_eq!(to, Destination::Source, "4011 answers go back to the sender");
+
+    let os = msg(MessageType::Discover, &[]);
+    assert!(
+        matches!(with_subnet(|s| decide_proxy(&os, s, &facts(), false)), Decision::Ignore(_)),
+        "OS clients are left alone"
+    );
+    assert!(
+        matches!(with_subnet(|s| decide_proxy(&ipxe_req, s, &facts(), false)), Decision::Ignore(_)),
+        "REQUEST on 67 is the other server's"
+    );
+}
