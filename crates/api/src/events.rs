@@ -55,3 +55,31 @@ pub async fn stream(
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootEventParams {
+    mac: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/boot-events`: DHCP, TFTP and HTTP boot requests in order,
+/// optionally for one MAC (`?mac=`), after an id (`?after=`).
+pub async fn boot_events(
+    State(state): State<AppState>,
+    Query(q): Query<BootEventParams>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let mac = q
+        .mac
+        .as_deref()
+        .map(|m| m.parse::<plinth_model::MacAddr>().map_err(|e| ApiError::field("mac", e)))
+        .transpose()?;
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > plinth_store::MAX_PAGE {
+        return Err(ApiError::field("limit", format!("expected 1 to {}", plinth_store::MAX_PAGE)));
+    }
+    let items = state.store.boot_events(&plinth_store::BootEventQuery { mac, after: q.after, limit }).await?;
+    let next = (items.len() == limit).then(|| items.last().map(|e| e.id)).flatten();
+    Ok(axum::Json(json!({"items": items, "next": next})))
+}

@@ -23,6 +23,22 @@ fn rewrite_refs(v: &mut Value) {
     }
 }
 
+/// Adds a JSON Schema under `name`, hoisting its `$defs` into the shared
+/// components so every reference resolves.
+fn add_schema(schemas: &mut Map<String, Value>, name: &str, mut schema: Value) {
+    if let Some(Value::Object(defs)) = schema.as_object_mut().and_then(|m| m.remove("$defs")) {
+        for (k, mut v) in defs {
+            rewrite_refs(&mut v);
+            schemas.insert(k, v);
+        }
+    }
+    if let Value::Object(m) = &mut schema {
+        m.remove("$schema");
+    }
+    rewrite_refs(&mut schema);
+    schemas.insert(name.to_owned(), schema);
+}
+
 fn error_responses(codes: &[&str]) -> Map<String, Value> {
     codes.iter().map(|c| (c.to_string(), json!({"$ref": format!("#/components/responses/{c}")}))).collect()
 }
@@ -40,18 +56,7 @@ pub fn build() -> Value {
     let mut paths = Map::new();
     for kind in Kind::ALL {
         let name = type_name(kind);
-        let mut schema = plinth_model::schema_of(kind);
-        if let Some(Value::Object(defs)) = schema.as_object_mut().and_then(|m| m.remove("$defs")) {
-            for (k, mut v) in defs {
-                rewrite_refs(&mut v);
-                schemas.insert(k, v);
-            }
-        }
-        if let Value::Object(m) = &mut schema {
-            m.remove("$schema");
-        }
-        rewrite_refs(&mut schema);
-        schemas.insert(name.clone(), schema);
+        add_schema(&mut schemas, &name, plinth_model::schema_of(kind));
         let obj_ref = json!({"$ref": format!("#/components/schemas/{name}")});
         let plural = kind.plural();
         let key_param = json!({"name": "key", "in": "path", "required": true, "schema": {"type": "string"},
@@ -116,6 +121,15 @@ pub fn build() -> Value {
                        {"name": "key", "in": "query", "schema": {"type": "string"}}],
         "responses": merge(json!({"200": {"description": "`change` events {kind, action, key, revision, object}; `lagged` when events were missed",
             "content": {"text/event-stream": {"schema": {"type": "string"}}}}}), error_responses(&["400", "401"]))}}));
+    add_schema(&mut schemas, "BootEvent", schemars::schema_for!(plinth_model::BootEvent).to_value());
+    paths.insert("/api/v1/boot-events".into(), json!({"get": {
+        "operationId": "boot_events", "tags": ["events"], "summary": "DHCP, TFTP and HTTP boot requests, oldest first",
+        "parameters": [{"name": "mac", "in": "query", "schema": {"type": "string"}, "description": "only this machine's"},
+                       {"name": "after", "in": "query", "schema": {"type": "integer"}, "description": "`next` of the previous page"},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": plinth_store::MAX_PAGE}}],
+        "responses": merge(json!({"200": {"description": "a page of boot events", "content": {"application/json": {"schema": {"type": "object",
+            "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/BootEvent"}}, "next": {"type": ["integer", "null"]}}}}}}}),
+            error_responses(&["400", "401"]))}}));
     paths.insert("/api/v1/info".into(), json!({"get": {"operationId": "info", "tags": ["meta"], "summary": "Server name and version",
         "responses": merge(json!({"200": {"description": "version", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401"]))}}));
     paths.insert("/api/v1/openapi.json".into(), json!({"get": {"operationId": "openapi", "tags": ["meta"], "summary": "This document",

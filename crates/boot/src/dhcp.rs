@@ -163,6 +163,7 @@ struct Engine {
     offers: HashMap<Ipv4Addr, (ClientKey, i64)>,
     listeners: HashMap<String, Listener>,
     tx: mpsc::Sender<Packet>,
+    log: crate::events::BootLog,
 }
 
 impl Engine {
@@ -452,6 +453,12 @@ impl Engine {
                 });
             }
             Decision::Record(w) => {
+                self.log.record(
+                    mac.map(plinth_model::MacAddr),
+                    Some(w.address),
+                    "dhcp",
+                    format!("{kind:?} {} ({:?})", w.address, w.state),
+                );
                 if let Err(e) = self.persist(&w, &m, &client, &subnet_name).await {
                     tracing::warn!(mac = %mac_text, error = %e, "dhcp: cannot record lease change");
                 }
@@ -472,7 +479,19 @@ impl Engine {
                 if let Err(e) = socket.send_to(&message.encode(), dest).await {
                     tracing::warn!(%dest, error = %e, "dhcp: send failed");
                 }
-                tracing::info!(mac = %mac_text, request = ?kind, reply = ?reply_kind, address = %message.yiaddr, subnet = %subnet_name, file = %String::from_utf8_lossy(&message.file), "dhcp");
+                let file = String::from_utf8_lossy(&message.file).into_owned();
+                tracing::info!(mac = %mac_text, request = ?kind, reply = ?reply_kind, address = %message.yiaddr, subnet = %subnet_name, %file, "dhcp");
+                let address = if message.yiaddr.is_unspecified() { None } else { Some(message.yiaddr) };
+                self.log.record(
+                    mac.map(plinth_model::MacAddr),
+                    address,
+                    "dhcp",
+                    format!(
+                        "{kind:?} -> {reply_kind:?} {} subnet {subnet_name}{}",
+                        message.yiaddr,
+                        if file.is_empty() { String::new() } else { format!(" file {file}") }
+                    ),
+                );
             }
         }
     }
@@ -524,6 +543,17 @@ impl Engine {
                 if let Err(e) = socket.send_to(&message.encode(), dest).await {
                     tracing::warn!(%dest, error = %e, "dhcp: proxy send failed");
                 }
+                self.log.record(
+                    m.mac().map(plinth_model::MacAddr),
+                    None,
+                    "dhcp",
+                    format!(
+                        "proxy {:?} -> {:?} file {}",
+                        m.message_type(),
+                        message.message_type(),
+                        String::from_utf8_lossy(&message.file)
+                    ),
+                );
                 tracing::info!(%mac, request = ?m.message_type(), reply = ?message.message_type(), subnet = %s.subnet.name, proxy = true,
                     port = if on_boot_port { BOOT_SERVER_PORT } else { self.config.server_port },
                     file = %String::from_utf8_lossy(&message.file), "dhcp");
@@ -641,7 +671,12 @@ async fn receive(socket: Arc<UdpSocket>, interface: String, port: u16, tx: mpsc:
 }
 
 /// Runs the DHCP service until `shutdown` resolves.
-pub async fn serve(store: Arc<dyn Store>, config: DhcpConfig, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    store: Arc<dyn Store>,
+    config: DhcpConfig,
+    log: crate::events::BootLog,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let (tx, mut rx) = mpsc::channel(config.queue);
     let mut changes = store.subscribe();
     let mut engine = Engine {
@@ -654,6 +689,7 @@ pub async fn serve(store: Arc<dyn Store>, config: DhcpConfig, shutdown: impl std
         offers: HashMap::new(),
         listeners: HashMap::new(),
         tx,
+        log,
     };
     engine.reload().await;
     if engine.subnets.is_empty() {

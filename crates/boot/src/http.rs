@@ -6,6 +6,7 @@
 //! [`FileRoot::resolve`], so encoded or double-encoded traversal cannot
 //! leave the root. Nothing of the API is reachable here.
 
+use crate::events::BootLog;
 use crate::files::{FileRoot, PathError};
 use axum::Router;
 use axum::body::Body;
@@ -19,26 +20,32 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 const CHUNK: usize = 256 * 1024;
 
 /// The boot HTTP router.
-pub fn router(root: FileRoot) -> Router {
+pub fn router(root: FileRoot, log: BootLog) -> Router {
     Router::new()
         .route("/files/{*path}", axum::routing::get(file))
         .route("/ipxe/{mac}", axum::routing::get(ipxe_script))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .layer(axum::middleware::from_fn(log_request))
+        .layer(axum::middleware::from_fn_with_state(log, log_request))
         .with_state(root)
 }
 
 /// Records every boot HTTP request: which client fetched what, and the answer.
-async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let client = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default();
+async fn log_request(
+    State(log): State<BootLog>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let client = peer.map(|ip| ip.to_string()).unwrap_or_default();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let resp = next.run(req).await;
     tracing::info!(%client, %method, path = %path.escape_debug(), status = resp.status().as_u16(), "http boot request");
+    let v4 = match peer {
+        Some(std::net::IpAddr::V4(v4)) => Some(v4),
+        _ => None,
+    };
+    log.record(None, v4, "http", format!("{method} {} {}", path.escape_debug(), resp.status().as_u16()));
     resp
 }
 
@@ -46,9 +53,10 @@ async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     root: FileRoot,
+    log: BootLog,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(root).into_make_service_with_connect_info::<std::net::SocketAddr>())
+    axum::serve(listener, router(root, log).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dhcp;
+pub mod events;
 pub mod files;
 pub mod http;
 pub mod tftp;

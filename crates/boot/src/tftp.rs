@@ -2,6 +2,7 @@
 //! read transfer on its own socket (its transfer id) in its own task, driven
 //! by `plinth_tftp::Transfer`. Read-only: write requests get an error.
 
+use crate::events::BootLog;
 use crate::files::{FileRoot, PathError};
 use plinth_tftp::{Action, ErrorCode, Limits, Packet, Transfer};
 use std::net::{IpAddr, SocketAddr};
@@ -65,6 +66,7 @@ pub async fn serve(
     socket: UdpSocket,
     root: FileRoot,
     config: TftpConfig,
+    log: BootLog,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let local_ip = socket.local_addr()?.ip();
@@ -102,9 +104,9 @@ pub async fn serve(
                     mode: mode.to_ascii_lowercase(),
                     options: options.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
                 };
-                let (root, config) = (root.clone(), config.clone());
+                let (root, config, log) = (root.clone(), config.clone(), log.clone());
                 tokio::spawn(async move {
-                    run_transfer(local_ip, request, &root, &config).await;
+                    run_transfer(local_ip, request, &root, &config, &log).await;
                     drop(permit);
                 });
             }
@@ -161,8 +163,12 @@ fn open(request: &Request, root: &FileRoot, config: &TftpConfig) -> Result<(Sour
     Ok((Source::Memory(data), len))
 }
 
-async fn run_transfer(local_ip: IpAddr, request: Request, root: &FileRoot, config: &TftpConfig) {
+async fn run_transfer(local_ip: IpAddr, request: Request, root: &FileRoot, config: &TftpConfig, log: &BootLog) {
     let peer = request.peer;
+    let peer_v4 = match peer.ip() {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    };
     let name = String::from_utf8_lossy(&request.filename).into_owned();
     let socket = match UdpSocket::bind(SocketAddr::new(local_ip, 0)).await {
         Ok(s) => s,
@@ -179,6 +185,7 @@ async fn run_transfer(local_ip: IpAddr, request: Request, root: &FileRoot, confi
         Ok(x) => x,
         Err((code, message)) => {
             tracing::info!(%peer, file = %name.escape_debug(), %message, "tftp: refused");
+            log.record(None, peer_v4, "tftp", format!("refused {}: {message}", name.escape_debug()));
             let _ = socket.send(&Packet::error(code, &message)).await;
             return;
         }
@@ -214,10 +221,17 @@ async fn run_transfer(local_ip: IpAddr, request: Request, root: &FileRoot, confi
                     let secs = started.elapsed().as_secs_f64();
                     tracing::info!(%peer, file = %name.escape_debug(), bytes = size, secs, blksize = transfer.blksize(),
                         windowsize = transfer.windowsize(), "tftp: sent");
+                    log.record(
+                        None,
+                        peer_v4,
+                        "tftp",
+                        format!("sent {} ({size} bytes in {secs:.2} s)", name.escape_debug()),
+                    );
                     return;
                 }
                 Action::Failed(e) => {
                     tracing::warn!(%peer, file = %name.escape_debug(), error = %e, "tftp: transfer failed");
+                    log.record(None, peer_v4, "tftp", format!("failed {}: {e}", name.escape_debug()));
                     return;
                 }
             }

@@ -83,6 +83,12 @@ pub fn augment(cmd: Command) -> Command {
                 ),
         )
         .subcommand(
+            Command::new("boot-events")
+                .about("Show DHCP, TFTP and HTTP boot requests, oldest first")
+                .arg(Arg::new("mac").long("mac").help("Only this machine's (MAC address)"))
+                .arg(Arg::new("limit").long("limit").value_parser(value_parser!(usize)).default_value("1000")),
+        )
+        .subcommand(
             Command::new("completions")
                 .about("Print a shell completion script")
                 .arg(Arg::new("shell").required(true).value_parser(value_parser!(clap_complete::Shell))),
@@ -203,7 +209,7 @@ fn encode_key(key: &str) -> String {
 
 /// Whether `name` is a subcommand this crate handles.
 pub fn handles(name: &str) -> bool {
-    matches!(name, "login" | "logout" | "events" | "completions") || Kind::from_plural(name).is_some()
+    matches!(name, "login" | "logout" | "events" | "boot-events" | "completions") || Kind::from_plural(name).is_some()
 }
 
 /// Runs a client subcommand; `root` is the whole command (for completions).
@@ -251,6 +257,19 @@ async fn run_inner(
             cfg.token = None;
             config::save(&cfg)?;
             Ok("logged out\n".into())
+        }
+        "boot-events" => {
+            let c = client(global, &cfg, true)?;
+            let mut q = vec![format!("limit={}", sub.get_one::<usize>("limit").copied().unwrap_or(1000))];
+            if let Some(m) = sub.get_one::<String>("mac") {
+                q.push(format!("mac={}", encode_key(m)));
+            }
+            let reply = c.call(Method::GET, &format!("/api/v1/boot-events?{}", q.join("&")), None, None).await?;
+            let items = reply.body.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            Ok(match format {
+                Format::Table => output::table(&["id", "at", "mac", "address", "service", "detail"], &items),
+                other => output::one(&Value::Array(items), other),
+            })
         }
         "events" => {
             let c = client(global, &cfg, true)?;

@@ -64,17 +64,19 @@ fn render_table(headers: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Renders objects as a table of the given top-level fields.
+pub fn table(columns: &[&str], items: &[Value]) -> String {
+    let headers: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
+    let rows: Vec<Vec<String>> = items.iter().map(|o| columns.iter().map(|c| cell(&o[*c])).collect()).collect();
+    render_table(&headers, &rows)
+}
+
 /// Renders a list of objects of `kind`.
 pub fn list(kind: Kind, items: &[Value], format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(items).unwrap_or_default() + "\n",
         Format::Yaml => serde_yaml::to_string(items).unwrap_or_default(),
-        Format::Table => {
-            let cols = kind.table_columns();
-            let headers: Vec<String> = cols.iter().map(|c| c.to_uppercase()).collect();
-            let rows: Vec<Vec<String>> = items.iter().map(|o| cols.iter().map(|c| cell(&o[*c])).collect()).collect();
-            render_table(&headers, &rows)
-        }
+        Format::Table => table(kind.table_columns(), items),
     }
 }
 

@@ -822,3 +822,25 @@ impl Token {
         Ok(())
     }
 }
+
+/// One thing that happened while a machine booted: a DHCP exchange, a TFTP
+/// transfer, an HTTP fetch. Appended by the boot services, never edited;
+/// the raw material of a machine's boot timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BootEvent {
+    /// Sequence number assigned by the store (0 before it is stored).
+    #[serde(default)]
+    pub id: u64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The machine's MAC, when known (from the packet or its lease).
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// The client's address.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+    /// `dhcp`, `tftp` or `http`.
+    pub service: String,
+    /// What happened, for humans.
+    pub detail: String,
+}

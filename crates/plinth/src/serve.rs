@@ -96,6 +96,8 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         .with_context(|| format!("cannot use file root {}", file_root.display()))?;
     tracing::info!(path = %file_root.path().display(), "serving boot files from the file root");
 
+    let boot_log = plinth_boot::events::BootLog::start(state.store.clone());
+
     // One shutdown signal fans out to every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -112,10 +114,10 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
             Ok(l) => {
                 http_port = l.local_addr()?.port();
                 tracing::info!(service = "http", url = %format!("http://{}", l.local_addr()?), "listening");
-                let (root, stop) = (file_root.clone(), stopped());
-                tasks.spawn(
-                    async move { plinth_boot::http::serve(l, root, stop).await.context("boot HTTP server failed") },
-                );
+                let (root, log, stop) = (file_root.clone(), boot_log.clone(), stopped());
+                tasks.spawn(async move {
+                    plinth_boot::http::serve(l, root, log, stop).await.context("boot HTTP server failed")
+                });
             }
             Err(e) => {
                 tracing::error!(%addr, error = %e, "cannot listen for boot HTTP (--http-addr); continuing without it")
@@ -126,9 +128,9 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         match tokio::net::UdpSocket::bind(addr).await {
             Ok(s) => {
                 tracing::info!(service = "tftp", url = %format!("tftp://{}", s.local_addr()?), "listening");
-                let (root, stop) = (file_root.clone(), stopped());
+                let (root, log, stop) = (file_root.clone(), boot_log.clone(), stopped());
                 tasks.spawn(async move {
-                    plinth_boot::tftp::serve(s, root, Default::default(), stop).await.context("TFTP server failed")
+                    plinth_boot::tftp::serve(s, root, Default::default(), log, stop).await.context("TFTP server failed")
                 });
             }
             Err(e) => {
@@ -147,9 +149,9 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
             let server_port: u16 =
                 p.parse().with_context(|| format!("--dhcp-port must be a port number or `off`, got `{p}`"))?;
             let config = plinth_boot::dhcp::DhcpConfig { server_port, http_port, ..Default::default() };
-            let (store, stop) = (state.store.clone(), stopped());
+            let (store, log, stop) = (state.store.clone(), boot_log.clone(), stopped());
             tasks.spawn(async move {
-                plinth_boot::dhcp::serve(store, config, stop).await;
+                plinth_boot::dhcp::serve(store, config, log, stop).await;
                 Ok(())
             });
         }

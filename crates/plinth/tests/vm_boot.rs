@@ -190,6 +190,26 @@ fn boot(uefi: bool, proxy: bool, mac: &str) {
     for path in ["/ipxe/", "/files/vmlinuz", "/files/initrd.img", "/files/hello.txt"] {
         assert!(log.contains(&format!("path={path}")), "no HTTP request for {path} in the server log");
     }
+    // Every step is in the machine's boot events, found by its MAC (HTTP and
+    // TFTP clients are matched to the MAC through their lease).
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(server.cli(&["boot-events", "--mac", mac, "-o", "json"], None))).unwrap();
+    let services: Vec<&str> = events.iter().filter_map(|e| e["service"].as_str()).collect();
+    assert!(services.contains(&"dhcp"), "{events:?}");
+    if !proxy {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["service"] == "http" && e["detail"].as_str().unwrap().contains("/files/vmlinuz 200")),
+            "{events:?}"
+        );
+    }
+    if uefi {
+        assert!(
+            events.iter().any(|e| e["service"] == "tftp" && e["detail"].as_str().unwrap().contains("sent ipxe.efi")),
+            "{events:?}"
+        );
+    }
     for line in log.lines().filter(|l| l.contains("dhcp") && l.contains("reply=")) {
         eprintln!("{line}");
     }

@@ -24,6 +24,7 @@ macro_rules! conformance_tests {
             concurrent_creates_of_one_key_let_exactly_one_win,
             changes_are_published_after_commit,
             kinds_are_separate_namespaces,
+            boot_events_append_in_order_and_filter_by_mac,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {
@@ -197,4 +198,29 @@ pub async fn kinds_are_separate_namespaces(s: Arc<dyn Store>) {
     s.create(Kind::BootEnv, "same", json!({"kernel": "k"})).await.unwrap();
     assert_eq!(s.list_all(Kind::Template, vec![]).await.unwrap().len(), 1);
     assert_eq!(s.get(Kind::BootEnv, "same").await.unwrap().unwrap().body["kernel"], "k");
+}
+
+pub async fn boot_events_append_in_order_and_filter_by_mac(s: Arc<dyn Store>) {
+    use plinth_model::BootEvent;
+    let mac: plinth_model::MacAddr = "52:54:00:00:00:01".parse().unwrap();
+    let ev = |mac: Option<plinth_model::MacAddr>, detail: &str| BootEvent {
+        id: 0,
+        at: plinth_model::now(),
+        mac,
+        address: Some("10.0.0.5".parse().unwrap()),
+        service: "dhcp".into(),
+        detail: detail.into(),
+    };
+    s.append_boot_events(vec![ev(Some(mac), "one"), ev(None, "other"), ev(Some(mac), "two")]).await.unwrap();
+    s.append_boot_events(vec![ev(Some(mac), "three")]).await.unwrap();
+    let all = s.boot_events(&crate::BootEventQuery { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    let mine = s.boot_events(&crate::BootEventQuery { mac: Some(mac), limit: 100, after: None }).await.unwrap();
+    let details: Vec<&str> = mine.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(details, ["one", "two", "three"]);
+    let later =
+        s.boot_events(&crate::BootEventQuery { mac: Some(mac), limit: 100, after: Some(mine[0].id) }).await.unwrap();
+    assert_eq!(later.len(), 2);
+    assert_eq!(later[0].address, Some("10.0.0.5".parse().unwrap()));
 }

@@ -21,7 +21,7 @@ mod sqlite;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use plinth_model::Kind;
+use plinth_model::{BootEvent, Kind};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -154,6 +154,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Subscribes to committed changes.
     fn subscribe(&self) -> broadcast::Receiver<Change>;
+
+    /// Appends boot events in one transaction, assigning their ids.
+    async fn append_boot_events(&self, events: Vec<BootEvent>) -> Result<(), StoreError>;
+
+    /// Boot events in id order, optionally for one MAC, after an id.
+    async fn boot_events(&self, query: &BootEventQuery) -> Result<Vec<BootEvent>, StoreError>;
+}
+
+/// A boot event query.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BootEventQuery {
+    /// Only events of this MAC.
+    pub mac: Option<plinth_model::MacAddr>,
+    /// Only events with a larger id.
+    pub after: Option<u64>,
+    /// At most this many (capped at [`MAX_PAGE`]).
+    pub limit: usize,
 }
 
 /// Convenience calls on any store.

@@ -4,8 +4,11 @@
 //! few reader connections that read concurrently with it. Calls run on
 //! tokio's blocking pool so the async runtime never waits on disk.
 
-use crate::{Action, Change, Expect, Filter, ListQuery, MAX_PAGE, Page, Record, Store, StoreError, WriteOp};
+use crate::{
+    Action, BootEventQuery, Change, Expect, Filter, ListQuery, MAX_PAGE, Page, Record, Store, StoreError, WriteOp,
+};
 use async_trait::async_trait;
+use plinth_model::BootEvent;
 use plinth_model::Kind;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -17,7 +20,8 @@ use tokio::sync::broadcast;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &["CREATE TABLE objects (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE objects (
         kind TEXT NOT NULL,
         key TEXT NOT NULL,
         revision INTEGER NOT NULL,
@@ -25,7 +29,17 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE objects (
         updated_at TEXT NOT NULL,
         body TEXT NOT NULL,
         PRIMARY KEY (kind, key)
-    ) WITHOUT ROWID;"];
+    ) WITHOUT ROWID;",
+    "CREATE TABLE boot_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        mac TEXT,
+        address TEXT,
+        service TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX boot_events_mac ON boot_events (mac, id);",
+];
 
 const READERS: usize = 3;
 
@@ -318,5 +332,74 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.inner.events.subscribe()
+    }
+
+    async fn append_boot_events(&self, events: Vec<BootEvent>) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO boot_events (at, mac, address, service, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(backend)?;
+                for e in &events {
+                    let at = serde_json::to_value(e.at).map_err(backend)?;
+                    stmt.execute(params![
+                        at.as_str().unwrap_or_default(),
+                        e.mac.map(|m| m.to_string()),
+                        e.address.map(|a| a.to_string()),
+                        e.service,
+                        e.detail
+                    ])
+                    .map_err(backend)?;
+                }
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn boot_events(&self, query: &BootEventQuery) -> Result<Vec<BootEvent>, StoreError> {
+        let mac = query.mac.map(|m| m.to_string());
+        let after = query.after.unwrap_or(0) as i64;
+        let limit = query.limit.clamp(1, MAX_PAGE) as i64;
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, at, mac, address, service, detail FROM boot_events
+                     WHERE id > ?1 AND (?2 IS NULL OR mac = ?2) ORDER BY id LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![after, mac, limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, at, mac, address, service, detail) = row.map_err(backend)?;
+                out.push(BootEvent {
+                    id: id as u64,
+                    at: serde_json::from_value(Value::String(at)).map_err(backend)?,
+                    mac: mac.and_then(|m| m.parse().ok()),
+                    address: address.and_then(|a| a.parse().ok()),
+                    service,
+                    detail,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 }

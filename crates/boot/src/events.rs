@@ -1,0 +1,83 @@
+//! The boot event log: every DHCP exchange, TFTP transfer and HTTP fetch is
+//! recorded for its machine. Recording never blocks or slows a boot: events
+//! go through a bounded queue to a writer task that stores them in batches
+//! (one transaction per batch) and fills in the MAC of TFTP/HTTP clients
+//! from their lease. Under a flood the queue drops events, not packets.
+
+use plinth_model::{BootEvent, Kind, Lease, MacAddr};
+use plinth_store::Store;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const QUEUE: usize = 10_000;
+const BATCH: usize = 512;
+
+/// A handle to record boot events; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BootLog {
+    tx: Option<mpsc::Sender<BootEvent>>,
+}
+
+impl BootLog {
+    /// Starts the writer task on `store`.
+    pub fn start(store: Arc<dyn Store>) -> BootLog {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(writer(store, rx));
+        BootLog { tx: Some(tx) }
+    }
+
+    /// A log that records nothing.
+    pub fn disabled() -> BootLog {
+        BootLog { tx: None }
+    }
+
+    /// Records an event; never waits.
+    pub fn record(&self, mac: Option<MacAddr>, address: Option<Ipv4Addr>, service: &str, detail: String) {
+        if let Some(tx) = &self.tx {
+            let event = BootEvent { id: 0, at: plinth_model::now(), mac, address, service: service.to_owned(), detail };
+            if tx.try_send(event).is_err() {
+                tracing::debug!("boot event queue full; event dropped");
+            }
+        }
+    }
+}
+
+async fn mac_of(store: &dyn Store, ip: Ipv4Addr, cache: &mut HashMap<Ipv4Addr, Option<MacAddr>>) -> Option<MacAddr> {
+    if let Some(m) = cache.get(&ip) {
+        return *m;
+    }
+    let mac = match store.get(Kind::Lease, &ip.to_string()).await {
+        Ok(Some(r)) => plinth_model::decode::<Lease>(r.body).ok().map(|l| l.mac),
+        _ => None,
+    };
+    cache.insert(ip, mac);
+    mac
+}
+
+async fn writer(store: Arc<dyn Store>, mut rx: mpsc::Receiver<BootEvent>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        // Gather what arrives in the next moment into the same transaction.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(e)) => batch.push(e),
+                _ => break,
+            }
+        }
+        let mut cache = HashMap::new();
+        for e in &mut batch {
+            if e.mac.is_none()
+                && let Some(ip) = e.address
+            {
+                e.mac = mac_of(store.as_ref(), ip, &mut cache).await;
+            }
+        }
+        if let Err(e) = store.append_boot_events(batch).await {
+            tracing::warn!(error = %e, "cannot store boot events");
+        }
+    }
+}
