@@ -34,10 +34,11 @@ ip link add vs0 netns "$NS_S" type veth peer name vc0 netns "$NS_C"
 ip -n "$NS_S" link set lo up; ip -n "$NS_C" link set lo up
 ip -n "$NS_S" link set vs0 up; ip -n "$NS_C" link set vc0 up
 ip -n "$NS_S" addr add 10.99.0.1/16 dev vs0
+ip -n "$NS_C" addr add 10.99.0.2/16 dev vc0  # perfdhcp needs an address to send from
 
 perf() { # prints "exchanges/s drops%"
   local out
-  out=$(ip netns exec "$NS_C" timeout $((SECS + 30)) perfdhcp -4 -l vc0 -r "$RATE" -R 60000 -p "$SECS" 2>&1 || true)
+  out=$(ip netns exec "$NS_C" timeout $((SECS + 30)) perfdhcp -4 -l vc0 -r "$RATE" -R 60000 -p "$SECS" "$@" 2>&1 || true)
   local rate sent drops
   rate=$(sed -n 's/^Rate: \([0-9.]*\) 4-way exchanges\/second.*/\1/p' <<<"$out" | head -1)
   sent=$(awk '/DISCOVER-OFFER/{f=1} f && /sent packets:/{print $3; exit}' <<<"$out")
@@ -49,7 +50,7 @@ perf() { # prints "exchanges/s drops%"
 
 # Plinth
 ip netns exec "$NS_S" env PLINTH_ADMIN_PASSWORD=bench-password PLINTH_LOG=warn "$PLINTH" serve --data-dir "$work/plinth" \
-  --api-addr 127.0.0.1:18092 --http-addr off --tftp-addr off &
+  --api-addr 127.0.0.1:18092 --http-addr off --tftp-addr off 2>"$work/plinth.log" &
 pids+=($!); ppid=$!
 sleep 2
 cli() { ip netns exec "$NS_S" env PLINTH_ENDPOINT=https://127.0.0.1:18092 PLINTH_CA_CERT="$work/plinth/tls/ca.pem" PLINTH_CONFIG="$work/cli.json" "$PLINTH" "$@"; }
@@ -57,7 +58,7 @@ echo bench-password | cli login --password-stdin >/dev/null
 cli subnets create --data '{"name":"bench","cidr":"10.99.0.0/16","range_start":"10.99.1.0","range_end":"10.99.255.254","interface":"vs0","lease_secs":3600}' >/dev/null
 sleep 1
 read -r p_rate p_drop < <(perf)
-kill "$ppid"; wait "$ppid" 2>/dev/null || true
+kill "$ppid" 2>/dev/null || { echo "plinth died during the DHCP run:" >&2; tail -20 "$work/plinth.log" >&2; }; wait "$ppid" 2>/dev/null || true
 
 # dnsmasq
 ip netns exec "$NS_S" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=vs0 --bind-interfaces \
@@ -76,7 +77,7 @@ cat > "$work/kea.json" <<JSON
   "subnet4": [{"id": 1, "subnet": "10.99.0.0/16", "pools": [{"pool": "10.99.1.0 - 10.99.255.254"}]}],
   "loggers": [{"name": "kea-dhcp4", "severity": "ERROR", "output_options": [{"output": "stderr"}]}]}}
 JSON
-ip netns exec "$NS_S" kea-dhcp4 -c "$work/kea.json" 2>/dev/null &
+ip netns exec "$NS_S" env KEA_PIDFILE_DIR="$work" KEA_LOCKFILE_DIR="$work" kea-dhcp4 -c "$work/kea.json" 2>"$work/kea.log" &
 pids+=($!); kpid=$!
 sleep 2
 read -r k_rate k_drop < <(perf)

@@ -78,6 +78,9 @@ struct Listener {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Most requests handled in one batch (one store transaction).
+const BATCH: usize = 128;
+
 /// The PXE boot server port (proxyDHCP requests).
 pub const BOOT_SERVER_PORT: u16 = 4011;
 
@@ -164,6 +167,10 @@ struct Engine {
     listeners: HashMap<String, Listener>,
     tx: mpsc::Sender<Packet>,
     log: crate::events::BootLog,
+    /// Lease writes of the batch being handled: key, body, precondition.
+    staged: Vec<(String, serde_json::Value, Expect)>,
+    /// Replies of the batch, sent once its leases are durable.
+    outbox: Vec<(Arc<UdpSocket>, Vec<u8>, SocketAddr)>,
 }
 
 impl Engine {
@@ -360,7 +367,7 @@ impl Engine {
         }
     }
 
-    async fn handle(&mut self, p: Packet) {
+    fn handle(&mut self, p: Packet) {
         let m = match Message::parse(&p.bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -377,7 +384,7 @@ impl Engine {
             return;
         };
         if self.subnets[si].subnet.proxy {
-            self.handle_proxy(&m, si, server_id, on_boot_port, &socket, p.from).await;
+            self.handle_proxy(&m, si, server_id, on_boot_port, socket, p.from);
             return;
         }
         if on_boot_port {
@@ -459,7 +466,7 @@ impl Engine {
                     "dhcp",
                     format!("{kind:?} {} ({:?})", w.address, w.state),
                 );
-                if let Err(e) = self.persist(&w, &m, &client, &subnet_name).await {
+                if let Err(e) = self.stage(&w, &m, &client, &subnet_name) {
                     tracing::warn!(mac = %mac_text, error = %e, "dhcp: cannot record lease change");
                 }
             }
@@ -468,17 +475,15 @@ impl Engine {
                     if w.state == LeaseState::Offered {
                         self.offers.insert(w.address, (client.clone(), w.expires_at as i64));
                         self.subnets[si].pool.take(w.address);
-                    } else if let Err(e) = self.persist(w, &m, &client, &subnet_name).await {
-                        // Not durable: do not acknowledge. The client retries.
+                    } else if let Err(e) = self.stage(w, &m, &client, &subnet_name) {
+                        // Cannot be made durable: do not acknowledge. The client retries.
                         tracing::warn!(mac = %mac_text, address = %w.address, error = %e, "dhcp: lease not stored; reply withheld");
                         return;
                     }
                 }
                 let dest = self.destination(to, p.from);
                 let reply_kind = message.message_type();
-                if let Err(e) = socket.send_to(&message.encode(), dest).await {
-                    tracing::warn!(%dest, error = %e, "dhcp: send failed");
-                }
+                self.outbox.push((socket.clone(), message.encode(), dest));
                 let file = String::from_utf8_lossy(&message.file).into_owned();
                 tracing::info!(mac = %mac_text, request = ?kind, reply = ?reply_kind, address = %message.yiaddr, subnet = %subnet_name, %file, "dhcp");
                 let address = if message.yiaddr.is_unspecified() { None } else { Some(message.yiaddr) };
@@ -505,13 +510,13 @@ impl Engine {
         }
     }
 
-    async fn handle_proxy(
-        &self,
+    fn handle_proxy(
+        &mut self,
         m: &Message,
         si: usize,
         server_id: Ipv4Addr,
         on_boot_port: bool,
-        socket: &UdpSocket,
+        socket: Arc<UdpSocket>,
         from: SocketAddr,
     ) {
         let s = &self.subnets[si];
@@ -540,9 +545,7 @@ impl Engine {
         match server::decide_proxy(m, &view, &facts, on_boot_port) {
             Decision::Reply { message, to, .. } => {
                 let dest = self.destination(to, from);
-                if let Err(e) = socket.send_to(&message.encode(), dest).await {
-                    tracing::warn!(%dest, error = %e, "dhcp: proxy send failed");
-                }
+                self.outbox.push((socket, message.encode(), dest));
                 self.log.record(
                     m.mac().map(plinth_model::MacAddr),
                     None,
@@ -578,7 +581,44 @@ impl Engine {
         None
     }
 
-    async fn persist(
+    /// Makes the batch's lease writes durable in one transaction, then sends
+    /// the batch's replies. If the store refuses (another writer changed a
+    /// lease), nothing is sent: the index is reloaded and clients retry.
+    async fn commit(&mut self) {
+        if !self.staged.is_empty() {
+            let ops = self
+                .staged
+                .drain(..)
+                .map(|(key, body, expect)| plinth_store::WriteOp::Put { kind: Kind::Lease, key, body, expect })
+                .collect();
+            match self.store.apply(ops).await {
+                Ok(changes) => {
+                    for c in changes {
+                        if let Some(l) = c.key.parse::<Ipv4Addr>().ok().and_then(|ip| self.leases.get_mut(&ip)) {
+                            l.revision = c.revision;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, dropped = self.outbox.len(), "dhcp: leases not stored; replies withheld, reloading");
+                    self.outbox.clear();
+                    self.reload().await;
+                    return;
+                }
+            }
+        }
+        for (socket, bytes, dest) in self.outbox.drain(..) {
+            if let Err(e) = socket.send_to(&bytes, dest).await {
+                tracing::warn!(%dest, error = %e, "dhcp: send failed");
+            }
+        }
+    }
+
+    /// Stages a lease write for the batch being handled and updates the
+    /// in-memory index at once, so later packets of the batch see it. Writes
+    /// to one address within a batch are coalesced, keeping the precondition
+    /// from before the batch.
+    fn stage(
         &mut self,
         w: &LeaseWrite,
         m: &Message,
@@ -603,20 +643,17 @@ impl Engine {
         });
         let (key, body) =
             plinth_model::normalize(Kind::Lease, body).map_err(|e| plinth_store::StoreError::Query(e.to_string()))?;
-        let expect = match self.leases.get(&w.address) {
-            Some(l) => Expect::Revision(l.revision),
-            None => Expect::Absent,
-        };
-        let record = match self.store.put(Kind::Lease, &key, body.clone(), expect).await {
-            Ok(r) => r,
-            Err(plinth_store::StoreError::Conflict { .. } | plinth_store::StoreError::Exists { .. }) => {
-                // Another writer changed it: take the store's word and retry once.
-                let current = self.store.get(Kind::Lease, &key).await?;
-                let expect = current.as_ref().map_or(Expect::Absent, |r| Expect::Revision(r.revision));
-                self.store.put(Kind::Lease, &key, body, expect).await?
+        match self.staged.iter_mut().find(|(k, _, _)| *k == key) {
+            Some(staged) => staged.1 = body,
+            None => {
+                let expect = match self.leases.get(&w.address) {
+                    Some(l) => Expect::Revision(l.revision),
+                    None => Expect::Absent,
+                };
+                self.staged.push((key, body, expect));
             }
-            Err(e) => return Err(e),
-        };
+        }
+        let revision = self.leases.get(&w.address).map_or(0, |l| l.revision);
         self.offers.remove(&w.address);
         if let Some(old) = self.by_client.iter().find(|(k, ip)| *k == client && **ip != w.address).map(|(_, ip)| *ip) {
             for s in &mut self.subnets {
@@ -624,10 +661,8 @@ impl Engine {
             }
         }
         self.by_client.insert(client.clone(), w.address);
-        self.leases.insert(
-            w.address,
-            LeaseRec { client: client.clone(), state, expires_at: w.expires_at as i64, revision: record.revision },
-        );
+        self.leases
+            .insert(w.address, LeaseRec { client: client.clone(), state, expires_at: w.expires_at as i64, revision });
         for s in &mut self.subnets {
             if state == plinth_model::LeaseState::Released {
                 s.pool.free(w.address);
@@ -690,6 +725,8 @@ pub async fn serve(
         listeners: HashMap::new(),
         tx,
         log,
+        staged: Vec::new(),
+        outbox: Vec::new(),
     };
     engine.reload().await;
     if engine.subnets.is_empty() {
@@ -700,7 +737,18 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(p) = rx.recv() => engine.handle(p).await,
+            Some(p) = rx.recv() => {
+                // Handle what has queued up as one batch: one transaction
+                // (one fsync) makes all its leases durable before any reply.
+                engine.handle(p);
+                for _ in 1..BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => engine.handle(p),
+                        Err(_) => break,
+                    }
+                }
+                engine.commit().await;
+            }
             change = changes.recv() => match change {
                 Ok(c) if matches!(c.kind, Kind::Subnet | Kind::Reservation) => engine.reload().await,
                 Ok(c) if c.kind == Kind::Lease => {

@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Chunk size when streaming a file.
 const CHUNK: usize = 256 * 1024;
+/// Files up to this size are sent from one buffer.
+const SMALL: u64 = 64 * 1024;
 
 /// The boot HTTP router.
 pub fn router(root: FileRoot, log: BootLog) -> Router {
@@ -56,6 +58,12 @@ pub async fn serve(
     log: BootLog,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Headers and body go out in separate writes; without TCP_NODELAY,
+    // Nagle and the client's delayed ACK stall every small response 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(root, log).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
@@ -165,12 +173,25 @@ async fn file(State(root): State<FileRoot>, method: Method, headers: HeaderMap, 
 
 async fn serve_path(root: FileRoot, request: Vec<u8>, method: Method, headers: HeaderMap) -> Response {
     let raw = String::from_utf8_lossy(&request).into_owned();
-    let resolved = {
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || root.resolve(&request)).await
-    };
-    let path = match resolved {
-        Ok(Ok(p)) => p,
+    // Resolve, open, stat and (for small files) read in one trip to the
+    // blocking pool.
+    let opened = tokio::task::spawn_blocking(move || {
+        let path = root.resolve(&request)?;
+        let file = std::fs::File::open(&path).map_err(|_| PathError::NotFound)?;
+        let meta = file.metadata().map_err(|_| PathError::NotFound)?;
+        let small = if meta.len() <= SMALL {
+            let mut buf = Vec::with_capacity(meta.len() as usize);
+            let mut limited = std::io::Read::take(&file, SMALL);
+            std::io::Read::read_to_end(&mut limited, &mut buf).map_err(|_| PathError::NotFound)?;
+            Some(buf)
+        } else {
+            None
+        };
+        Ok::<_, PathError>((path, file, meta, small))
+    })
+    .await;
+    let (path, file, meta, small) = match opened {
+        Ok(Ok(x)) => x,
         Ok(Err(PathError::NotFound | PathError::NotAFile | PathError::Empty)) => {
             return plain(StatusCode::NOT_FOUND, "not found");
         }
@@ -180,11 +201,6 @@ async fn serve_path(root: FileRoot, request: Vec<u8>, method: Method, headers: H
         }
         Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     };
-    let mut f = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(_) => return plain(StatusCode::NOT_FOUND, "not found"),
-    };
-    let Ok(meta) = f.metadata().await else { return plain(StatusCode::NOT_FOUND, "not found") };
     let size = meta.len();
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let mtime = modified.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -230,6 +246,14 @@ async fn serve_path(root: FileRoot, request: Vec<u8>, method: Method, headers: H
     if method == Method::HEAD {
         return (status, h).into_response();
     }
+    // Small answers (scripts, configs) go out as one buffer.
+    if let Some(mut buf) = small {
+        let end = usize::try_from(start + len).unwrap_or(usize::MAX).min(buf.len());
+        buf.truncate(end);
+        buf.drain(..usize::try_from(start).unwrap_or(0).min(end));
+        return (status, h, buf).into_response();
+    }
+    let mut f = tokio::fs::File::from_std(file);
     if start > 0 && f.seek(std::io::SeekFrom::Start(start)).await.is_err() {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "seek failed");
     }
