@@ -766,9 +766,16 @@ pub async fn serve(
             },
             _ = sweep.tick() => {
                 let now = now_secs();
-                let expired: Vec<Ipv4Addr> = engine.offers.iter().filter(|(_, (_, e))| *e <= now).map(|(ip, _)| *ip).collect();
-                for ip in expired {
-                    engine.offers.remove(&ip);
+                // Expired offers and leases give their addresses back to the
+                // pools (the lease records stay, so a returning client gets
+                // its old address while nobody else took it).
+                let expired_offers: Vec<Ipv4Addr> = engine.offers.iter().filter(|(_, (_, e))| *e <= now).map(|(ip, _)| *ip).collect();
+                for ip in &expired_offers {
+                    engine.offers.remove(ip);
+                }
+                let expired_leases = engine.leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(ip, _)| *ip);
+                let candidates: Vec<Ipv4Addr> = expired_offers.iter().copied().chain(expired_leases).collect();
+                for ip in candidates {
                     if !engine.held(ip, now) {
                         for s in &mut engine.subnets {
                             s.pool.free(ip);

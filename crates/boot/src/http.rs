@@ -8,11 +8,13 @@
 
 use crate::events::BootLog;
 use crate::files::{FileRoot, PathError};
+use crate::generated::{FileRequest, Generated};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -22,13 +24,20 @@ const CHUNK: usize = 256 * 1024;
 const SMALL: u64 = 64 * 1024;
 
 /// The boot HTTP router.
-pub fn router(root: FileRoot, log: BootLog) -> Router {
+pub fn router(root: FileRoot, generated: Arc<dyn Generated>, log: BootLog) -> Router {
     Router::new()
         .route("/files/{*path}", axum::routing::get(file))
         .route("/ipxe/{mac}", axum::routing::get(ipxe_script))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(axum::middleware::from_fn_with_state(log, log_request))
-        .with_state(root)
+        .with_state(HttpState { root, generated })
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct HttpState {
+    root: FileRoot,
+    generated: Arc<dyn Generated>,
 }
 
 /// Records every boot HTTP request: which client fetched what, and the answer.
@@ -55,6 +64,7 @@ async fn log_request(
 pub async fn serve(
     listener: tokio::net::TcpListener,
     root: FileRoot,
+    generated: Arc<dyn Generated>,
     log: BootLog,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -64,7 +74,7 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(root, log).into_make_service_with_connect_info::<std::net::SocketAddr>())
+    axum::serve(listener, router(root, generated, log).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -148,22 +158,32 @@ fn parse_range(value: &str, size: u64) -> Range {
 /// rendering engine fills this per machine, it is `ipxe/<mac>.ipxe` from the
 /// file root if present, else `ipxe/default.ipxe`.
 async fn ipxe_script(
-    State(root): State<FileRoot>,
+    State(state): State<HttpState>,
     axum::extract::Path(mac): axum::extract::Path<String>,
-    method: Method,
-    headers: HeaderMap,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
 ) -> Response {
-    let mac = mac.to_ascii_lowercase().replace(':', "-");
-    let valid = mac.len() == 17 && mac.split('-').all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !valid {
+    let Some(mac) = crate::generated::ipxe_path_mac(&format!("ipxe/{mac}")) else {
         return plain(StatusCode::BAD_REQUEST, "expected a MAC address like 52-54-00-12-34-56");
+    };
+    let client = connect.and_then(|c| match c.0.0.ip() {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(_) => None,
+    });
+    let path = format!("ipxe/{}", mac.to_string().replace(':', "-"));
+    match state.generated.lookup(&FileRequest { path: &path, client, mac: Some(mac) }).await {
+        // Generated per machine: never cached by anything in between.
+        Some(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+            body,
+        )
+            .into_response(),
+        None => plain(StatusCode::NOT_FOUND, "no iPXE script for this machine (and no ipxe/default.ipxe)"),
     }
-    let specific = format!("ipxe/{mac}.ipxe");
-    let chosen = if root.resolve(specific.as_bytes()).is_ok() { specific } else { "ipxe/default.ipxe".to_owned() };
-    serve_path(root, chosen.into_bytes(), method, headers).await
 }
 
-async fn file(State(root): State<FileRoot>, method: Method, headers: HeaderMap, uri: Uri) -> Response {
+async fn file(State(state): State<HttpState>, method: Method, headers: HeaderMap, uri: Uri) -> Response {
+    let root = state.root;
     let raw = uri.path().strip_prefix("/files/").unwrap_or_default();
     let Some(request) = percent_decode(raw) else {
         return plain(StatusCode::BAD_REQUEST, "bad percent-encoding in path");

@@ -13,5 +13,6 @@
 pub mod dhcp;
 pub mod events;
 pub mod files;
+pub mod generated;
 pub mod http;
 pub mod tftp;

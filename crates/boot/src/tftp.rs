@@ -4,6 +4,7 @@
 
 use crate::events::BootLog;
 use crate::files::{FileRoot, PathError};
+use crate::generated::{FileRequest, Generated};
 use plinth_tftp::{Action, ErrorCode, Limits, Packet, Transfer};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
@@ -65,6 +66,7 @@ fn to_netascii(data: &[u8]) -> Vec<u8> {
 pub async fn serve(
     socket: UdpSocket,
     root: FileRoot,
+    generated: Arc<dyn Generated>,
     config: TftpConfig,
     log: BootLog,
     shutdown: impl std::future::Future<Output = ()>,
@@ -104,9 +106,9 @@ pub async fn serve(
                     mode: mode.to_ascii_lowercase(),
                     options: options.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect(),
                 };
-                let (root, config, log) = (root.clone(), config.clone(), log.clone());
+                let (root, config, log, generated) = (root.clone(), config.clone(), log.clone(), generated.clone());
                 tokio::spawn(async move {
-                    run_transfer(local_ip, request, &root, &config, &log).await;
+                    run_transfer(local_ip, request, &root, generated.as_ref(), &config, &log).await;
                     drop(permit);
                 });
             }
@@ -163,7 +165,14 @@ fn open(request: &Request, root: &FileRoot, config: &TftpConfig) -> Result<(Sour
     Ok((Source::Memory(data), len))
 }
 
-async fn run_transfer(local_ip: IpAddr, request: Request, root: &FileRoot, config: &TftpConfig, log: &BootLog) {
+async fn run_transfer(
+    local_ip: IpAddr,
+    request: Request,
+    root: &FileRoot,
+    generated: &dyn Generated,
+    config: &TftpConfig,
+    log: &BootLog,
+) {
     let peer = request.peer;
     let peer_v4 = match peer.ip() {
         IpAddr::V4(v4) => Some(v4),
@@ -181,7 +190,27 @@ async fn run_transfer(local_ip: IpAddr, request: Request, root: &FileRoot, confi
     if socket.connect(peer).await.is_err() {
         return;
     }
-    let (source, size) = match open(&request, root, config) {
+    // Generated files first (only for clean paths), then the file root.
+    let made = match FileRoot::clean(&request.filename) {
+        Ok(clean) => {
+            let path = clean.to_string_lossy().into_owned();
+            generated.lookup(&FileRequest { path: &path, client: peer_v4, mac: None }).await
+        }
+        Err(_) => None,
+    };
+    let opened = match made {
+        Some(bytes) if request.mode.as_slice() == b"netascii" => Ok((Source::Memory(to_netascii(&bytes)), 0)),
+        Some(bytes) => Ok((Source::Memory(bytes), 0)),
+        None => open(&request, root, config),
+    };
+    let opened = opened.map(|(source, size)| {
+        let size = match &source {
+            Source::Memory(m) => m.len() as u64,
+            Source::File(_) => size,
+        };
+        (source, size)
+    });
+    let (source, size) = match opened {
         Ok(x) => x,
         Err((code, message)) => {
             tracing::info!(%peer, file = %name.escape_debug(), %message, "tftp: refused");

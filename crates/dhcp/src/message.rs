@@ -201,7 +201,8 @@ impl Message {
         }
         b.extend_from_slice(&self.chaddr);
         let mut fixed = |field: &[u8], len: usize| {
-            let n = field.len().min(len - 1);
+            // A full field needs no terminating NUL.
+            let n = field.len().min(len);
             b.extend_from_slice(&field[..n]);
             b.resize(b.len() + len - n, 0);
         };
@@ -328,6 +329,15 @@ mod tests {
         let back = Message::parse(&encoded).unwrap();
         assert_eq!(back.option(code::BOOTFILE).unwrap().len(), 600, "split into three and joined again");
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn full_sname_and_file_fields_round_trip_without_a_nul() {
+        // Found by the fuzzer: a 64-byte server name has no terminating NUL.
+        let mut m = Message::parse(&udhcpc_discover()).unwrap();
+        m.sname = vec![b's'; 64];
+        m.file = vec![b'f'; 128];
+        assert_eq!(Message::parse(&m.encode()).unwrap(), m);
     }
 
     #[test]

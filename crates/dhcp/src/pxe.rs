@@ -55,6 +55,8 @@ pub struct BootClient {
     pub ipxe: bool,
     /// Client machine identifier (option 97), when sent.
     pub uuid: Option<Vec<u8>>,
+    /// Network interface identifier (option 94): type, major, minor (UNDI 2.1 is `(1, 2, 1)`).
+    pub ndi: Option<(u8, u8, u8)>,
 }
 
 /// Classifies the sender of `m`.
@@ -80,7 +82,13 @@ pub fn classify(m: &Message) -> BootClient {
     };
     let ipxe = m.option(code::IPXE).is_some()
         || m.option(code::USER_CLASS).is_some_and(|u| u == b"iPXE" || (u.len() > 1 && &u[1..] == b"iPXE"));
-    BootClient { firmware, pxe: pxe_class || http_class, ipxe, uuid: m.option(code::CLIENT_UUID).map(<[u8]>::to_vec) }
+    BootClient {
+        firmware,
+        pxe: pxe_class || http_class,
+        ipxe,
+        uuid: m.option(code::CLIENT_UUID).map(<[u8]>::to_vec),
+        ndi: m.option(code::CLIENT_NDI).filter(|v| v.len() == 3).map(|v| (v[0], v[1], v[2])),
+    }
 }
 
 /// Which boot file each kind of client gets. Values are file paths (served

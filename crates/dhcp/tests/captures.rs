@@ -65,6 +65,7 @@ fn ipxe_rom_is_sent_its_script_url() {
     let m = capture("ipxe-bios-discover.bin");
     let c = classify(&m);
     assert_eq!((c.firmware, c.ipxe, c.pxe), (Some(Firmware::Bios), true, true));
+    assert_eq!(c.ndi, Some((1, 2, 1)), "UNDI 2.1");
     assert_eq!(offer_for(&m).file, b"http://10.77.0.1:8091/ipxe/52-54-00-cc-00-01");
 }
 
@@ -73,6 +74,8 @@ fn ovmf_is_sent_the_uefi_loader_with_its_uuid_echoed() {
     let m = capture("ovmf-x64-discover.bin");
     let c = classify(&m);
     assert_eq!((c.firmware, c.ipxe), (Some(Firmware::UefiX64), false));
+    assert_eq!(c.ndi, Some((1, 3, 0)));
+    assert_eq!(c.uuid.as_ref().map(Vec::len), Some(17), "type byte and GUID");
     let offer = offer_for(&m);
     assert_eq!(offer.file, b"ipxe.efi");
     assert_eq!(offer.siaddr, Ipv4Addr::new(10, 77, 0, 1));

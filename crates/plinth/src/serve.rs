@@ -97,6 +97,8 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
     tracing::info!(path = %file_root.path().display(), "serving boot files from the file root");
 
     let boot_log = plinth_boot::events::BootLog::start(state.store.clone());
+    let generated: Arc<dyn plinth_boot::generated::Generated> =
+        Arc::new(plinth_boot::generated::IpxeScripts::new(file_root.clone()));
 
     // One shutdown signal fans out to every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -114,9 +116,9 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
             Ok(l) => {
                 http_port = l.local_addr()?.port();
                 tracing::info!(service = "http", url = %format!("http://{}", l.local_addr()?), "listening");
-                let (root, log, stop) = (file_root.clone(), boot_log.clone(), stopped());
+                let (root, gen_files, log, stop) = (file_root.clone(), generated.clone(), boot_log.clone(), stopped());
                 tasks.spawn(async move {
-                    plinth_boot::http::serve(l, root, log, stop).await.context("boot HTTP server failed")
+                    plinth_boot::http::serve(l, root, gen_files, log, stop).await.context("boot HTTP server failed")
                 });
             }
             Err(e) => {
@@ -128,9 +130,11 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         match tokio::net::UdpSocket::bind(addr).await {
             Ok(s) => {
                 tracing::info!(service = "tftp", url = %format!("tftp://{}", s.local_addr()?), "listening");
-                let (root, log, stop) = (file_root.clone(), boot_log.clone(), stopped());
+                let (root, gen_files, log, stop) = (file_root.clone(), generated.clone(), boot_log.clone(), stopped());
                 tasks.spawn(async move {
-                    plinth_boot::tftp::serve(s, root, Default::default(), log, stop).await.context("TFTP server failed")
+                    plinth_boot::tftp::serve(s, root, gen_files, Default::default(), log, stop)
+                        .await
+                        .context("TFTP server failed")
                 });
             }
             Err(e) => {

@@ -271,3 +271,48 @@ fn http_refuses_traversal_in_every_encoding() {
     let (h, b) = curl(&[&format!("{base}/ok.txt")]);
     assert_eq!((status(&h), b.as_slice()), (200, &b"ok"[..]), "still serving");
 }
+
+#[test]
+fn per_machine_ipxe_scripts_come_from_the_generated_files_hook_over_tftp_and_http() {
+    if !have("tftp") || !have("curl") {
+        return;
+    }
+    let server = Server::start();
+    write(&server.files(), "ipxe/default.ipxe", b"#!ipxe\necho default\n");
+    write(&server.files(), "ipxe/52-54-00-12-34-56.ipxe", b"#!ipxe\necho mine\n");
+    let (h, b) = curl(&[&format!("{}/ipxe/52:54:00:12:34:56", server.services["http"])]);
+    assert_eq!((status(&h), b.as_slice()), (200, &b"#!ipxe\necho mine\n"[..]));
+    assert_eq!(header(&h, "cache-control"), Some("no-store"));
+    let (_, b) = curl(&[&format!("{}/ipxe/52-54-00-00-00-99", server.services["http"])]);
+    assert_eq!(b, b"#!ipxe\necho default\n");
+    let (h, _) = curl(&[&format!("{}/ipxe/not-a-mac", server.services["http"])]);
+    assert_eq!(status(&h), 400);
+    let (host, port) = split_addr(&server.addr("tftp"));
+    let dest = tempfile::NamedTempFile::new().unwrap();
+    let st = Command::new("timeout")
+        .args(["20", "tftp", "-m", "binary", &host, &port, "-c", "get", "ipxe/52-54-00-12-34-56"])
+        .arg(dest.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(std::fs::read(dest.path()).unwrap(), b"#!ipxe\necho mine\n");
+}
+
+#[test]
+fn a_port_that_cannot_be_bound_is_reported_and_the_rest_runs() {
+    // Hold the TFTP port so the server cannot have it.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let server = Server::start_with(
+        tmp.path(),
+        &[],
+        &["--http-addr", "127.0.0.1:0", "--tftp-addr", &addr, "--dhcp-port", "off"],
+    );
+    // The API and HTTP came up; the log says why TFTP did not.
+    assert!(server.services.contains_key("http"));
+    let log = server.log.lock().unwrap().join("\n");
+    assert!(log.contains("cannot listen for TFTP") && log.contains("continuing without it"), "{log}");
+    drop(taken);
+}

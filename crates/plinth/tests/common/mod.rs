@@ -85,11 +85,20 @@ impl Server {
         let mut services = std::collections::HashMap::new();
         let wanted = 1 + flags.iter().filter(|f| **f == "--http-addr" || **f == "--tftp-addr").count()
             - flags.windows(2).filter(|w| (w[0] == "--http-addr" || w[0] == "--tftp-addr") && w[1] == "off").count();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while services.len() < wanted {
-            match rx.recv_timeout(Duration::from_secs(60)) {
+            // A listener that could not bind says so instead of listening.
+            if log.lock().unwrap().iter().any(|l| l.contains("continuing without it")) && services.contains_key("api") {
+                while let Ok((s, u)) = rx.try_recv() {
+                    services.insert(s, u);
+                }
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok((s, u)) => {
                     services.insert(s, u);
                 }
+                Err(_) if std::time::Instant::now() < deadline => {}
                 Err(_) => {
                     let _ = child.kill();
                     panic!("server did not start: {:?}", log.lock().unwrap());
