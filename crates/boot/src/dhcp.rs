@@ -56,6 +56,24 @@ struct SubnetState {
     boot: BootFiles,
 }
 
+impl SubnetState {
+    /// The core's view of this subnet.
+    fn view(&self) -> SubnetView<'_> {
+        let s = &self.subnet;
+        SubnetView {
+            name: s.name.as_str(),
+            network: s.cidr.addr,
+            prefix: s.cidr.prefix,
+            lease_secs: s.lease_secs,
+            options: &self.options,
+            next_server: s.next_server,
+            only_reservations: s.only_reservations && !s.proxy,
+            boot_files: &self.boot,
+            range: if s.proxy { None } else { s.range_start.zip(s.range_end) },
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct LeaseRec {
     client: ClientKey,
@@ -412,17 +430,7 @@ impl Engine {
         let reservation = mac.and_then(|m| self.reservations.get(&m));
         let http_base = format!("http://{server_id}:{}", self.config.http_port);
         let s = &self.subnets[si];
-        let view = SubnetView {
-            name: s.subnet.name.as_str(),
-            network: s.subnet.cidr.addr,
-            prefix: s.subnet.cidr.prefix,
-            lease_secs: s.subnet.lease_secs,
-            options: &s.options,
-            next_server: s.subnet.next_server,
-            only_reservations: s.subnet.only_reservations,
-            boot_files: &s.boot,
-            range: s.subnet.range_start.zip(s.subnet.range_end),
-        };
+        let view = s.view();
         let facts = Facts {
             server_id,
             http_base: &http_base,
@@ -521,17 +529,7 @@ impl Engine {
     ) {
         let s = &self.subnets[si];
         let http_base = format!("http://{server_id}:{}", self.config.http_port);
-        let view = SubnetView {
-            name: s.subnet.name.as_str(),
-            network: s.subnet.cidr.addr,
-            prefix: s.subnet.cidr.prefix,
-            lease_secs: s.subnet.lease_secs,
-            options: &s.options,
-            next_server: s.subnet.next_server,
-            only_reservations: false,
-            boot_files: &s.boot,
-            range: None,
-        };
+        let view = s.view();
         let facts = Facts {
             server_id,
             http_base: &http_base,

@@ -5,21 +5,9 @@
 
 mod common;
 
-use common::Server;
+use common::{Server, have};
 use std::path::Path;
 use std::process::Command;
-
-/// Whether `tool` is installed. In CI a missing tool is a failure; on a
-/// developer machine the test says what to install and passes.
-fn have(tool: &str) -> bool {
-    let found =
-        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(std::env::var_os("CI").is_none(), "{tool} is missing: .ci/run installs it");
-        eprintln!("SKIPPED: {tool} is not installed (apt-get install tftp-hpa atftp curl)");
-    }
-    found
-}
 
 /// Deterministic pseudo-random bytes.
 fn data(len: usize, seed: u64) -> Vec<u8> {

@@ -5,37 +5,17 @@
 
 mod common;
 
-use common::Server;
 use common::netns::{self, Netns};
+use common::{Server, have, ok};
 use serde_json::Value;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-fn have(tool: &str) -> bool {
-    let found =
-        Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(std::env::var_os("CI").is_none(), "{tool} is missing: .ci/run installs it");
-        eprintln!("SKIPPED: {tool} is not installed");
-    }
-    found
-}
 
 struct Lab {
     srv: Netns,
     cli: Netns,
     server: Server,
     _dir: tempfile::TempDir,
-}
-
-fn ok(o: std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
 }
 
 /// Server in one namespace (10.77.0.1/24 on `vs0`), clients in another.

@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::Server;
 use common::netns::{self, Netns};
+use common::{Server, have, ok};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -30,28 +30,8 @@ fn lab_dir() -> Option<PathBuf> {
     Some(dir)
 }
 
-fn have(path: &str) -> bool {
-    let found = std::path::Path::new(path).exists()
-        || Command::new("sh").args(["-c", &format!("command -v {path}")]).output().is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(std::env::var_os("CI").is_none(), "{path} is missing: .ci/run installs it");
-        eprintln!("SKIPPED: {path} is not installed");
-    }
-    found
-}
-
 fn log_has(server: &Server, needle: &str) -> bool {
     server.log.lock().unwrap().iter().any(|l| l.contains(needle))
-}
-
-fn ok(o: std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
 }
 
 fn boot(uefi: bool, proxy: bool, mac: &str) {

@@ -11,6 +11,29 @@ use std::time::Duration;
 
 pub mod netns;
 
+/// Whether `tool` (a command or a file path) is installed. In CI a missing
+/// tool is a failure; on a developer machine the test says so and passes.
+pub fn have(tool: &str) -> bool {
+    let found = Path::new(tool).exists()
+        || Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "{tool} is missing: .ci/run installs it");
+        eprintln!("SKIPPED: {tool} is not installed (see .ci/run for the packages)");
+    }
+    found
+}
+
+/// Stdout of a command that must succeed.
+pub fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
 pub const PASSWORD: &str = "test-admin-password";
 
 pub struct Server {
