@@ -145,3 +145,57 @@ async fn events_command_prints_changes_as_json_lines() {
     assert_eq!(line["kind"], "profiles");
     assert_eq!(line["action"], "created");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_round_trips_through_the_cli() {
+    let server = Server::start();
+    let token = server.token().await;
+    let mid = "6f1c2a9e-0b7d-4c1e-9a53-2d1f0e8b7c44";
+    let samples: Vec<(&str, serde_json::Value, &str)> = vec![
+        ("params", serde_json::json!({"name": "ntp", "schema": {"type": "array"}}), "ntp"),
+        ("profiles", serde_json::json!({"name": "site"}), "site"),
+        ("machines", serde_json::json!({"id": mid, "name": "m"}), mid),
+        ("templates", serde_json::json!({"name": "t", "contents": "x"}), "t"),
+        ("bootenvs", serde_json::json!({"name": "b"}), "b"),
+        ("tasks", serde_json::json!({"name": "k"}), "k"),
+        ("stages", serde_json::json!({"name": "s"}), "s"),
+        ("workflows", serde_json::json!({"name": "w", "stages": ["s"]}), "w"),
+        (
+            "jobs",
+            serde_json::json!({"id": "0b5c7f4e-3a2d-4e1f-8c9b-7a6d5e4f3c2b", "machine": mid, "task": "k"}),
+            "0b5c7f4e-3a2d-4e1f-8c9b-7a6d5e4f3c2b",
+        ),
+        (
+            "subnets",
+            serde_json::json!({"name": "n", "cidr": "10.1.0.0/24", "range_start": "10.1.0.10", "range_end": "10.1.0.20"}),
+            "n",
+        ),
+        ("reservations", serde_json::json!({"mac": "52:54:00:00:00:77", "address": "10.1.0.7"}), "52:54:00:00:00:77"),
+        (
+            "leases",
+            serde_json::json!({"address": "10.1.0.11", "mac": "52:54:00:00:00:78", "subnet": "n", "expires_at": "2030-01-01T00:00:00Z"}),
+            "10.1.0.11",
+        ),
+        ("users", serde_json::json!({"name": "u", "password": "long enough"}), "u"),
+    ];
+    for (kind, body, key) in &samples {
+        ok(&server.cli(&[kind, "create", "--data", &body.to_string()], Some(&token)));
+        let shown: Value =
+            serde_json::from_str(&ok(&server.cli(&[kind, "show", key, "-o", "json"], Some(&token)))).unwrap();
+        assert_eq!(shown["revision"], 1, "{kind}");
+        let patched: Value = serde_json::from_str(&ok(
+            &server.cli(&[kind, "patch", key, "-o", "json", "--data", r#"{"meta":{"k":"v"}}"#], Some(&token))
+        ))
+        .unwrap();
+        assert_eq!((patched["revision"].as_u64(), patched["meta"]["k"].as_str()), (Some(2), Some("v")), "{kind}");
+        let mut replaced = patched.clone();
+        replaced["meta"] = serde_json::json!({});
+        ok(&server.cli(&[kind, "update", key, "--if-match", "2", "--data", &replaced.to_string()], Some(&token)));
+        let listed = ok(&server.cli(&[kind, "list", "-o", "yaml"], Some(&token)));
+        assert!(listed.contains("revision: 3"), "{kind}: {listed}");
+    }
+    for (kind, _, key) in samples.iter().rev() {
+        ok(&server.cli(&[kind, "delete", key], Some(&token)));
+        assert_eq!(server.cli(&[kind, "show", key], Some(&token)).status.code(), Some(3), "{kind} deleted");
+    }
+}
