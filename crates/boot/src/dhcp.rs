@@ -629,18 +629,22 @@ impl Engine {
             LeaseState::Declined => plinth_model::LeaseState::Declined,
         };
         let expires = chrono::DateTime::from_timestamp(w.expires_at as i64, 0).unwrap_or_default();
-        let mac = plinth_model::MacAddr(m.mac().unwrap_or_default());
-        let body = serde_json::json!({
-            "address": w.address,
-            "mac": mac.to_string(),
-            "client_id": m.option(code::CLIENT_ID).map(hex),
-            "subnet": subnet,
-            "state": state,
-            "expires_at": expires,
-            "hostname": w.hostname,
-        });
-        let (key, body) =
-            plinth_model::normalize(Kind::Lease, body).map_err(|e| plinth_store::StoreError::Query(e.to_string()))?;
+        // Built from typed values, so it needs no validation round trip.
+        let lease = Lease {
+            address: w.address,
+            mac: plinth_model::MacAddr(m.mac().unwrap_or_default()),
+            client_id: m.option(code::CLIENT_ID).map(hex),
+            subnet: subnet.parse().map_err(plinth_store::StoreError::Query)?,
+            state,
+            expires_at: expires,
+            hostname: w.hostname.clone(),
+            meta: Default::default(),
+            revision: 0,
+            created_at: None,
+            updated_at: None,
+        };
+        let key = w.address.to_string();
+        let body = serde_json::to_value(&lease).map_err(|e| plinth_store::StoreError::Query(e.to_string()))?;
         match self.staged.iter_mut().find(|(k, _, _)| *k == key) {
             Some(staged) => staged.1 = body,
             None => {
