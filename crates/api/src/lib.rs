@@ -15,6 +15,7 @@ mod crud;
 mod error;
 mod events;
 mod openapi;
+mod params;
 pub mod tls;
 
 pub use auth::{BootstrapError, Principal, bootstrap, hash_password};
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/info", get(info))
         .route("/api/v1/events", get(events::stream))
         .route("/api/v1/boot-events", get(events::boot_events))
+        .route("/api/v1/machines/{id}/params", get(params::machine_params))
         .route("/api/v1/{kind}", get(crud::list).post(crud::create))
         .route("/api/v1/{kind}/{key}", get(crud::show).put(crud::replace).patch(crud::patch).delete(crud::delete))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));

@@ -130,6 +130,12 @@ pub fn build() -> Value {
         "responses": merge(json!({"200": {"description": "a page of boot events", "content": {"application/json": {"schema": {"type": "object",
             "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/BootEvent"}}, "next": {"type": ["integer", "null"]}}}}}}}),
             error_responses(&["400", "401"]))}}));
+    paths.insert("/api/v1/machines/{id}/params".into(), json!({"get": {
+        "operationId": "machine_params", "tags": ["machines"], "summary": "A machine's resolved params; with explain, where each value came from",
+        "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                       {"name": "explain", "in": "query", "schema": {"type": "boolean", "default": false}}],
+        "responses": merge(json!({"200": {"description": "param name to value (or, with explain, {value, source, shadows, secure}); secure values redacted",
+            "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["400", "401", "404", "409"]))}}));
     paths.insert("/api/v1/info".into(), json!({"get": {"operationId": "info", "tags": ["meta"], "summary": "Server name and version",
         "responses": merge(json!({"200": {"description": "version", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401"]))}}));
     paths.insert("/api/v1/openapi.json".into(), json!({"get": {"operationId": "openapi", "tags": ["meta"], "summary": "This document",

@@ -148,6 +148,16 @@ fn kind_command(kind: Kind) -> Command {
                 .arg(key())
                 .arg(if_match_arg()),
         );
+    if kind == Kind::Machine {
+        cmd = cmd.subcommand(
+            Command::new("params").about("Show a machine's resolved params").arg(key()).arg(
+                Arg::new("explain")
+                    .long("explain")
+                    .action(ArgAction::SetTrue)
+                    .help("Show where each value came from and what it shadows"),
+            ),
+        );
+    }
     if kind.writable_via_api() {
         cmd = cmd
             .subcommand(body_args(Command::new("create").about("Create an object")))
@@ -395,6 +405,40 @@ async fn object_command(
             Ok(output::list(kind, &items, format))
         }
         "show" => Ok(output::one(&c.call(Method::GET, &key_path(), None, None).await?.body, format)),
+        "params" => {
+            let explain = m.get_flag("explain");
+            let path = format!("{}/params{}", key_path(), if explain { "?explain=true" } else { "" });
+            let body = c.call(Method::GET, &path, None, None).await?.body;
+            Ok(match (format, explain) {
+                (Format::Table, true) => {
+                    let rows: Vec<Value> = body
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(name, r)| {
+                            let shadows: Vec<String> = r["shadows"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .map(|s| format!("{}={}", output::layer(&s["source"]), output::cell(&s["value"])))
+                                .collect();
+                            serde_json::json!({"name": name, "value": r["value"], "source": output::layer(&r["source"]), "shadows": shadows.join("; ")})
+                        })
+                        .collect();
+                    output::table(&["name", "value", "source", "shadows"], &rows)
+                }
+                (Format::Table, false) => {
+                    let rows: Vec<Value> = body
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(n, v)| serde_json::json!({"name": n, "value": v}))
+                        .collect();
+                    output::table(&["name", "value"], &rows)
+                }
+                (other, _) => output::one(&body, other),
+            })
+        }
         "create" => Ok(output::one(&c.call(Method::POST, &base, Some(&read_body(m)?), None).await?.body, format)),
         "update" => {
             Ok(output::one(&c.call(Method::PUT, &key_path(), Some(&read_body(m)?), if_match()).await?.body, format))

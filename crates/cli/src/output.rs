@@ -64,6 +64,17 @@ fn render_table(headers: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A param source (`{"layer": "profile", "name": "site", "via": [...]}`) as text.
+pub fn layer(v: &Value) -> String {
+    let kind = v["layer"].as_str().unwrap_or("?");
+    match (v["name"].as_str(), v["via"].as_array().filter(|a| !a.is_empty())) {
+        (Some(n), Some(via)) => format!("{kind}:{n} (via {})", cell(&Value::Array(via.clone()))),
+        (Some(n), None) => format!("{kind}:{n}"),
+        (None, Some(via)) => format!("{kind} (via {})", cell(&Value::Array(via.clone()))),
+        (None, None) => kind.to_owned(),
+    }
+}
+
 /// Renders objects as a table of the given top-level fields.
 pub fn table(columns: &[&str], items: &[Value]) -> String {
     let headers: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();

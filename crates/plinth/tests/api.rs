@@ -189,7 +189,7 @@ async fn every_route_needs_a_valid_token() {
         if path == "/api/v1/auth/token" {
             continue;
         }
-        let path = path.replace("{key}", "x");
+        let path = path.replace("{key}", "x").replace("{id}", "x");
         for method in ops.as_object().unwrap().keys().filter(|m| *m != "parameters") {
             let m: Method = method.to_uppercase().parse().unwrap();
             for auth in [
@@ -431,4 +431,48 @@ async fn deleting_a_user_revokes_its_tokens() {
     assert_eq!(api.get("/api/v1/tokens?user=temp").await.body["items"].as_array().unwrap().len(), 0);
     assert_eq!(api.send(Method::DELETE, "/api/v1/users/admin", None, None).await.status, 409, "cannot delete yourself");
     assert_eq!(api.send(Method::DELETE, "/api/v1/profiles/global", None, None).await.status, 409, "global is built in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_params_resolve_across_layers_and_explain_themselves() {
+    let server = Server::start();
+    let api = server.api().await;
+    for p in [
+        json!({"name": "tz", "schema": {"type": "string", "default": "UTC"}}),
+        json!({"name": "ntp", "schema": {"type": "array", "items": {"type": "string"}}}),
+        json!({"name": "root-password", "schema": {"type": "string"}, "secure": true}),
+    ] {
+        assert_eq!(api.post("/api/v1/params", p).await.status, 201);
+    }
+    api.send(
+        Method::PATCH,
+        "/api/v1/profiles/global",
+        Some(json!({"params": {"ntp": ["global.ntp"], "tz": "Etc/UTC"}})),
+        None,
+    )
+    .await;
+    api.post("/api/v1/profiles", json!({"name": "site", "params": {"tz": "Europe/Paris"}})).await;
+    let m = api
+        .post("/api/v1/machines", json!({"name": "m1", "profiles": ["site"], "params": {"root-password": "s3cret"}}))
+        .await;
+    let id = m.body["id"].as_str().unwrap().to_owned();
+
+    let plain = api.get(&format!("/api/v1/machines/{id}/params")).await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.body["tz"], "Europe/Paris");
+    assert_eq!(plain.body["ntp"], json!(["global.ntp"]));
+    assert_eq!(plain.body["root-password"], "<secure>", "secure values are never shown");
+
+    let explained = api.get(&format!("/api/v1/machines/{id}/params?explain=true")).await.body;
+    assert_eq!(explained["tz"]["source"], json!({"layer": "profile", "name": "site", "via": []}));
+    let shadowed: Vec<&str> =
+        explained["tz"]["shadows"].as_array().unwrap().iter().map(|s| s["source"]["layer"].as_str().unwrap()).collect();
+    assert_eq!(shadowed, ["global", "default"]);
+    assert_eq!(explained["ntp"]["source"]["layer"], "global");
+    assert!(!explained.to_string().contains("s3cret"));
+
+    let out = server.cli(&["machines", "params", &id, "--explain"], Some(&api.token));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("profile:site") && text.contains("Europe/Paris"), "{text}");
+    assert_eq!(api.get("/api/v1/machines/6f1c2a9e-0b7d-4c1e-9a53-2d1f0e8b7c44/params").await.status, 404);
 }
