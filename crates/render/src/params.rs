@@ -160,7 +160,7 @@ mod tests {
     }
 
     fn profiles(list: Vec<Value>) -> HashMap<Name, Profile> {
-        list.into_iter().map(|v| obj::<Profile>(v)).map(|p| (p.name.clone(), p)).collect()
+        list.into_iter().map(obj::<Profile>).map(|p| (p.name.clone(), p)).collect()
     }
 
     #[test]
