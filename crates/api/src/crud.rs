@@ -70,7 +70,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Expect>, ApiError> {
     })
 }
 
-async fn read_json(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+pub(crate) async fn read_json(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default();
         if !ct.contains("json") {

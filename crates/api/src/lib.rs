@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(events::stream))
         .route("/api/v1/boot-events", get(events::boot_events))
         .route("/api/v1/machines/{id}/params", get(params::machine_params))
+        .route("/api/v1/render", post(params::render))
         .route("/api/v1/{kind}", get(crud::list).post(crud::create))
         .route("/api/v1/{kind}/{key}", get(crud::show).put(crud::replace).patch(crud::patch).delete(crud::delete))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));

@@ -136,6 +136,12 @@ pub fn build() -> Value {
                        {"name": "explain", "in": "query", "schema": {"type": "boolean", "default": false}}],
         "responses": merge(json!({"200": {"description": "param name to value (or, with explain, {value, source, shadows, secure}); secure values redacted",
             "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["400", "401", "404", "409"]))}}));
+    paths.insert("/api/v1/render".into(), json!({"post": {
+        "operationId": "render", "tags": ["machines"], "summary": "Render a template for a machine, without side effects",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["machine"], "properties": {
+            "machine": {"type": "string"}, "template": {"type": "string"}, "contents": {"type": "string"}}}}}},
+        "responses": merge(json!({"200": {"description": "the rendered text", "content": {"application/json": {"schema": {"type": "object",
+            "properties": {"output": {"type": "string"}}}}}}}), error_responses(&["400", "401", "404", "409", "413", "415"]))}}));
     paths.insert("/api/v1/info".into(), json!({"get": {"operationId": "info", "tags": ["meta"], "summary": "Server name and version",
         "responses": merge(json!({"200": {"description": "version", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401"]))}}));
     paths.insert("/api/v1/openapi.json".into(), json!({"get": {"operationId": "openapi", "tags": ["meta"], "summary": "This document",

@@ -475,4 +475,25 @@ async fn machine_params_resolve_across_layers_and_explain_themselves() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("profile:site") && text.contains("Europe/Paris"), "{text}");
     assert_eq!(api.get("/api/v1/machines/6f1c2a9e-0b7d-4c1e-9a53-2d1f0e8b7c44/params").await.status, 404);
+
+    // POST /api/v1/render: the debugging tool, with no side effects.
+    api.post("/api/v1/params", json!({"name": "snippet", "schema": {"type": "string"}})).await;
+    api.send(Method::PATCH, &format!("/api/v1/machines/{id}"), Some(json!({"params": {"snippet": "site-ntp"}})), None)
+        .await;
+    api.post("/api/v1/templates", json!({"name": "site-ntp", "contents": "server {{ param('ntp') | join(' ') }}"}))
+        .await;
+    api.post("/api/v1/templates", json!({"name": "ks", "contents": "hostname {{ machine.name }}\ntimezone {{ param('tz') }}\n{% include param('snippet') %}"})).await;
+    let r = api.post("/api/v1/render", json!({"machine": id, "template": "ks"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["output"], "hostname m1\ntimezone Europe/Paris\nserver global.ntp");
+    let r = api.post("/api/v1/render", json!({"machine": id, "contents": "ok\n{{ param('root-password') }}"})).await;
+    assert_eq!(r.status, 400, "secure params are not rendered here");
+    assert!(!r.body.to_string().contains("s3cret"));
+    let r = api.post("/api/v1/render", json!({"machine": id, "contents": "line 1\n{{ machine.nonexistent }}"})).await;
+    assert_eq!((r.status, r.body["field"].as_str()), (400, Some("contents")));
+    assert!(r.body["detail"].as_str().unwrap().contains("line 2"), "{}", r.body);
+    let r = api.post("/api/v1/render", json!({"machine": id, "template": "ks", "contents": "x"})).await;
+    assert_eq!(r.status, 400);
+    let r = api.post("/api/v1/render", json!({"machine": id, "template": "nope"})).await;
+    assert_eq!(r.status, 404);
 }

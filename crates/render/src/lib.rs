@@ -6,5 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod params;
+mod template;
 
 pub use params::{Layer, Layers, ResolveError, Resolved, resolve};
+pub use template::{FUEL, INLINE, MAX_OUTPUT, RenderError, Source, render};

@@ -1,0 +1,168 @@
+//! Template rendering: Jinja syntax (minijinja), sandboxed. Templates see
+//! only what they are given: the render context and the other templates by
+//! name. No file system, network or environment. Strict undefined values,
+//! an instruction budget (fuel) and a cap on the output size keep a bad
+//! template from hanging or exhausting the server.
+
+use minijinja::value::Value as JValue;
+use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Instructions one render may execute.
+pub const FUEL: u64 = 2_000_000;
+/// Largest output one render may produce.
+pub const MAX_OUTPUT: usize = 8 * 1024 * 1024;
+/// Name under which inline template text is rendered.
+pub const INLINE: &str = "<inline>";
+
+/// A render failure, naming the template and line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("template `{template}`{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+pub struct RenderError {
+    pub template: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+fn mac_parts(v: &str) -> Result<Vec<String>, Error> {
+    let parts: Vec<String> = v.split([':', '-']).map(str::to_ascii_lowercase).collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(Error::new(ErrorKind::InvalidOperation, format!("`{v}` is not a MAC address")));
+    }
+    Ok(parts)
+}
+
+/// Builds the sandboxed environment over `templates`.
+fn environment(templates: Arc<HashMap<String, String>>, params: Arc<BTreeMap<String, Value>>) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.set_loader(move |name| Ok(templates.get(name).cloned()));
+    env.add_function("param", move |name: String, default: Option<JValue>| -> Result<JValue, Error> {
+        match (params.get(&name), default) {
+            (Some(v), _) => Ok(JValue::from(minijinja::value::Serde(v))),
+            (None, Some(d)) => Ok(d),
+            (None, None) => Err(Error::new(
+                ErrorKind::UndefinedError,
+                format!("param `{name}` has no value for this machine (set it, give it a schema default, or call param(\"{name}\", default))"),
+            )),
+        }
+    });
+    // MAC formats: iPXE `52:54:00:12:34:56`, pxelinux `01-52-54-00-12-34-56`, grub/dash `52-54-00-12-34-56`.
+    env.add_filter("mac_ipxe", |v: String| -> Result<String, Error> { Ok(mac_parts(&v)?.join(":")) });
+    env.add_filter("mac_pxelinux", |v: String| -> Result<String, Error> {
+        Ok(format!("01-{}", mac_parts(&v)?.join("-")))
+    });
+    env.add_filter("mac_dash", |v: String| -> Result<String, Error> { Ok(mac_parts(&v)?.join("-")) });
+    env
+}
+
+fn convert(e: &Error) -> RenderError {
+    let mut message = e.detail().map(str::to_owned).unwrap_or_else(|| e.kind().to_string());
+    if e.kind() == ErrorKind::OutOfFuel {
+        message = format!("the template ran too long (over {FUEL} instructions)");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message = format!("{message}: {s}");
+        source = s.source();
+    }
+    RenderError { template: e.name().unwrap_or(INLINE).to_owned(), line: e.line(), message }
+}
+
+/// What to render.
+pub enum Source<'a> {
+    /// A stored template by name.
+    Named(&'a str),
+    /// Template text given inline.
+    Inline(&'a str),
+}
+
+/// Renders `source` with `context` (a JSON object) and `params` (for
+/// `param(name)`), where `templates` are every stored template by name.
+pub fn render(
+    templates: HashMap<String, String>,
+    source: Source<'_>,
+    context: &Value,
+    params: BTreeMap<String, Value>,
+) -> Result<String, RenderError> {
+    let env = environment(Arc::new(templates), Arc::new(params));
+    let ctx = JValue::from(minijinja::value::Serde(context));
+    let out = match source {
+        Source::Named(name) => {
+            let t = env.get_template(name).map_err(|e| convert(&e))?;
+            t.render(ctx)
+        }
+        Source::Inline(text) => env.render_named_str(INLINE, text, ctx),
+    }
+    .map_err(|e| convert(&e))?;
+    if out.len() > MAX_OUTPUT {
+        return Err(RenderError {
+            template: INLINE.into(),
+            line: None,
+            message: format!("output larger than {MAX_OUTPUT} bytes"),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(templates: &[(&str, &str)], source: Source<'_>, params: &[(&str, Value)]) -> Result<String, RenderError> {
+        let t = templates.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let p = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        render(t, source, &json!({"machine": {"name": "web-1", "mac": "52:54:00:AA:bb:01"}}), p)
+    }
+
+    #[test]
+    fn renders_context_params_includes_and_helpers() {
+        let templates = [
+            ("base", "host {{ machine.name }}\n{% include 'ntp' %}\n{% include param('site-snippet') %}"),
+            ("ntp", "ntp {{ param('ntp') | join(' ') }}"),
+            ("site-a", "site a {{ machine.mac | mac_pxelinux }}"),
+        ];
+        let out =
+            run(&templates, Source::Named("base"), &[("ntp", json!(["a", "b"])), ("site-snippet", json!("site-a"))])
+                .unwrap();
+        assert_eq!(out, "host web-1\nntp a b\nsite a 01-52-54-00-aa-bb-01");
+        let out = run(
+            &[],
+            Source::Inline("{{ param('x', 'fallback') }} {{ machine.mac | mac_ipxe }} {{ {'a': 1} | tojson }}"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(out, r#"fallback 52:54:00:aa:bb:01 {"a": 1}"#);
+    }
+
+    #[test]
+    fn errors_name_the_template_the_line_and_what_is_missing() {
+        let e = run(&[("t", "line one\n{{ machine.nope }}")], Source::Named("t"), &[]).unwrap_err();
+        assert_eq!((e.template.as_str(), e.line), ("t", Some(2)));
+        let e = run(&[("t", "{{ param('ntp') }}")], Source::Named("t"), &[]).unwrap_err();
+        assert!(e.message.contains("param `ntp` has no value"), "{e}");
+        let e = run(&[], Source::Named("missing"), &[]).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        let e = run(&[], Source::Inline("{% if %}"), &[]).unwrap_err();
+        assert_eq!(e.template, INLINE);
+    }
+
+    #[test]
+    fn hostile_templates_are_stopped() {
+        let e = run(
+            &[],
+            Source::Inline("{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.message.contains("too long"), "{e}");
+        let e = run(&[("loop", "{% include 'loop' %}")], Source::Named("loop"), &[]).unwrap_err();
+        assert!(!e.message.is_empty(), "self-include ends in an error, not a stack overflow");
+        let e = run(&[], Source::Inline("{{ 'aa' | mac_ipxe }}"), &[]).unwrap_err();
+        assert!(e.message.contains("not a MAC"), "{e}");
+    }
+}
