@@ -139,7 +139,8 @@ pub fn build() -> Value {
     paths.insert("/api/v1/render".into(), json!({"post": {
         "operationId": "render", "tags": ["machines"], "summary": "Render a template for a machine, without side effects",
         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["machine"], "properties": {
-            "machine": {"type": "string"}, "template": {"type": "string"}, "contents": {"type": "string"}}}}}},
+            "machine": {"type": "string"}, "template": {"type": "string"}, "contents": {"type": "string"},
+            "http": {"type": "string", "description": "boot HTTP base URL for provisioner.http"}}}}}},
         "responses": merge(json!({"200": {"description": "the rendered text", "content": {"application/json": {"schema": {"type": "object",
             "properties": {"output": {"type": "string"}}}}}}}), error_responses(&["400", "401", "404", "409", "413", "415"]))}}));
     paths.insert("/api/v1/info".into(), json!({"get": {"operationId": "info", "tags": ["meta"], "summary": "Server name and version",

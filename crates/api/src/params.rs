@@ -4,12 +4,9 @@
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use plinth_model::{Kind, Machine, Name, Param, ParamName, Profile, Stage, Workflow};
-use plinth_render::{Layers, Resolved, resolve};
-use plinth_store::StoreExt;
+use plinth_model::{Kind, Machine};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,47 +18,20 @@ pub struct ParamsQuery {
 /// Shown instead of a secure value.
 const REDACTED: &str = "<secure>";
 
-async fn load_all<T: plinth_model::Object>(state: &AppState, kind: Kind) -> Result<Vec<T>, ApiError> {
-    let records = state.store.list_all(kind, vec![]).await?;
-    records.into_iter().map(|r| plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))).collect()
-}
-
-async fn load_one<T: plinth_model::Object>(state: &AppState, kind: Kind, key: &str) -> Result<Option<T>, ApiError> {
-    match state.store.get(kind, key).await? {
-        Some(r) => Ok(Some(plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?)),
-        None => Ok(None),
-    }
-}
-
-/// Loads a machine and resolves its params.
-pub(crate) async fn resolved_for(
-    state: &AppState,
-    id: &str,
-) -> Result<(Machine, BTreeMap<ParamName, Resolved>), ApiError> {
-    let machine: Machine = load_one(state, Kind::Machine, id)
+/// Loads a machine and what rendering for it reads.
+pub(crate) async fn view_for(state: &AppState, id: &str) -> Result<plinth_render::MachineView, ApiError> {
+    let record = state
+        .store
+        .get(Kind::Machine, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("machines `{}` not found", id.escape_debug())))?;
-    let profiles: HashMap<Name, Profile> =
-        load_all::<Profile>(state, Kind::Profile).await?.into_iter().map(|p| (p.name.clone(), p)).collect();
-    let params: HashMap<ParamName, Param> =
-        load_all::<Param>(state, Kind::Param).await?.into_iter().map(|p| (p.name.clone(), p)).collect();
-    let stage: Option<Stage> = match &machine.stage {
-        Some(s) => load_one(state, Kind::Stage, s.as_str()).await?,
-        None => None,
-    };
-    let workflow: Option<Workflow> = match &machine.workflow {
-        Some(w) => load_one(state, Kind::Workflow, w.as_str()).await?,
-        None => None,
-    };
-    let resolved = resolve(&Layers {
-        machine: &machine,
-        profiles: &profiles,
-        stage: stage.as_ref(),
-        workflow: workflow.as_ref(),
-        params: &params,
+    let machine: Machine = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    plinth_render::load(state.store.as_ref(), machine).await.map_err(|e| match e {
+        plinth_render::LoadError::Resolve(e) => {
+            ApiError::Conflict(format!("cannot resolve the params of machines `{id}`: {e}"))
+        }
+        other => ApiError::Internal(other.to_string()),
     })
-    .map_err(|e| ApiError::Conflict(format!("cannot resolve the params of machines `{id}`: {e}")))?;
-    Ok((machine, resolved))
 }
 
 pub async fn machine_params(
@@ -69,7 +39,7 @@ pub async fn machine_params(
     Path(id): Path<String>,
     Query(q): Query<ParamsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let (_, resolved) = resolved_for(&state, &id).await?;
+    let resolved = view_for(&state, &id).await?.params;
     let shown = |secure: bool, v: &Value| if secure { json!(REDACTED) } else { v.clone() };
     let out: serde_json::Map<String, Value> = resolved
         .iter()
@@ -98,6 +68,9 @@ struct RenderRequest {
     template: Option<String>,
     #[serde(default)]
     contents: Option<String>,
+    /// Boot HTTP base URL to render with (`provisioner.http`).
+    #[serde(default)]
+    http: Option<String>,
 }
 
 /// `POST /api/v1/render`: renders a stored template (`template`) or inline
@@ -117,25 +90,13 @@ pub async fn render(
             "give exactly one of `template` (a stored template's name) or `contents` (template text)",
         ));
     }
-    let (machine, resolved) = resolved_for(&state, &req.machine).await?;
-    let templates: HashMap<String, String> = load_all::<plinth_model::Template>(&state, Kind::Template)
-        .await?
-        .into_iter()
-        .map(|t| (t.name.to_string(), t.contents))
-        .collect();
+    let view = view_for(&state, &req.machine).await?;
     if let Some(name) = &req.template
-        && !templates.contains_key(name)
+        && !view.templates.contains_key(name)
     {
         return Err(ApiError::NotFound(format!("templates `{}` not found", name.escape_debug())));
     }
-    let params: BTreeMap<String, Value> =
-        resolved.iter().filter(|(_, r)| !r.secure).map(|(k, r)| (k.to_string(), r.value.clone())).collect();
-    let mut machine_json = serde_json::to_value(&machine).map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let Value::Object(m) = &mut machine_json {
-        // Params are read through param(); raw values may include secure ones.
-        m.remove("params");
-    }
-    let context = json!({"machine": machine_json, "params": params});
+    let provisioner = plinth_render::Provisioner { http: req.http.clone().unwrap_or_default() };
     let field = if req.template.is_some() { "template" } else { "contents" };
     let output = tokio::task::spawn_blocking(move || {
         let source = match (&req.template, &req.contents) {
@@ -143,7 +104,7 @@ pub async fn render(
             (None, Some(text)) => plinth_render::Source::Inline(text),
             (None, None) => plinth_render::Source::Inline(""),
         };
-        plinth_render::render(templates, source, &context, params)
+        view.render(source, &provisioner)
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?

@@ -16,6 +16,8 @@ pub struct FileRequest<'a> {
     pub client: Option<Ipv4Addr>,
     /// The client's MAC, when the request names it.
     pub mac: Option<MacAddr>,
+    /// Base URL of the boot HTTP server as this client reaches it.
+    pub http_base: Option<String>,
 }
 
 /// A source of generated files.
@@ -61,6 +63,68 @@ impl Generated for IpxeScripts {
     }
 }
 
+/// Renders the files of each known machine's bootenv at their paths, found
+/// by MAC (from the path or the client's lease). Unknown machines, and paths
+/// the bootenv does not define, fall back to [`IpxeScripts`].
+pub struct RenderedFiles {
+    store: std::sync::Arc<dyn plinth_store::Store>,
+    fallback: IpxeScripts,
+}
+
+impl RenderedFiles {
+    /// Renders from `store`, falling back to scripts in `root`.
+    pub fn new(store: std::sync::Arc<dyn plinth_store::Store>, root: FileRoot) -> RenderedFiles {
+        RenderedFiles { store, fallback: IpxeScripts::new(root) }
+    }
+
+    async fn machine_of(&self, request: &FileRequest<'_>) -> Option<plinth_model::Machine> {
+        use plinth_model::Kind;
+        use plinth_store::StoreExt;
+        let mac = match request.mac.or_else(|| ipxe_path_mac(request.path)) {
+            Some(m) => m,
+            None => {
+                let ip = request.client?;
+                let lease = self.store.get(Kind::Lease, &ip.to_string()).await.ok()??;
+                plinth_model::decode::<plinth_model::Lease>(lease.body).ok()?.mac
+            }
+        };
+        let filter =
+            plinth_store::Filter { path: vec!["macs".into()], value: serde_json::Value::String(mac.to_string()) };
+        let found = self.store.list_all(Kind::Machine, vec![filter]).await.ok()?;
+        plinth_model::decode(found.into_iter().next()?.body).ok()
+    }
+}
+
+#[async_trait]
+impl Generated for RenderedFiles {
+    async fn lookup(&self, request: &FileRequest<'_>) -> Option<Vec<u8>> {
+        if let Some(machine) = self.machine_of(request).await {
+            let name = machine.name.to_string();
+            match plinth_render::load(self.store.as_ref(), machine).await {
+                Ok(view) => {
+                    let provisioner =
+                        plinth_render::Provisioner { http: request.http_base.clone().unwrap_or_default() };
+                    // The iPXE entry script is the bootenv file named `ipxe`.
+                    let path =
+                        if ipxe_path_mac(request.path).is_some() { "ipxe".to_owned() } else { request.path.to_owned() };
+                    let rendered =
+                        tokio::task::spawn_blocking(move || view.render_path(&path, &provisioner)).await.ok().flatten();
+                    match rendered {
+                        Some(Ok(text)) => return Some(text.into_bytes()),
+                        Some(Err(e)) => {
+                            tracing::warn!(machine = %name, path = %request.path.escape_debug(), error = %e, "cannot render boot file");
+                            return None;
+                        }
+                        None => {}
+                    }
+                }
+                Err(e) => tracing::warn!(machine = %name, error = %e, "cannot load what the machine's boot files need"),
+            }
+        }
+        self.fallback.lookup(request).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,7 +134,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = FileRoot::new(dir.path()).unwrap();
         let p = IpxeScripts::new(root.clone());
-        let req = |path| FileRequest { path, client: None, mac: None };
+        let req = |path| FileRequest { path, client: None, mac: None, http_base: None };
         assert_eq!(p.lookup(&req("ipxe/52-54-00-12-34-56")).await, None, "no scripts at all");
         std::fs::create_dir(root.path().join("ipxe")).unwrap();
         std::fs::write(root.path().join("ipxe/default.ipxe"), "#!ipxe\necho default\n").unwrap();

@@ -28,9 +28,28 @@ pub fn router(root: FileRoot, generated: Arc<dyn Generated>, log: BootLog) -> Ro
     Router::new()
         .route("/files/{*path}", axum::routing::get(file))
         .route("/ipxe/{mac}", axum::routing::get(ipxe_script))
+        .route("/machines/{mac}/{*path}", axum::routing::get(machine_file))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(axum::middleware::from_fn_with_state(log, log_request))
         .with_state(HttpState { root, generated })
+}
+
+/// The `Host` header, which tells how the client reaches this server.
+struct HostHeader(String);
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for HostHeader {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+            .map(|h| HostHeader(h.to_owned())))
+    }
 }
 
 /// What the handlers share.
@@ -161,6 +180,7 @@ async fn ipxe_script(
     State(state): State<HttpState>,
     axum::extract::Path(mac): axum::extract::Path<String>,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    host: Option<HostHeader>,
 ) -> Response {
     let Some(mac) = crate::generated::ipxe_path_mac(&format!("ipxe/{mac}")) else {
         return plain(StatusCode::BAD_REQUEST, "expected a MAC address like 52-54-00-12-34-56");
@@ -170,7 +190,8 @@ async fn ipxe_script(
         std::net::IpAddr::V6(_) => None,
     });
     let path = format!("ipxe/{}", mac.to_string().replace(':', "-"));
-    match state.generated.lookup(&FileRequest { path: &path, client, mac: Some(mac) }).await {
+    let http_base = host.map(|h| format!("http://{}", h.0));
+    match state.generated.lookup(&FileRequest { path: &path, client, mac: Some(mac), http_base }).await {
         // Generated per machine: never cached by anything in between.
         Some(body) => (
             StatusCode::OK,
@@ -179,6 +200,35 @@ async fn ipxe_script(
         )
             .into_response(),
         None => plain(StatusCode::NOT_FOUND, "no iPXE script for this machine (and no ipxe/default.ipxe)"),
+    }
+}
+
+/// `GET /machines/<mac>/<path>`: a file of that machine's bootenv, rendered
+/// for it (kickstarts, preseeds, configs), at the path the bootenv gives.
+async fn machine_file(
+    State(state): State<HttpState>,
+    axum::extract::Path((mac, path)): axum::extract::Path<(String, String)>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    host: Option<HostHeader>,
+) -> Response {
+    let Ok(mac) = mac.replace('-', ":").parse::<plinth_model::MacAddr>() else {
+        return plain(StatusCode::BAD_REQUEST, "expected a MAC address like 52-54-00-12-34-56");
+    };
+    let Ok(clean) = FileRoot::clean(path.as_bytes()) else { return plain(StatusCode::FORBIDDEN, "refused path") };
+    let client = connect.and_then(|c| match c.0.0.ip() {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(_) => None,
+    });
+    let http_base = host.map(|h| format!("http://{}", h.0));
+    let path = clean.to_string_lossy();
+    match state.generated.lookup(&FileRequest { path: &path, client, mac: Some(mac), http_base }).await {
+        Some(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+            body,
+        )
+            .into_response(),
+        None => plain(StatusCode::NOT_FOUND, "no such file for this machine"),
     }
 }
 

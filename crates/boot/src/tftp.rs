@@ -22,11 +22,13 @@ pub struct TftpConfig {
     pub max_transfers: usize,
     /// Largest file served in netascii mode (converted in memory).
     pub max_netascii: u64,
+    /// Port of the boot HTTP server, for `provisioner.http` in rendered files.
+    pub http_port: u16,
 }
 
 impl Default for TftpConfig {
     fn default() -> TftpConfig {
-        TftpConfig { limits: Limits::default(), max_transfers: 1024, max_netascii: 16 * 1024 * 1024 }
+        TftpConfig { limits: Limits::default(), max_transfers: 1024, max_netascii: 16 * 1024 * 1024, http_port: 8091 }
     }
 }
 
@@ -194,7 +196,8 @@ async fn run_transfer(
     let made = match FileRoot::clean(&request.filename) {
         Ok(clean) => {
             let path = clean.to_string_lossy().into_owned();
-            generated.lookup(&FileRequest { path: &path, client: peer_v4, mac: None }).await
+            let http_base = Some(format!("http://{local_ip}:{}", config.http_port));
+            generated.lookup(&FileRequest { path: &path, client: peer_v4, mac: None, http_base }).await
         }
         Err(_) => None,
     };

@@ -98,7 +98,7 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
 
     let boot_log = plinth_boot::events::BootLog::start(state.store.clone());
     let generated: Arc<dyn plinth_boot::generated::Generated> =
-        Arc::new(plinth_boot::generated::IpxeScripts::new(file_root.clone()));
+        Arc::new(plinth_boot::generated::RenderedFiles::new(state.store.clone(), file_root.clone()));
 
     // One shutdown signal fans out to every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -131,8 +131,9 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
             Ok(s) => {
                 tracing::info!(service = "tftp", url = %format!("tftp://{}", s.local_addr()?), "listening");
                 let (root, gen_files, log, stop) = (file_root.clone(), generated.clone(), boot_log.clone(), stopped());
+                let tftp_config = plinth_boot::tftp::TftpConfig { http_port, ..Default::default() };
                 tasks.spawn(async move {
-                    plinth_boot::tftp::serve(s, root, gen_files, Default::default(), log, stop)
+                    plinth_boot::tftp::serve(s, root, gen_files, tftp_config, log, stop)
                         .await
                         .context("TFTP server failed")
                 });

@@ -304,3 +304,68 @@ fn a_port_that_cannot_be_bound_is_reported_and_the_rest_runs() {
     assert!(log.contains("cannot listen for TFTP") && log.contains("continuing without it"), "{log}");
     drop(taken);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootenv_files_are_rendered_per_machine_over_http_and_tftp() {
+    if !have("tftp") || !have("curl") {
+        return;
+    }
+    let server = Server::start();
+    let api = server.api().await;
+    let post = |path: &'static str, body: serde_json::Value| {
+        let api = &api;
+        async move {
+            let r = api.post(path, body).await;
+            assert_eq!(r.status, 201, "{path}: {}", r.body);
+        }
+    };
+    post("/api/v1/params", serde_json::json!({"name": "console", "schema": {"type": "string", "default": "ttyS0"}}))
+        .await;
+    post(
+        "/api/v1/templates",
+        serde_json::json!({"name": "ks-base", "contents": "# kickstart for {{ machine.name }}\nrootpw --lock"}),
+    )
+    .await;
+    post("/api/v1/bootenvs", serde_json::json!({
+        "name": "centos-9", "kernel": "centos/vmlinuz", "initrds": ["centos/initrd.img"],
+        "boot_args": "console={{ param('console') }} inst.ks={{ provisioner.http }}/machines/{{ machine.macs[0] | mac_dash }}/ks.cfg",
+        "templates": [
+            {"name": "ipxe", "contents": "#!ipxe\nkernel {{ provisioner.http }}/files/{{ bootenv.kernel }} initrd={{ bootenv.initrd_names[0] }} {{ bootenv.boot_args }}\ninitrd {{ provisioner.http }}/files/{{ bootenv.initrds[0] }}\nboot"},
+            {"name": "kickstart", "path": "ks.cfg", "template": "ks-base"},
+            {"name": "pxelinux", "path": "pxelinux.cfg/{{ machine.macs[0] | mac_pxelinux }}", "contents": "default linux\nlabel linux\n  kernel {{ bootenv.kernel }}"}
+        ]})).await;
+    post(
+        "/api/v1/machines",
+        serde_json::json!({"name": "web-9", "macs": ["52:54:00:00:09:09"], "bootenv": "centos-9"}),
+    )
+    .await;
+    // TFTP identifies the client by its lease.
+    post("/api/v1/leases", serde_json::json!({"address": "127.0.0.1", "mac": "52:54:00:00:09:09", "subnet": "lab", "state": "bound", "expires_at": "2030-01-01T00:00:00Z"})).await;
+
+    let http = server.services["http"].clone();
+    let (h, b) = curl(&[&format!("{http}/ipxe/52-54-00-00-09-09")]);
+    assert_eq!(status(&h), 200);
+    let script = String::from_utf8(b).unwrap();
+    let base = format!("http://{}", server.addr("http"));
+    assert_eq!(
+        script,
+        format!(
+            "#!ipxe\nkernel {base}/files/centos/vmlinuz initrd=initrd.img console=ttyS0 inst.ks={base}/machines/52-54-00-00-09-09/ks.cfg\ninitrd {base}/files/centos/initrd.img\nboot"
+        )
+    );
+    let (h, b) = curl(&[&format!("{http}/machines/52-54-00-00-09-09/ks.cfg")]);
+    assert_eq!((status(&h), String::from_utf8(b).unwrap()), (200, "# kickstart for web-9\nrootpw --lock".to_owned()));
+    assert_eq!(header(&h, "cache-control"), Some("no-store"));
+    let (h, _) = curl(&[&format!("{http}/machines/52-54-00-00-09-09/nope.cfg")]);
+    assert_eq!(status(&h), 404);
+
+    let (host, port) = split_addr(&server.addr("tftp"));
+    let dest = tempfile::NamedTempFile::new().unwrap();
+    let st = Command::new("timeout")
+        .args(["20", "tftp", "-m", "binary", &host, &port, "-c", "get", "pxelinux.cfg/01-52-54-00-00-09-09"])
+        .arg(dest.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(std::fs::read_to_string(dest.path()).unwrap(), "default linux\nlabel linux\n  kernel centos/vmlinuz");
+}

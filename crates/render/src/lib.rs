@@ -1,12 +1,17 @@
-//! Plinth's rendering layer. Today: param resolution, exactly as PRODUCT.md
-//! states it, with an explanation of where every value came from. Templates
-//! (sandboxed Jinja) will render on top of the resolved params.
+//! Plinth's rendering layer: param resolution exactly as PRODUCT.md states
+//! it, with an explanation of where every value came from; sandboxed Jinja
+//! templates rendered on top of the resolved params; and a machine's view
+//! (params, bootenv, templates) with its render context.
 //!
-//! Pure functions over objects the caller loaded: no I/O, no store access.
+//! Resolution and rendering are pure functions. [`load`] reads objects
+//! through the `Store` trait and never writes; nothing here touches files
+//! or sockets.
 #![forbid(unsafe_code)]
 
+mod machine;
 mod params;
 mod template;
 
+pub use machine::{LoadError, MachineView, Provisioner, load};
 pub use params::{Layer, Layers, ResolveError, Resolved, resolve};
 pub use template::{FUEL, INLINE, MAX_OUTPUT, RenderError, Source, render};
