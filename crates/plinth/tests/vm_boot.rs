@@ -82,6 +82,17 @@ fn boot(uefi: bool, proxy: bool, mac: &str) {
             "interface": "br0", "lease_secs": 600})
     };
     ok(server.cli(&["subnets", "create", "--data", &subnet.to_string()], None));
+    if uefi {
+        // A known machine: its iPXE script is its bootenv's `ipxe` template
+        // rendered for it, not a file from the file root.
+        std::fs::remove_file(files.join("ipxe/default.ipxe")).unwrap();
+        let bootenv = serde_json::json!({"name": "lab-linux", "kernel": "vmlinuz", "initrds": ["initrd.img"],
+            "boot_args": "console=ttyS0 loglevel=3 panic=5 plinth={{ provisioner.http | replace('http://', '') }}",
+            "templates": [{"name": "ipxe", "contents": "#!ipxe\nkernel {{ provisioner.http }}/files/{{ bootenv.kernel }} initrd={{ bootenv.initrd_names[0] }} {{ bootenv.boot_args }}\ninitrd {{ provisioner.http }}/files/{{ bootenv.initrds[0] }}\nboot\n"}]});
+        ok(server.cli(&["bootenvs", "create", "--data", &bootenv.to_string()], None));
+        let machine = serde_json::json!({"name": "uefi-vm", "macs": [mac], "bootenv": "lab-linux"});
+        ok(server.cli(&["machines", "create", "--data", &machine.to_string()], None));
+    }
 
     // proxyDHCP: addresses come from dnsmasq (PXE off) on another host of
     // the same segment; Plinth only adds boot information.
