@@ -140,7 +140,8 @@ pub fn build() -> Value {
         "operationId": "render", "tags": ["machines"], "summary": "Render a template for a machine, without side effects",
         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["machine"], "properties": {
             "machine": {"type": "string"}, "template": {"type": "string"}, "contents": {"type": "string"},
-            "http": {"type": "string", "description": "boot HTTP base URL for provisioner.http"}}}}}},
+            "http": {"type": "string", "description": "boot HTTP base URL for provisioner.http"},
+            "bootenv_file": {"type": "string", "description": "a file of the machine's bootenv, by path or name"}}}}}},
         "responses": merge(json!({"200": {"description": "the rendered text", "content": {"application/json": {"schema": {"type": "object",
             "properties": {"output": {"type": "string"}}}}}}}), error_responses(&["400", "401", "404", "409", "413", "415"]))}}));
     paths.insert("/api/v1/info".into(), json!({"get": {"operationId": "info", "tags": ["meta"], "summary": "Server name and version",

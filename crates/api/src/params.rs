@@ -71,6 +71,9 @@ struct RenderRequest {
     /// Boot HTTP base URL to render with (`provisioner.http`).
     #[serde(default)]
     http: Option<String>,
+    /// A file of the machine's bootenv, by the path it is served at (or its name).
+    #[serde(default)]
+    bootenv_file: Option<String>,
 }
 
 /// `POST /api/v1/render`: renders a stored template (`template`) or inline
@@ -84,10 +87,12 @@ pub async fn render(
     let body = crate::crud::read_json(&headers, body).await?;
     let req: RenderRequest =
         serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("render request: {e}")))?;
-    if req.template.is_some() == req.contents.is_some() {
+    let given =
+        [req.template.is_some(), req.contents.is_some(), req.bootenv_file.is_some()].iter().filter(|g| **g).count();
+    if given != 1 {
         return Err(ApiError::field(
             "template",
-            "give exactly one of `template` (a stored template's name) or `contents` (template text)",
+            "give exactly one of `template` (a stored template's name), `contents` (template text) or `bootenv_file` (a path of the machine's bootenv)",
         ));
     }
     let view = view_for(&state, &req.machine).await?;
@@ -97,7 +102,22 @@ pub async fn render(
         return Err(ApiError::NotFound(format!("templates `{}` not found", name.escape_debug())));
     }
     let provisioner = plinth_render::Provisioner { http: req.http.clone().unwrap_or_default() };
-    let field = if req.template.is_some() { "template" } else { "contents" };
+    let field = if req.template.is_some() {
+        "template"
+    } else if req.contents.is_some() {
+        "contents"
+    } else {
+        "bootenv_file"
+    };
+    if let Some(path) = req.bootenv_file.clone() {
+        let machine = req.machine.clone();
+        let output = tokio::task::spawn_blocking(move || view.render_path(&path, &provisioner))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .ok_or_else(|| ApiError::NotFound(format!("the bootenv of machines `{machine}` has no file at that path")))?
+            .map_err(|e| ApiError::field(field, e.to_string()))?;
+        return Ok(Json(json!({"output": output})));
+    }
     let output = tokio::task::spawn_blocking(move || {
         let source = match (&req.template, &req.contents) {
             (Some(name), _) => plinth_render::Source::Named(name),

@@ -368,4 +368,18 @@ async fn bootenv_files_are_rendered_per_machine_over_http_and_tftp() {
         .unwrap();
     assert!(st.success());
     assert_eq!(std::fs::read_to_string(dest.path()).unwrap(), "default linux\nlabel linux\n  kernel centos/vmlinuz");
+
+    // The same files through POST /api/v1/render, and the lease in the context.
+    let id =
+        api.get("/api/v1/machines?macs=52:54:00:00:09:09").await.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let r = api.post("/api/v1/render", serde_json::json!({"machine": id, "bootenv_file": "ks.cfg"})).await;
+    assert_eq!(r.body["output"], "# kickstart for web-9\nrootpw --lock");
+    let r = api.post("/api/v1/render", serde_json::json!({"machine": id, "bootenv_file": "missing.cfg"})).await;
+    assert_eq!(r.status, 404);
+    let r = api.post("/api/v1/render", serde_json::json!({"machine": id, "contents": "{{ lease.address }} {{ bootenv.boot_args }}", "http": "http://x"})).await;
+    assert_eq!(
+        r.body["output"], "127.0.0.1 console=ttyS0 inst.ks=http://x/machines/52-54-00-00-09-09/ks.cfg",
+        "{}",
+        r.body
+    );
 }

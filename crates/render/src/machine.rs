@@ -27,6 +27,10 @@ pub struct MachineView {
     pub bootenv: Option<BootEnv>,
     /// Every stored template, by name.
     pub templates: HashMap<String, String>,
+    /// The machine's current DHCP lease (by its MACs), if any.
+    pub lease: Option<plinth_model::Lease>,
+    /// The subnet of that lease.
+    pub subnet: Option<plinth_model::Subnet>,
 }
 
 async fn all<T: Object>(store: &dyn Store, kind: Kind) -> Result<Vec<T>, LoadError> {
@@ -72,7 +76,23 @@ pub async fn load(store: &dyn Store, machine: Machine) -> Result<MachineView, Lo
         .into_iter()
         .map(|t| (t.name.to_string(), t.contents))
         .collect();
-    Ok(MachineView { machine, params: resolved, bootenv, templates })
+    let mut lease: Option<plinth_model::Lease> = None;
+    for mac in &machine.macs {
+        let filter = plinth_store::Filter { path: vec!["mac".into()], value: Value::String(mac.to_string()) };
+        for r in store.list_all(Kind::Lease, vec![filter]).await? {
+            let l: plinth_model::Lease = plinth_model::decode(r.body).map_err(|e| LoadError::Corrupt(e.to_string()))?;
+            // The bound lease that runs longest is the current one.
+            if l.state == plinth_model::LeaseState::Bound && lease.as_ref().is_none_or(|c| l.expires_at > c.expires_at)
+            {
+                lease = Some(l);
+            }
+        }
+    }
+    let subnet = match &lease {
+        Some(l) => one::<plinth_model::Subnet>(store, Kind::Subnet, l.subnet.as_str()).await?,
+        None => None,
+    };
+    Ok(MachineView { machine, params: resolved, bootenv, templates, lease, subnet })
 }
 
 /// Where the client reaches Plinth.
@@ -89,7 +109,8 @@ impl MachineView {
         self.params.iter().filter(|(_, r)| !r.secure).map(|(k, r)| (k.to_string(), r.value.clone())).collect()
     }
 
-    /// The render context: `machine` (without raw params), `params`,
+    /// The render context: `machine` (without raw params), `params`, `lease`
+    /// and `subnet` (when the machine holds a lease),
     /// `bootenv` (with `boot_args` rendered and `initrd_names` for the EFI
     /// `initrd=` argument) and `provisioner`.
     pub fn context(&self, provisioner: &Provisioner) -> Result<Value, crate::RenderError> {
@@ -97,8 +118,12 @@ impl MachineView {
         if let Value::Object(m) = &mut machine {
             m.remove("params");
         }
-        let mut ctx =
-            json!({"machine": machine, "params": self.plain_params(), "provisioner": {"http": provisioner.http}});
+        let subnet = self.subnet.as_ref().map(|s| {
+            json!({"name": s.name, "cidr": s.cidr, "netmask": s.cidr.mask(), "router": s.router, "dns_servers": s.dns_servers,
+                "domain_name": s.domain_name, "ntp_servers": s.ntp_servers})
+        });
+        let mut ctx = json!({"machine": machine, "params": self.plain_params(), "provisioner": {"http": provisioner.http},
+            "lease": self.lease, "subnet": subnet});
         if let Some(b) = &self.bootenv {
             let initrd_names: Vec<&str> = b.initrds.iter().map(|i| i.rsplit('/').next().unwrap_or(i)).collect();
             ctx["bootenv"] = json!({"name": b.name, "kernel": b.kernel, "initrds": b.initrds, "initrd_names": initrd_names,

@@ -56,6 +56,16 @@ fn environment(templates: Arc<HashMap<String, String>>, params: Arc<BTreeMap<Str
         Ok(format!("01-{}", mac_parts(&v)?.join("-")))
     });
     env.add_filter("mac_dash", |v: String| -> Result<String, Error> { Ok(mac_parts(&v)?.join("-")) });
+    env.add_filter("to_yaml", |v: JValue| -> Result<String, Error> {
+        let json: Value =
+            serde_json::to_value(&v).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+        serde_yaml::to_string(&json)
+            .map(|y| y.trim_end().to_owned())
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+    });
+    env.add_filter("to_json", |v: JValue| -> Result<String, Error> {
+        serde_json::to_string(&v).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+    });
     env
 }
 
