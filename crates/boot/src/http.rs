@@ -185,22 +185,9 @@ async fn ipxe_script(
     let Some(mac) = crate::generated::ipxe_path_mac(&format!("ipxe/{mac}")) else {
         return plain(StatusCode::BAD_REQUEST, "expected a MAC address like 52-54-00-12-34-56");
     };
-    let client = connect.and_then(|c| match c.0.0.ip() {
-        std::net::IpAddr::V4(v4) => Some(v4),
-        std::net::IpAddr::V6(_) => None,
-    });
     let path = format!("ipxe/{}", mac.to_string().replace(':', "-"));
-    let http_base = host.map(|h| format!("http://{}", h.0));
-    match state.generated.lookup(&FileRequest { path: &path, client, mac: Some(mac), http_base }).await {
-        // Generated per machine: never cached by anything in between.
-        Some(body) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
-            body,
-        )
-            .into_response(),
-        None => plain(StatusCode::NOT_FOUND, "no iPXE script for this machine (and no ipxe/default.ipxe)"),
-    }
+    let missing = "no iPXE script for this machine (and no ipxe/default.ipxe)";
+    generated_response(&state, &path, mac, connect, host, missing).await
 }
 
 /// `GET /machines/<mac>/<path>`: a file of that machine's bootenv, rendered
@@ -215,20 +202,32 @@ async fn machine_file(
         return plain(StatusCode::BAD_REQUEST, "expected a MAC address like 52-54-00-12-34-56");
     };
     let Ok(clean) = FileRoot::clean(path.as_bytes()) else { return plain(StatusCode::FORBIDDEN, "refused path") };
+    generated_response(&state, &clean.to_string_lossy(), mac, connect, host, "no such file for this machine").await
+}
+
+/// Answers with a generated file for `mac`, never cacheable by anything in
+/// between, or 404 with `missing`.
+async fn generated_response(
+    state: &HttpState,
+    path: &str,
+    mac: plinth_model::MacAddr,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    host: Option<HostHeader>,
+    missing: &str,
+) -> Response {
     let client = connect.and_then(|c| match c.0.0.ip() {
         std::net::IpAddr::V4(v4) => Some(v4),
         std::net::IpAddr::V6(_) => None,
     });
     let http_base = host.map(|h| format!("http://{}", h.0));
-    let path = clean.to_string_lossy();
-    match state.generated.lookup(&FileRequest { path: &path, client, mac: Some(mac), http_base }).await {
+    match state.generated.lookup(&FileRequest { path, client, mac: Some(mac), http_base }).await {
         Some(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
             body,
         )
             .into_response(),
-        None => plain(StatusCode::NOT_FOUND, "no such file for this machine"),
+        None => plain(StatusCode::NOT_FOUND, missing),
     }
 }
 
