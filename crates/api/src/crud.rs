@@ -365,11 +365,8 @@ pub async fn patch(
     let current = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
     let expect = precondition(expect, &current)?;
     let mut merged = current.body.clone();
-    for (_, field) in SERVER_ONLY.iter().filter(|(k, _)| *k == kind) {
-        if let Value::Object(m) = &mut merged {
-            m.remove(*field);
-        }
-    }
+    // The patch applies to what the client can see.
+    redact(kind, &mut merged);
     plinth_model::merge_patch(&mut merged, &patch);
     key_from_path(kind, &key, &mut merged)?;
     let (_, value) = prepare(&state, kind, merged, Some(&current.body)).await?;

@@ -217,11 +217,6 @@ fn encode_key(key: &str) -> String {
         .collect()
 }
 
-/// Whether `name` is a subcommand this crate handles.
-pub fn handles(name: &str) -> bool {
-    matches!(name, "login" | "logout" | "events" | "boot-events" | "completions") || Kind::from_plural(name).is_some()
-}
-
 /// Runs a client subcommand; `root` is the whole command (for completions).
 /// Returns the process exit code.
 pub async fn run(name: &str, sub: &ArgMatches, global: &ArgMatches, root: &mut Command) -> u8 {

@@ -75,11 +75,6 @@ impl Kind {
         }
     }
 
-    /// Whether the server assigns the key (a fresh UUID) when a body omits it.
-    pub fn server_assigns_key(self) -> bool {
-        matches!(self, Kind::Machine | Kind::Job)
-    }
-
     /// Whether the generic create/replace/patch routes may write this kind.
     /// Tokens are minted only by `POST /api/v1/auth/token`.
     pub fn writable_via_api(self) -> bool {

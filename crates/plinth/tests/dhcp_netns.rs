@@ -178,25 +178,15 @@ fn dhclient_gets_a_lease_and_a_reservation_wins() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let lf = out.path().join("leases");
     let pf = out.path().join("pid");
-    let st = lab
-        .cli
-        .exec(&[
-            "timeout",
-            "60",
-            "dhclient",
-            "-1",
-            "-4",
-            "-lf",
-            lf.to_str().unwrap(),
-            "-pf",
-            pf.to_str().unwrap(),
-            "-sf",
-            script.to_str().unwrap(),
-            "vc0",
-        ])
-        .env("OUT", out.path())
-        .status()
-        .unwrap();
+    // dhclient with its lease, pid and script files in `out`, as `mode` (`-1` or `-r`).
+    let dhclient = |mode: &str| {
+        let files = [lf.to_str().unwrap(), pf.to_str().unwrap(), script.to_str().unwrap()];
+        lab.cli
+            .exec(&["timeout", "60", "dhclient", mode, "-4", "-lf", files[0], "-pf", files[1], "-sf", files[2], "vc0"])
+            .status()
+            .unwrap()
+    };
+    let st = dhclient("-1");
     assert!(st.success(), "dhclient -1 got a lease");
     let bound = events(out.path(), "BOUND");
     assert_eq!(
@@ -210,23 +200,7 @@ fn dhclient_gets_a_lease_and_a_reservation_wins() {
     assert_eq!(env_var(&bound[0], "new_domain_name_servers"), Some("10.77.0.99"), "reservation options override");
     assert_eq!(env_var(&bound[0], "new_routers"), Some("10.77.0.1"));
     // Release with -r.
-    let _ = lab
-        .cli
-        .exec(&[
-            "timeout",
-            "30",
-            "dhclient",
-            "-r",
-            "-lf",
-            lf.to_str().unwrap(),
-            "-pf",
-            pf.to_str().unwrap(),
-            "-sf",
-            script.to_str().unwrap(),
-            "vc0",
-        ])
-        .env("OUT", out.path())
-        .status();
+    let _ = dhclient("-r");
     wait_for("release recorded", Duration::from_secs(10), || {
         leases(&lab).iter().any(|l| l["address"] == "10.77.0.42" && l["state"] == "released")
     });

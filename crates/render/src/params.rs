@@ -86,7 +86,10 @@ fn profile_layers(
     // dangling references where they are written.
     let Some(p) = profiles.get(name) else { return Ok(()) };
     let layer = if global {
-        Layer::Global { via: via.iter().skip(1).cloned().chain((!via.is_empty()).then(|| name.to_string())).collect() }
+        // `via` runs from global's first include down to this profile.
+        let via =
+            if via.is_empty() { Vec::new() } else { via[1..].iter().cloned().chain([name.to_string()]).collect() };
+        Layer::Global { via }
     } else {
         Layer::Profile { name: name.to_string(), via: via.clone() }
     };

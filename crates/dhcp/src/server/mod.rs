@@ -167,8 +167,7 @@ pub fn decide(m: &Message, subnet: &SubnetView<'_>, facts: &Facts<'_>) -> Decisi
         MessageType::Inform => {
             let mut r = build(m, MessageType::Inform, Ipv4Addr::UNSPECIFIED, subnet, facts, false);
             r.set_option(code::MESSAGE_TYPE, vec![MessageType::Ack as u8]);
-            let to =
-                if !m.giaddr.is_unspecified() { Destination::Relay(m.giaddr) } else { Destination::Unicast(m.ciaddr) };
+            let to = destination(m);
             Decision::Reply { message: Box::new(r), to, lease: None }
         }
         MessageType::Offer | MessageType::Ack | MessageType::Nak => {
@@ -183,7 +182,7 @@ fn discover(m: &Message, subnet: &SubnetView<'_>, facts: &Facts<'_>) -> Decision
     let address = facts.reservation.as_ref().map(|r| r.address).or(facts.current).or(requested).or(facts.free);
     let Some(address) = address else { return Decision::Ignore("no free address in the subnet") };
     let message = build(m, MessageType::Offer, address, subnet, facts, true);
-    let to = destination(m, &message);
+    let to = destination(m);
     let lease = LeaseWrite {
         address,
         state: LeaseState::Offered,
@@ -225,7 +224,7 @@ fn request(m: &Message, subnet: &SubnetView<'_>, facts: &Facts<'_>) -> Decision 
         return nak(m, facts, "address not available to this client");
     }
     let message = build(m, MessageType::Ack, address, subnet, facts, true);
-    let to = destination(m, &message);
+    let to = destination(m);
     let lease = LeaseWrite {
         address,
         state: LeaseState::Bound,
@@ -260,7 +259,7 @@ fn nak(m: &Message, facts: &Facts<'_>, why: &str) -> Decision {
 /// RFC 2131 §4.1: relay first; then a client with an address; then the
 /// broadcast bit; else unicast to the new address, which without a raw
 /// socket (to fill the ARP cache) is sent as a broadcast instead.
-fn destination(req: &Message, _reply: &Message) -> Destination {
+fn destination(req: &Message) -> Destination {
     if !req.giaddr.is_unspecified() {
         Destination::Relay(req.giaddr)
     } else if !req.ciaddr.is_unspecified() {
