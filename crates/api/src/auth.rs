@@ -19,7 +19,6 @@ use plinth_model::{Kind, Name, Token, TokenId, User};
 use plinth_store::{Store, StoreError, StoreExt};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,6 +32,16 @@ pub struct Principal {
     pub user: Name,
     /// The token used.
     pub token: TokenId,
+    /// Set for a machine token: the one machine it may read.
+    pub machine: Option<plinth_model::MachineId>,
+}
+
+/// Whether a machine token for `machine` may make this request: it reads its
+/// own machine and that machine's resolved params, nothing else. (Its
+/// agent's job routes come with the workflow engine.)
+fn machine_may(machine: plinth_model::MachineId, method: &axum::http::Method, path: &str) -> bool {
+    let own = format!("/api/v1/machines/{machine}");
+    method == axum::http::Method::GET && (path == own || path == format!("{own}/params"))
 }
 
 /// Hashes a password with Argon2id and a random salt.
@@ -52,15 +61,6 @@ fn random_secret(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     OsRng.fill_bytes(&mut buf);
     URL_SAFE_NO_PAD.encode(buf)
-}
-
-fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Equality that takes the same time wherever the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Failure to prepare the store for first use.
@@ -175,30 +175,25 @@ pub async fn mint_token(State(state): State<AppState>, headers: HeaderMap, body:
         tracing::warn!(user = %username.escape_debug(), "failed login");
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     }
-    let id = TokenId::generate();
-    let secret = random_secret(32);
     let expires_at =
         plinth_model::now() + chrono::Duration::from_std(ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let token = Token {
-        id,
-        user: username.parse().map_err(ApiError::BadRequest)?,
-        description: req.description,
-        expires_at,
-        secret_hash: Some(sha256_hex(&secret)),
-        meta: Default::default(),
-        revision: 0,
-        created_at: None,
-        updated_at: None,
-    };
+    let user = username.parse().map_err(ApiError::BadRequest)?;
+    let (token, bearer) = Token::mint(user, req.description, expires_at, None);
+    let id = token.id;
     let body = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
     state.store.create(Kind::Token, &id.to_string(), body).await?;
-    let out = json!({"token": format!("plt_{id}.{secret}"), "id": id, "user": token.user, "expires_at": expires_at});
+    let out = json!({"token": bearer, "id": id, "user": token.user, "expires_at": expires_at});
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
 /// Middleware: a valid, unexpired bearer token of an existing user, or 401.
 pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
     let principal = authenticate(&state, req.headers()).await?;
+    if let Some(machine) = principal.machine
+        && !machine_may(machine, req.method(), req.uri().path())
+    {
+        return Err(ApiError::Forbidden("a machine token may only read its own machine".into()));
+    }
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
 }
@@ -214,13 +209,17 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
     let id: TokenId = id.parse().map_err(|_| invalid())?;
     let record = state.store.get(Kind::Token, &id.to_string()).await?.ok_or_else(invalid)?;
     let stored: Token = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let want = stored.secret_hash.as_deref().unwrap_or_default();
-    if !constant_time_eq(want.as_bytes(), sha256_hex(secret).as_bytes()) || stored.expires_at <= plinth_model::now() {
+    if !stored.secret_matches(secret) || stored.expires_at <= plinth_model::now() {
         return Err(invalid());
+    }
+    if let Some(machine) = stored.machine {
+        // A machine token lives as long as its machine.
+        state.store.get(Kind::Machine, &machine.to_string()).await?.ok_or_else(invalid)?;
+        return Ok(Principal { user: stored.user, token: id, machine: Some(machine) });
     }
     let user = state.store.get(Kind::User, stored.user.as_str()).await?.ok_or_else(invalid)?;
     let _: User = plinth_model::decode(user.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Principal { user: stored.user, token: id })
+    Ok(Principal { user: stored.user, token: id, machine: None })
 }
 
 #[cfg(test)]
@@ -234,12 +233,5 @@ mod tests {
         assert!(verify_password(&h, "correct horse"));
         assert!(!verify_password(&h, "correct horsE"));
         assert!(!verify_password("not a hash", "x"));
-    }
-
-    #[test]
-    fn constant_time_eq_compares_whole_inputs() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -74,7 +74,20 @@ struct RenderRequest {
     /// A file of the machine's bootenv, by the path it is served at (or its name).
     #[serde(default)]
     bootenv_file: Option<String>,
+    /// API base URL to render with (`provisioner.api`); defaults to this API's.
+    #[serde(default)]
+    api: Option<String>,
+    /// Architecture to render the bootenv variant of (`amd64`, `arm64`).
+    #[serde(default)]
+    arch: Option<plinth_model::Arch>,
+    /// Firmware to render the bootenv variant of (`bios`, `uefi`).
+    #[serde(default)]
+    firmware: Option<plinth_model::Firmware>,
 }
+
+/// What `machine_token()` renders as in a debugging render: no token is
+/// issued, so rendering stays free of side effects.
+pub const TOKEN_PLACEHOLDER: &str = "<machine-token>";
 
 /// `POST /api/v1/render`: renders a stored template (`template`) or inline
 /// text (`contents`) for a machine, without side effects. Secure params are
@@ -101,7 +114,16 @@ pub async fn render(
     {
         return Err(ApiError::NotFound(format!("templates `{}` not found", name.escape_debug())));
     }
-    let provisioner = plinth_render::Provisioner { http: req.http.clone().unwrap_or_default() };
+    let api = req.api.clone().or_else(|| {
+        headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("https://{h}"))
+    });
+    let provisioner = plinth_render::Provisioner {
+        http: req.http.clone().unwrap_or_default(),
+        api: api.unwrap_or_default(),
+        arch: req.arch,
+        firmware: req.firmware,
+        hooks: plinth_render::Hooks { machine_token: Some(std::sync::Arc::new(|| Ok(TOKEN_PLACEHOLDER.to_owned()))) },
+    };
     let field = if req.template.is_some() {
         "template"
     } else if req.contents.is_some() {

@@ -638,6 +638,7 @@ impl Engine {
             state,
             expires_at: expires,
             hostname: w.hostname.clone(),
+            client_arch: m.option(code::CLIENT_ARCH).filter(|v| v.len() >= 2).map(|v| u16::from_be_bytes([v[0], v[1]])),
             meta: Default::default(),
             revision: 0,
             created_at: None,

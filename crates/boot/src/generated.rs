@@ -18,6 +18,17 @@ pub struct FileRequest<'a> {
     pub mac: Option<MacAddr>,
     /// Base URL of the boot HTTP server as this client reaches it.
     pub http_base: Option<String>,
+    /// Architecture the client says it runs (iPXE `${buildarch}`).
+    pub arch: Option<plinth_model::Arch>,
+    /// Firmware the client says it runs (iPXE `${platform}`).
+    pub firmware: Option<plinth_model::Firmware>,
+}
+
+impl<'a> FileRequest<'a> {
+    /// A request for `path` with nothing else known.
+    pub fn new(path: &'a str) -> FileRequest<'a> {
+        FileRequest { path, client: None, mac: None, http_base: None, arch: None, firmware: None }
+    }
 }
 
 /// A source of generated files.
@@ -69,12 +80,96 @@ impl Generated for IpxeScripts {
 pub struct RenderedFiles {
     store: std::sync::Arc<dyn plinth_store::Store>,
     fallback: IpxeScripts,
+    api_port: u16,
+    token_ttl: std::time::Duration,
 }
 
+/// The stored template that answers `ipxe/<mac>` for machines Plinth does
+/// not know (after the file root's `ipxe/default.ipxe`).
+pub const DEFAULT_IPXE_TEMPLATE: &str = "ipxe-default";
+
 impl RenderedFiles {
-    /// Renders from `store`, falling back to scripts in `root`.
-    pub fn new(store: std::sync::Arc<dyn plinth_store::Store>, root: FileRoot) -> RenderedFiles {
-        RenderedFiles { store, fallback: IpxeScripts::new(root) }
+    /// Renders from `store`, falling back to scripts in `root`. The API is
+    /// reached on `api_port` of the host the client reached the boot HTTP
+    /// server on; machine tokens in rendered files live for `token_ttl`.
+    pub fn new(
+        store: std::sync::Arc<dyn plinth_store::Store>,
+        root: FileRoot,
+        api_port: u16,
+        token_ttl: std::time::Duration,
+    ) -> RenderedFiles {
+        RenderedFiles { store, fallback: IpxeScripts::new(root), api_port, token_ttl }
+    }
+
+    fn provisioner(&self, request: &FileRequest<'_>) -> plinth_render::Provisioner {
+        let http = request.http_base.clone().unwrap_or_default();
+        let host = http.split_once("://").map_or(http.as_str(), |(_, h)| h);
+        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        plinth_render::Provisioner {
+            api: if host.is_empty() { String::new() } else { format!("https://{host}:{}", self.api_port) },
+            http,
+            arch: request.arch,
+            firmware: request.firmware,
+            hooks: Default::default(),
+        }
+    }
+
+    /// Issues a machine token for `machine` from a blocking render.
+    fn minter(&self, machine: plinth_model::MachineId) -> plinth_render::TokenMinter {
+        let store = self.store.clone();
+        let ttl = self.token_ttl;
+        let handle = tokio::runtime::Handle::current();
+        std::sync::Arc::new(move || {
+            let expires = plinth_model::now() + chrono::Duration::from_std(ttl).map_err(|e| e.to_string())?;
+            let (token, bearer) = plinth_model::Token::mint(
+                plinth_model::Name::known("machine"),
+                format!("machine token for {machine}, issued in a boot file"),
+                expires,
+                Some(machine),
+            );
+            let body = serde_json::to_value(&token).map_err(|e| e.to_string())?;
+            handle
+                .block_on(plinth_store::StoreExt::create(
+                    store.as_ref(),
+                    plinth_model::Kind::Token,
+                    &token.id.to_string(),
+                    body,
+                ))
+                .map_err(|e| e.to_string())?;
+            Ok(bearer)
+        })
+    }
+
+    /// `ipxe-default` rendered for a machine Plinth does not know yet.
+    async fn unknown_machine_script(&self, request: &FileRequest<'_>) -> Option<Vec<u8>> {
+        let stored = self.store.get(plinth_model::Kind::Template, DEFAULT_IPXE_TEMPLATE).await.ok()??;
+        let template: plinth_model::Template = plinth_model::decode(stored.body).ok()?;
+        let provisioner = self.provisioner(request);
+        let mac = request.mac.or_else(|| ipxe_path_mac(request.path)).map(|m| m.to_string());
+        let ctx = serde_json::json!({"mac": mac, "provisioner": {"http": provisioner.http, "api": provisioner.api},
+            "boot": {"arch": provisioner.arch, "firmware": provisioner.firmware}});
+        let templates = std::sync::Arc::new(std::collections::HashMap::from([(
+            DEFAULT_IPXE_TEMPLATE.to_owned(),
+            template.contents,
+        )]));
+        let out = tokio::task::spawn_blocking(move || {
+            plinth_render::render(
+                templates,
+                plinth_render::Source::Named(DEFAULT_IPXE_TEMPLATE),
+                &ctx,
+                Default::default(),
+                &Default::default(),
+            )
+        })
+        .await
+        .ok()?;
+        match out {
+            Ok(text) => Some(text.into_bytes()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot render the iPXE script for unknown machines");
+                None
+            }
+        }
     }
 
     async fn machine_of(&self, request: &FileRequest<'_>) -> Option<plinth_model::Machine> {
@@ -102,8 +197,8 @@ impl Generated for RenderedFiles {
             let name = machine.name.to_string();
             match plinth_render::load(self.store.as_ref(), machine).await {
                 Ok(view) => {
-                    let provisioner =
-                        plinth_render::Provisioner { http: request.http_base.clone().unwrap_or_default() };
+                    let mut provisioner = self.provisioner(request);
+                    provisioner.hooks.machine_token = Some(self.minter(view.machine.id));
                     // The iPXE entry script is the bootenv file named `ipxe`.
                     let path =
                         if ipxe_path_mac(request.path).is_some() { "ipxe".to_owned() } else { request.path.to_owned() };
@@ -121,7 +216,11 @@ impl Generated for RenderedFiles {
                 Err(e) => tracing::warn!(machine = %name, error = %e, "cannot load what the machine's boot files need"),
             }
         }
-        self.fallback.lookup(request).await
+        match self.fallback.lookup(request).await {
+            Some(found) => Some(found),
+            None if ipxe_path_mac(request.path).is_some() => self.unknown_machine_script(request).await,
+            None => None,
+        }
     }
 }
 
@@ -134,7 +233,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = FileRoot::new(dir.path()).unwrap();
         let p = IpxeScripts::new(root.clone());
-        let req = |path| FileRequest { path, client: None, mac: None, http_base: None };
+        let req = FileRequest::new;
         assert_eq!(p.lookup(&req("ipxe/52-54-00-12-34-56")).await, None, "no scripts at all");
         std::fs::create_dir(root.path().join("ipxe")).unwrap();
         std::fs::write(root.path().join("ipxe/default.ipxe"), "#!ipxe\necho default\n").unwrap();

@@ -181,13 +181,14 @@ async fn ipxe_script(
     axum::extract::Path(mac): axum::extract::Path<String>,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     host: Option<HostHeader>,
+    uri: Uri,
 ) -> Response {
     let Some(mac) = crate::generated::ipxe_path_mac(&format!("ipxe/{mac}")) else {
         return plain(StatusCode::BAD_REQUEST, "expected a MAC address like 52-54-00-12-34-56");
     };
     let path = format!("ipxe/{}", mac.to_string().replace(':', "-"));
     let missing = "no iPXE script for this machine (and no ipxe/default.ipxe)";
-    generated_response(&state, &path, mac, connect, host, missing).await
+    generated_response(&state, &path, mac, connect, host, uri.query().map(str::to_owned), missing).await
 }
 
 /// `GET /machines/<mac>/<path>`: a file of that machine's bootenv, rendered
@@ -197,12 +198,15 @@ async fn machine_file(
     axum::extract::Path((mac, path)): axum::extract::Path<(String, String)>,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     host: Option<HostHeader>,
+    uri: Uri,
 ) -> Response {
     let Ok(mac) = mac.replace('-', ":").parse::<plinth_model::MacAddr>() else {
         return plain(StatusCode::BAD_REQUEST, "expected a MAC address like 52-54-00-12-34-56");
     };
     let Ok(clean) = FileRoot::clean(path.as_bytes()) else { return plain(StatusCode::FORBIDDEN, "refused path") };
-    generated_response(&state, &clean.to_string_lossy(), mac, connect, host, "no such file for this machine").await
+    let query = uri.query().map(str::to_owned);
+    generated_response(&state, &clean.to_string_lossy(), mac, connect, host, query, "no such file for this machine")
+        .await
 }
 
 /// Answers with a generated file for `mac`, never cacheable by anything in
@@ -213,6 +217,7 @@ async fn generated_response(
     mac: plinth_model::MacAddr,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     host: Option<HostHeader>,
+    query: Option<String>,
     missing: &str,
 ) -> Response {
     let client = connect.and_then(|c| match c.0.0.ip() {
@@ -220,7 +225,18 @@ async fn generated_response(
         std::net::IpAddr::V6(_) => None,
     });
     let http_base = host.map(|h| format!("http://{}", h.0));
-    match state.generated.lookup(&FileRequest { path, client, mac: Some(mac), http_base }).await {
+    // iPXE tells what it runs as in the query: `?platform=${platform}&buildarch=${buildarch}`.
+    let mut arch = None;
+    let mut firmware = None;
+    for (k, v) in query.as_deref().unwrap_or_default().split('&').filter_map(|kv| kv.split_once('=')) {
+        match k {
+            "platform" => firmware = plinth_model::Firmware::from_ipxe_platform(v),
+            "buildarch" => arch = plinth_model::Arch::from_ipxe_buildarch(v),
+            _ => {}
+        }
+    }
+    let request = FileRequest { path, client, mac: Some(mac), http_base, arch, firmware };
+    match state.generated.lookup(&request).await {
         Some(body) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],

@@ -197,7 +197,7 @@ async fn run_transfer(
         Ok(clean) => {
             let path = clean.to_string_lossy().into_owned();
             let http_base = Some(format!("http://{local_ip}:{}", config.http_port));
-            generated.lookup(&FileRequest { path: &path, client: peer_v4, mac: None, http_base }).await
+            generated.lookup(&FileRequest { client: peer_v4, http_base, ..FileRequest::new(&path) }).await
         }
         Err(_) => None,
     };

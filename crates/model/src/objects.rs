@@ -79,6 +79,70 @@ pub enum Arch {
     Arm64,
 }
 
+/// Boot firmware of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    /// Legacy BIOS (PXE, then iPXE's `pcbios` platform).
+    #[default]
+    Bios,
+    /// UEFI (PXE or HTTP boot, then iPXE's `efi` platform).
+    Uefi,
+}
+
+impl Firmware {
+    /// The firmware and architecture an RFC 4578 client architecture code
+    /// (DHCP option 93) names, if it is one Plinth boots.
+    pub fn from_client_arch(code: u16) -> Option<(Arch, Firmware)> {
+        Some(match code {
+            0 => (Arch::Amd64, Firmware::Bios),
+            7 | 9 | 15 | 16 => (Arch::Amd64, Firmware::Uefi),
+            11 | 19 => (Arch::Arm64, Firmware::Uefi),
+            _ => return None,
+        })
+    }
+
+    /// The firmware iPXE's `${platform}` names (`pcbios`, `efi`).
+    pub fn from_ipxe_platform(platform: &str) -> Option<Firmware> {
+        match platform {
+            "pcbios" => Some(Firmware::Bios),
+            "efi" => Some(Firmware::Uefi),
+            _ => None,
+        }
+    }
+}
+
+impl Arch {
+    /// The architecture iPXE's `${buildarch}` names (`x86_64`, `i386`, `arm64`).
+    pub fn from_ipxe_buildarch(buildarch: &str) -> Option<Arch> {
+        match buildarch {
+            "x86_64" | "i386" => Some(Arch::Amd64),
+            "arm64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+}
+
+/// What a bootenv boots on one architecture and firmware, where that
+/// differs from its defaults (another kernel, initrds or arguments).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootVariant {
+    /// Architecture this variant is for.
+    pub arch: Arch,
+    /// Firmware this variant is for.
+    pub firmware: Firmware,
+    /// Kernel path, replacing the bootenv's.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Initrd paths, replacing the bootenv's.
+    #[serde(default)]
+    pub initrds: Option<Vec<String>>,
+    /// Kernel command line (a template), replacing the bootenv's.
+    #[serde(default)]
+    pub boot_args: Option<String>,
+}
+
 object! {
     /// A managed system, keyed by a stable UUID.
     pub struct Machine : Machine, key = id {
@@ -156,6 +220,10 @@ pub struct OsInfo {
     /// e.g. `12`.
     #[serde(default)]
     pub version: String,
+    /// Where the installer fetches the OS tree, a template (e.g.
+    /// `{{ provisioner.http }}/files/debian-12/`).
+    #[serde(default)]
+    pub install_url: String,
 }
 
 /// An install source: an ISO or archive and its SHA-256.
@@ -226,6 +294,11 @@ object! {
         /// Architectures this bootenv supports.
         #[serde(default)]
         pub arches: Vec<Arch>,
+        /// Per-architecture and per-firmware differences (x86-64 BIOS,
+        /// x86-64 UEFI, ARM64 UEFI); a client without a matching variant
+        /// gets the defaults above.
+        #[serde(default)]
+        pub variants: Vec<BootVariant>,
         /// Install source with checksum.
         #[serde(default)]
         pub source: Option<InstallSource>,
@@ -247,6 +320,14 @@ impl BootEnv {
             && (src.sha256.len() != 64 || !src.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             return Err(self.invalid("source.sha256", format!("expected 64 hex digits, got `{}`", src.sha256)));
+        }
+        for (i, v) in self.variants.iter().enumerate() {
+            if self.variants[..i].iter().any(|o| (o.arch, o.firmware) == (v.arch, v.firmware)) {
+                return Err(self.invalid(
+                    &format!("variants[{i}]"),
+                    format!("a second variant for {:?}/{:?}", v.arch, v.firmware).to_lowercase(),
+                ));
+            }
         }
         check_template_refs(&self.templates, |f, m| self.invalid(&f, m))
     }
@@ -759,6 +840,9 @@ object! {
         /// Host name the client sent.
         #[serde(default)]
         pub hostname: Option<String>,
+        /// Client architecture code (DHCP option 93) the client last sent.
+        #[serde(default)]
+        pub client_arch: Option<u16>,
     }
 }
 
@@ -814,6 +898,10 @@ object! {
         /// SHA-256 of the secret, hex; never returned by the API.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub secret_hash: Option<String>,
+        /// A machine token acts for this machine only (its agent), not for
+        /// `user`: it can read that machine and nothing else.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub machine: Option<MachineId>,
     }
 }
 
@@ -821,6 +909,45 @@ impl Token {
     fn check_fields(&self) -> Result<(), ValidationError> {
         Ok(())
     }
+
+    /// A new token with a fresh random secret (244 bits from the OS), and
+    /// the bearer string `plt_<id>.<secret>` that is shown once. Only the
+    /// secret's SHA-256 is kept in the token.
+    pub fn mint(
+        user: Name,
+        description: String,
+        expires_at: DateTime<Utc>,
+        machine: Option<MachineId>,
+    ) -> (Token, String) {
+        let id = TokenId::generate();
+        let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let token = Token {
+            id,
+            user,
+            description,
+            expires_at,
+            secret_hash: Some(sha256_hex(&secret)),
+            machine,
+            meta: Default::default(),
+            revision: 0,
+            created_at: None,
+            updated_at: None,
+        };
+        (token, format!("plt_{id}.{secret}"))
+    }
+
+    /// Whether `secret` is this token's, compared in constant time.
+    pub fn secret_matches(&self, secret: &str) -> bool {
+        let want = self.secret_hash.as_deref().unwrap_or_default().as_bytes();
+        let got = sha256_hex(secret);
+        let got = got.as_bytes();
+        want.len() == got.len() && want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One thing that happened while a machine booted: a DHCP exchange, a TFTP

@@ -101,3 +101,15 @@ fn user_password_is_write_only() {
     let e = normalize(Kind::User, json!({"name": "ops", "password": "short"})).unwrap_err();
     assert_eq!(e.field.as_deref(), Some("password"));
 }
+
+#[test]
+fn minted_tokens_match_only_their_own_secret() {
+    let (t, bearer) = Token::mint(Name::known("admin"), String::new(), now(), None);
+    let secret = bearer.strip_prefix(&format!("plt_{}.", t.id)).unwrap();
+    assert!(secret.len() >= 64, "{bearer}");
+    assert!(t.secret_matches(secret));
+    assert!(!t.secret_matches(&secret[1..]));
+    assert!(!t.secret_matches(&format!("{secret}x")));
+    let (other, _) = Token::mint(Name::known("admin"), String::new(), now(), None);
+    assert_ne!(other.secret_hash, t.secret_hash);
+}

@@ -68,6 +68,13 @@ fn command() -> Command {
                 .help("Default token lifetime, seconds"),
         )
         .arg(
+            Arg::new("machine-token-ttl")
+                .long("machine-token-ttl")
+                .default_value("3600")
+                .value_parser(value_parser!(u64).range(60..=86_400))
+                .help("Lifetime of the machine tokens that boot files carry (machine_token()), seconds"),
+        )
+        .arg(
             Arg::new("log-format")
                 .long("log-format")
                 .default_value("text")

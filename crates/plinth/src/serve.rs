@@ -60,6 +60,10 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
     plinth_api::bootstrap(store.as_ref(), &data_dir, std::env::var("PLINTH_ADMIN_PASSWORD").ok())
         .await
         .context("cannot prepare the store")?;
+    let added = plinth_content::install_missing(store.as_ref()).await.context("cannot install the built-in content")?;
+    if added > 0 {
+        tracing::info!(objects = added, "installed built-in templates, params and bootenvs");
+    }
 
     let api_addr: std::net::SocketAddr = m
         .get_one::<String>("api-addr")
@@ -97,8 +101,12 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
     tracing::info!(path = %file_root.path().display(), "serving boot files from the file root");
 
     let boot_log = plinth_boot::events::BootLog::start(state.store.clone());
-    let generated: Arc<dyn plinth_boot::generated::Generated> =
-        Arc::new(plinth_boot::generated::RenderedFiles::new(state.store.clone(), file_root.clone()));
+    let generated: Arc<dyn plinth_boot::generated::Generated> = Arc::new(plinth_boot::generated::RenderedFiles::new(
+        state.store.clone(),
+        file_root.clone(),
+        bound.port(),
+        Duration::from_secs(m.get_one::<u64>("machine-token-ttl").copied().unwrap_or(3600)),
+    ));
 
     // One shutdown signal fans out to every listener.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -9,20 +9,20 @@ use serde_json::{Value, json};
 /// A valid body for every kind, in an order where references resolve.
 fn samples(machine_id: &str) -> Vec<(&'static str, Value)> {
     vec![
-        ("params", json!({"name": "ntp-servers", "schema": {"type": "array", "items": {"type": "string"}}})),
-        ("profiles", json!({"name": "site-a", "params": {"ntp-servers": ["10.0.0.1"]}})),
+        ("params", json!({"name": "site-ntp", "schema": {"type": "array", "items": {"type": "string"}}})),
+        ("profiles", json!({"name": "site-a", "params": {"site-ntp": ["10.0.0.1"]}})),
         ("machines", json!({"id": machine_id, "name": "web-1", "macs": ["52:54:00:00:00:01"], "profiles": ["site-a"]})),
         ("templates", json!({"name": "hello", "contents": "hello {{ machine.name }}"})),
         (
             "bootenvs",
-            json!({"name": "debian-12", "kernel": "debian/linux", "initrds": ["debian/initrd.gz"],
+            json!({"name": "debian-site", "kernel": "debian/linux", "initrds": ["debian/initrd.gz"],
             "os": {"name": "debian", "family": "debian", "version": "12"}, "templates": [{"name": "ipxe", "template": "hello", "path": "boot.ipxe"}]}),
         ),
         (
             "tasks",
             json!({"name": "set-hostname", "templates": [{"name": "script", "contents": "hostnamectl set-hostname x"}]}),
         ),
-        ("stages", json!({"name": "install", "bootenv": "debian-12", "tasks": ["set-hostname"]})),
+        ("stages", json!({"name": "install", "bootenv": "debian-site", "tasks": ["set-hostname"]})),
         ("workflows", json!({"name": "provision", "stages": ["install"]})),
         ("jobs", json!({"machine": machine_id, "task": "set-hostname"})),
         (
@@ -275,7 +275,7 @@ async fn invalid_bodies_get_400_naming_the_field() {
 
     api.post(
         "/api/v1/params",
-        json!({"name": "ntp-servers", "schema": {"type": "array", "items": {"type": "string"}}}),
+        json!({"name": "site-ntp", "schema": {"type": "array", "items": {"type": "string"}}}),
     )
     .await;
     let cases = [
@@ -283,7 +283,7 @@ async fn invalid_bodies_get_400_naming_the_field() {
         ("/api/v1/machines", json!({"name": "a", "macs": ["zz:zz"]}), "macs[0]"),
         ("/api/v1/machines", json!({"name": "a", "colour": "red"}), ""),
         ("/api/v1/machines", json!({"name": "a", "params": {"undefined-param": 1}}), "params.undefined-param"),
-        ("/api/v1/profiles", json!({"name": "p", "params": {"ntp-servers": "10.0.0.1"}}), "params.ntp-servers"),
+        ("/api/v1/profiles", json!({"name": "p", "params": {"site-ntp": "10.0.0.1"}}), "params.site-ntp"),
         ("/api/v1/params", json!({"name": "p", "schema": {"type": "strnig"}}), "schema.type"),
         ("/api/v1/params", json!({"name": "p", "schema": {"type": "integer", "default": "x"}}), "schema.default"),
         (

@@ -29,11 +29,11 @@ async fn login_then_manage_objects_with_every_verb() {
 
     // Create from a YAML file and from inline JSON.
     let yaml = server.dir.join("bootenv.yaml");
-    std::fs::write(&yaml, "name: debian-12\nkernel: debian/linux\nos:\n  family: debian\n  version: \"12\"\n").unwrap();
+    std::fs::write(&yaml, "name: debian-site\nkernel: debian/linux\nos:\n  family: debian\n  version: \"12\"\n").unwrap();
     ok(&server.cli(&["bootenvs", "create", "-f", yaml.to_str().unwrap()], None));
     let created =
         ok(&server
-            .cli(&["machines", "create", "-o", "json", "--data", r#"{"name":"web-1","bootenv":"debian-12"}"#], None));
+            .cli(&["machines", "create", "-o", "json", "--data", r#"{"name":"web-1","bootenv":"debian-site"}"#], None));
     let machine: Value = serde_json::from_str(&created).unwrap();
     let id = machine["id"].as_str().unwrap();
     ok(&server.cli(&["machines", "create", "--data", r#"{"name":"web-2"}"#], None));
@@ -43,7 +43,7 @@ async fn login_then_manage_objects_with_every_verb() {
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("ID") && lines[0].contains("BOOTENV"), "{table}");
     assert_eq!(lines.len(), 3, "{table}");
-    let filtered = ok(&server.cli(&["machines", "list", "--filter", "bootenv=debian-12", "-o", "json"], None));
+    let filtered = ok(&server.cli(&["machines", "list", "--filter", "bootenv=debian-site", "-o", "json"], None));
     let items: Vec<Value> = serde_json::from_str(&filtered).unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(items[0]["name"], "web-1");

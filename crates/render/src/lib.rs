@@ -14,4 +14,4 @@ mod template;
 
 pub use machine::{LoadError, MachineView, Provisioner, load};
 pub use params::{Layer, Layers, ResolveError, Resolved, resolve};
-pub use template::{FUEL, INLINE, MAX_OUTPUT, RenderError, Source, render};
+pub use template::{FUEL, Hooks, INLINE, MAX_OUTPUT, RenderError, Source, TokenMinter, render};

@@ -2,11 +2,12 @@
 //! (read-only): its resolved params, its bootenv and the templates, and the
 //! render context built from them.
 
-use crate::{Layers, ResolveError, Resolved, Source, resolve};
-use plinth_model::{BootEnv, Kind, Machine, Name, Object, Param, ParamName, Profile, Stage, Workflow};
+use crate::{Hooks, Layers, ResolveError, Resolved, Source, resolve};
+use plinth_model::{Arch, BootEnv, Firmware, Kind, Machine, Name, Object, Param, ParamName, Profile, Stage, Workflow};
 use plinth_store::{Store, StoreError, StoreExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Why a machine's view could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,7 @@ pub struct MachineView {
     pub params: BTreeMap<ParamName, Resolved>,
     pub bootenv: Option<BootEnv>,
     /// Every stored template, by name.
-    pub templates: HashMap<String, String>,
+    pub templates: Arc<HashMap<String, String>>,
     /// The machine's current DHCP lease (by its MACs), if any.
     pub lease: Option<plinth_model::Lease>,
     /// The subnet of that lease.
@@ -75,7 +76,8 @@ pub async fn load(store: &dyn Store, machine: Machine) -> Result<MachineView, Lo
         .await?
         .into_iter()
         .map(|t| (t.name.to_string(), t.contents))
-        .collect();
+        .collect::<HashMap<_, _>>()
+        .into();
     let mut lease: Option<plinth_model::Lease> = None;
     for mac in &machine.macs {
         let filter = plinth_store::Filter { path: vec!["mac".into()], value: Value::String(mac.to_string()) };
@@ -95,11 +97,19 @@ pub async fn load(store: &dyn Store, machine: Machine) -> Result<MachineView, Lo
     Ok(MachineView { machine, params: resolved, bootenv, templates, lease, subnet })
 }
 
-/// Where the client reaches Plinth.
-#[derive(Debug, Clone, Default)]
+/// Where the client reaches Plinth, and what it said about itself.
+#[derive(Clone, Default)]
 pub struct Provisioner {
     /// Base URL of the boot HTTP server, e.g. `http://10.0.0.1:8091`.
     pub http: String,
+    /// Base URL of the API, e.g. `https://10.0.0.1:8092`.
+    pub api: String,
+    /// Architecture the client reported (iPXE `${buildarch}`), if any.
+    pub arch: Option<Arch>,
+    /// Firmware the client reported (iPXE `${platform}`), if any.
+    pub firmware: Option<Firmware>,
+    /// Effects a render may have (the machine token).
+    pub hooks: Hooks,
 }
 
 impl MachineView {
@@ -109,28 +119,85 @@ impl MachineView {
         self.params.iter().filter(|(_, r)| !r.secure).map(|(k, r)| (k.to_string(), r.value.clone())).collect()
     }
 
+    /// What an installer needs to configure the machine's network, every key
+    /// present (null or empty when unknown): `hostname`, `domain` (the
+    /// subnet's, else param `domain`), `fqdn`, `address` (the lease's, else
+    /// the machine's), `netmask`, `prefix_len`, `gateway`, `dns`, `ntp`
+    /// (param `ntp-servers` when set, else the subnet's).
+    fn network(&self) -> Value {
+        let params = self.plain_params();
+        let subnet = self.subnet.as_ref();
+        let domain = subnet
+            .and_then(|s| s.domain_name.clone())
+            .filter(|d| !d.is_empty())
+            .or_else(|| params.get("domain").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default();
+        let hostname = self.machine.name.to_string();
+        let fqdn = if domain.is_empty() { hostname.clone() } else { format!("{hostname}.{domain}") };
+        let ntp = match params.get("ntp-servers") {
+            Some(Value::Array(a)) if !a.is_empty() => Value::Array(a.clone()),
+            _ => json!(subnet.map(|s| s.ntp_servers.clone()).unwrap_or_default()),
+        };
+        json!({"hostname": hostname, "domain": domain, "fqdn": fqdn,
+            "address": self.lease.as_ref().map(|l| l.address).or(self.machine.address),
+            "netmask": subnet.map(|s| s.cidr.mask()), "prefix_len": subnet.map(|s| s.cidr.prefix),
+            "gateway": subnet.and_then(|s| s.router), "dns": subnet.map(|s| s.dns_servers.clone()).unwrap_or_default(),
+            "ntp": ntp})
+    }
+
+    /// The architecture and firmware to boot: what the client said (iPXE's
+    /// `${buildarch}`/`${platform}`), else what its last DHCP request said
+    /// (option 93), else the machine's `arch` with BIOS on x86-64 and UEFI
+    /// on ARM64.
+    pub fn boot_target(&self, provisioner: &Provisioner) -> (Arch, Firmware) {
+        let from_lease = self.lease.as_ref().and_then(|l| l.client_arch).and_then(Firmware::from_client_arch);
+        let arch = provisioner.arch.or(from_lease.map(|(a, _)| a)).unwrap_or(self.machine.arch);
+        let default_fw = if arch == Arch::Arm64 { Firmware::Uefi } else { Firmware::Bios };
+        let firmware = provisioner.firmware.or(from_lease.map(|(_, f)| f)).unwrap_or(default_fw);
+        (arch, firmware)
+    }
+
     /// The render context: `machine` (without raw params), `params`, `lease`
-    /// and `subnet` (when the machine holds a lease),
-    /// `bootenv` (with `boot_args` rendered and `initrd_names` for the EFI
-    /// `initrd=` argument) and `provisioner`.
+    /// and `subnet` (when the machine holds a lease), `boot` (the
+    /// architecture and firmware being booted), `bootenv` (that variant's
+    /// kernel, initrds and rendered `boot_args`, with `initrd_names` for
+    /// the EFI `initrd=` argument) and `provisioner` (`http`, `api`).
     pub fn context(&self, provisioner: &Provisioner) -> Result<Value, crate::RenderError> {
         let mut machine = serde_json::to_value(&self.machine).unwrap_or_default();
         if let Value::Object(m) = &mut machine {
             m.remove("params");
         }
         let subnet = self.subnet.as_ref().map(|s| {
-            json!({"name": s.name, "cidr": s.cidr, "netmask": s.cidr.mask(), "router": s.router, "dns_servers": s.dns_servers,
-                "domain_name": s.domain_name, "ntp_servers": s.ntp_servers})
+            json!({"name": s.name, "cidr": s.cidr, "netmask": s.cidr.mask(), "prefix_len": s.cidr.prefix,
+                "router": s.router, "dns_servers": s.dns_servers, "domain_name": s.domain_name, "ntp_servers": s.ntp_servers})
         });
-        let mut ctx = json!({"machine": machine, "params": self.plain_params(), "provisioner": {"http": provisioner.http},
-            "lease": self.lease, "subnet": subnet});
+        let (arch, firmware) = self.boot_target(provisioner);
+        let mut ctx = json!({"machine": machine, "params": self.plain_params(),
+            "provisioner": {"http": provisioner.http, "api": provisioner.api},
+            "boot": {"arch": arch, "firmware": firmware}, "lease": self.lease, "subnet": subnet,
+            "network": self.network()});
         if let Some(b) = &self.bootenv {
-            let initrd_names: Vec<&str> = b.initrds.iter().map(|i| i.rsplit('/').next().unwrap_or(i)).collect();
-            ctx["bootenv"] = json!({"name": b.name, "kernel": b.kernel, "initrds": b.initrds, "initrd_names": initrd_names,
-                "os": b.os, "boot_args": ""});
-            let args = crate::render(self.templates.clone(), Source::Inline(&b.boot_args), &ctx, self.plain_params())
-                .map_err(|e| crate::RenderError { template: format!("bootenv `{}` boot_args", b.name), ..e })?;
-            ctx["bootenv"]["boot_args"] = json!(args.trim());
+            let variant = b.variants.iter().find(|v| v.arch == arch && v.firmware == firmware);
+            let kernel = variant.and_then(|v| v.kernel.clone()).or_else(|| b.kernel.clone());
+            let initrds = variant.and_then(|v| v.initrds.clone()).unwrap_or_else(|| b.initrds.clone());
+            let boot_args = variant.and_then(|v| v.boot_args.as_deref()).unwrap_or(&b.boot_args);
+            let initrd_names: Vec<&str> = initrds.iter().map(|i| i.rsplit('/').next().unwrap_or(i)).collect();
+            ctx["bootenv"] = json!({"name": b.name, "kernel": kernel, "initrds": initrds, "initrd_names": initrd_names,
+                "os": b.os, "boot_args": "", "install_url": ""});
+            let render_field = |text: &str, what: &str, ctx: &Value| {
+                crate::render(
+                    self.templates.clone(),
+                    Source::Inline(text),
+                    ctx,
+                    Arc::new(self.plain_params()),
+                    &provisioner.hooks,
+                )
+                .map(|r| r.trim().to_owned())
+                .map_err(|e| crate::RenderError { template: format!("bootenv `{}` {what}", b.name), ..e })
+            };
+            ctx["bootenv"]["install_url"] = json!(render_field(&b.os.install_url, "os.install_url", &ctx)?);
+            let args = render_field(boot_args, "boot_args", &ctx)?;
+            ctx["bootenv"]["boot_args"] = json!(args);
         }
         Ok(ctx)
     }
@@ -138,7 +205,37 @@ impl MachineView {
     /// Renders `source` for this machine.
     pub fn render(&self, source: Source<'_>, provisioner: &Provisioner) -> Result<String, crate::RenderError> {
         let ctx = self.context(provisioner)?;
-        crate::render(self.templates.clone(), source, &ctx, self.plain_params())
+        crate::render(self.templates.clone(), source, &ctx, Arc::new(self.plain_params()), &provisioner.hooks)
+    }
+
+    /// The files of the machine's bootenv: each entry's name and the path it
+    /// is served at (rendered; `None` for files reached by name, like the
+    /// iPXE entry script `ipxe`).
+    pub fn files(&self, provisioner: &Provisioner) -> Result<Vec<(String, Option<String>)>, crate::RenderError> {
+        let Some(b) = &self.bootenv else { return Ok(Vec::new()) };
+        let ctx = self.context(provisioner)?;
+        let params = Arc::new(self.plain_params());
+        b.templates
+            .iter()
+            .map(|t| {
+                let path = match &t.path {
+                    Some(p) => Some(
+                        crate::render(
+                            self.templates.clone(),
+                            Source::Inline(p),
+                            &ctx,
+                            params.clone(),
+                            &Hooks::default(),
+                        )?
+                        .trim()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    ),
+                    None => None,
+                };
+                Ok((t.name.clone(), path))
+            })
+            .collect()
     }
 
     /// The bootenv file whose rendered path is `path`, rendered.
@@ -148,13 +245,16 @@ impl MachineView {
             Ok(c) => c,
             Err(e) => return Some(Err(e)),
         };
+        let params = Arc::new(self.plain_params());
         let wanted = path.trim_start_matches('/');
         for t in &b.templates {
             // A file without a path is reached by its name (the iPXE entry
-            // script is the one named `ipxe`).
+            // script is the one named `ipxe`). Paths render without hooks.
             let matches = match &t.path {
-                Some(p) => crate::render(self.templates.clone(), Source::Inline(p), &ctx, self.plain_params())
-                    .is_ok_and(|r| r.trim().trim_start_matches('/') == wanted),
+                Some(p) => {
+                    crate::render(self.templates.clone(), Source::Inline(p), &ctx, params.clone(), &Hooks::default())
+                        .is_ok_and(|r| r.trim().trim_start_matches('/') == wanted)
+                }
                 None => t.name == wanted,
             };
             if !matches {
@@ -165,7 +265,7 @@ impl MachineView {
                 (None, Some(text)) => Source::Inline(text),
                 (None, None) => continue,
             };
-            return Some(crate::render(self.templates.clone(), source, &ctx, self.plain_params()));
+            return Some(crate::render(self.templates.clone(), source, &ctx, params, &provisioner.hooks));
         }
         None
     }

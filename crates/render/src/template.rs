@@ -34,8 +34,24 @@ fn mac_parts(v: &str) -> Result<Vec<String>, Error> {
     Ok(parts)
 }
 
+/// Issues a short-lived token scoped to the machine being rendered for.
+pub type TokenMinter = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// Functions whose effect reaches beyond the render, supplied by the
+/// caller. A render without them cannot have them: `machine_token()` fails
+/// instead of inventing a token.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Backs `machine_token()`.
+    pub machine_token: Option<TokenMinter>,
+}
+
 /// Builds the sandboxed environment over `templates`.
-fn environment(templates: Arc<HashMap<String, String>>, params: Arc<BTreeMap<String, Value>>) -> Environment<'static> {
+fn environment(
+    templates: Arc<HashMap<String, String>>,
+    params: Arc<BTreeMap<String, Value>>,
+    hooks: &Hooks,
+) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));
@@ -50,6 +66,28 @@ fn environment(templates: Arc<HashMap<String, String>>, params: Arc<BTreeMap<Str
             )),
         }
     });
+    // The agent's machine token: only through this explicit call, minted
+    // once per render however often the template calls it.
+    let minter = hooks.machine_token.clone();
+    let minted = Arc::new(std::sync::OnceLock::<String>::new());
+    env.add_function("machine_token", move || -> Result<String, Error> {
+        let Some(mint) = &minter else {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "machine_token() is only available when the machine itself fetches the file",
+            ));
+        };
+        if let Some(t) = minted.get() {
+            return Ok(t.clone());
+        }
+        let t = mint().map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("machine_token(): {e}")))?;
+        Ok(minted.get_or_init(|| t).clone())
+    });
+    env.add_filter("url_host", |v: String| -> Result<String, Error> {
+        let rest = v.split_once("://").map_or(v.as_str(), |(_, r)| r);
+        Ok(rest.split(['/', '?', '#']).next().unwrap_or_default().to_owned())
+    });
+    env.add_filter("basename", |v: String| -> String { v.rsplit('/').next().unwrap_or_default().to_owned() });
     // MAC formats: iPXE `52:54:00:12:34:56`, pxelinux `01-52-54-00-12-34-56`, grub/dash `52-54-00-12-34-56`.
     env.add_filter("mac_ipxe", |v: String| -> Result<String, Error> { Ok(mac_parts(&v)?.join(":")) });
     env.add_filter("mac_pxelinux", |v: String| -> Result<String, Error> {
@@ -93,12 +131,13 @@ pub enum Source<'a> {
 /// Renders `source` with `context` (a JSON object) and `params` (for
 /// `param(name)`), where `templates` are every stored template by name.
 pub fn render(
-    templates: HashMap<String, String>,
+    templates: Arc<HashMap<String, String>>,
     source: Source<'_>,
     context: &Value,
-    params: BTreeMap<String, Value>,
+    params: Arc<BTreeMap<String, Value>>,
+    hooks: &Hooks,
 ) -> Result<String, RenderError> {
-    let env = environment(Arc::new(templates), Arc::new(params));
+    let env = environment(templates, params, hooks);
     let ctx = JValue::from(minijinja::value::Serde(context));
     let out = match source {
         Source::Named(name) => {
@@ -126,7 +165,8 @@ mod tests {
     fn run(templates: &[(&str, &str)], source: Source<'_>, params: &[(&str, Value)]) -> Result<String, RenderError> {
         let t = templates.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let p = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        render(t, source, &json!({"machine": {"name": "web-1", "mac": "52:54:00:AA:bb:01"}}), p)
+        let ctx = json!({"machine": {"name": "web-1", "mac": "52:54:00:AA:bb:01"}});
+        render(Arc::new(t), source, &ctx, Arc::new(p), &Hooks::default())
     }
 
     #[test]
@@ -174,5 +214,45 @@ mod tests {
         assert!(!e.message.is_empty(), "self-include ends in an error, not a stack overflow");
         let e = run(&[], Source::Inline("{{ 'aa' | mac_ipxe }}"), &[]).unwrap_err();
         assert!(e.message.contains("not a MAC"), "{e}");
+        // Deep recursion through macros ends in an error, not a crash.
+        let e = run(&[], Source::Inline("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"), &[]).unwrap_err();
+        assert!(!e.message.is_empty());
+        // Nothing reaches files, the environment or other machines: there is
+        // no function for it, and names that would be one are undefined.
+        for probe in [
+            "{% include '/etc/passwd' %}",
+            "{% include '../../etc/passwd' %}",
+            "{{ env('HOME') }}",
+            "{{ open('/etc/passwd') }}",
+            "{{ machine('other') }}",
+            "{{ lookup('file', '/etc/passwd') }}",
+        ] {
+            let e = run(&[], Source::Inline(probe), &[]).unwrap_err();
+            assert!(!e.message.contains("root:"), "{probe}: {e}");
+        }
+        let e = run(&[], Source::Inline("{{ machine_token() }}"), &[]).unwrap_err();
+        assert!(e.message.contains("only available when the machine itself"), "{e}");
+    }
+
+    #[test]
+    fn machine_token_is_minted_once_per_render_through_the_hook() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = calls.clone();
+        let hooks = Hooks {
+            machine_token: Some(Arc::new(move || {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok("plt_x.y".to_owned())
+            })),
+        };
+        let out = render(
+            Arc::default(),
+            Source::Inline("{{ machine_token() }} {{ machine_token() }} {{ 'http://10.0.0.1:8091/a' | url_host }}"),
+            &json!({}),
+            Arc::default(),
+            &hooks,
+        )
+        .unwrap();
+        assert_eq!(out, "plt_x.y plt_x.y 10.0.0.1:8091");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
