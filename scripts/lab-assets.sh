@@ -59,6 +59,7 @@ for m in $(cat /modules/order); do insmod "/modules/$m.ko" || echo "PLINTH-LAB: 
 ip link set eth0 up
 server=$(sed -n 's/.*plinth=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "PLINTH-LAB: initrd up, server $server"
+echo "PLINTH-LAB: cmdline [$(cat /proc/cmdline)]"
 if udhcpc -i eth0 -q -n -t 10 -T 2 -s /udhcpc.sh; then
   hello=$(wget -q -O - "http://$server/files/hello.txt?from=$(cat /sys/class/net/eth0/address)")
   echo "PLINTH-LAB: fetched [$hello]"

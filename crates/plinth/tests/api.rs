@@ -273,11 +273,8 @@ async fn invalid_bodies_get_400_naming_the_field() {
     assert!(b["detail"].as_str().unwrap().contains("not valid JSON"), "{b}");
     assert_eq!(raw("name=x", "application/x-www-form-urlencoded").await.unwrap().status(), 415);
 
-    api.post(
-        "/api/v1/params",
-        json!({"name": "site-ntp", "schema": {"type": "array", "items": {"type": "string"}}}),
-    )
-    .await;
+    api.post("/api/v1/params", json!({"name": "site-ntp", "schema": {"type": "array", "items": {"type": "string"}}}))
+        .await;
     let cases = [
         ("/api/v1/machines", json!({"name": 5}), "name"),
         ("/api/v1/machines", json!({"name": "a", "macs": ["zz:zz"]}), "macs[0]"),

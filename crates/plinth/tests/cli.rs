@@ -29,11 +29,11 @@ async fn login_then_manage_objects_with_every_verb() {
 
     // Create from a YAML file and from inline JSON.
     let yaml = server.dir.join("bootenv.yaml");
-    std::fs::write(&yaml, "name: debian-site\nkernel: debian/linux\nos:\n  family: debian\n  version: \"12\"\n").unwrap();
+    std::fs::write(&yaml, "name: debian-site\nkernel: debian/linux\nos:\n  family: debian\n  version: \"12\"\n")
+        .unwrap();
     ok(&server.cli(&["bootenvs", "create", "-f", yaml.to_str().unwrap()], None));
-    let created =
-        ok(&server
-            .cli(&["machines", "create", "-o", "json", "--data", r#"{"name":"web-1","bootenv":"debian-site"}"#], None));
+    let created = ok(&server
+        .cli(&["machines", "create", "-o", "json", "--data", r#"{"name":"web-1","bootenv":"debian-site"}"#], None));
     let machine: Value = serde_json::from_str(&created).unwrap();
     let id = machine["id"].as_str().unwrap();
     ok(&server.cli(&["machines", "create", "--data", r#"{"name":"web-2"}"#], None));

@@ -83,14 +83,19 @@ fn boot(uefi: bool, proxy: bool, mac: &str) {
     };
     ok(server.cli(&["subnets", "create", "--data", &subnet.to_string()], None));
     if uefi {
-        // A known machine: its iPXE script is its bootenv's `ipxe` template
-        // rendered for it, not a file from the file root.
+        // A known machine: its iPXE script is the shipped `ipxe-boot-linux`
+        // template rendered for it through its bootenv, and the kernel
+        // command line carries a value that comes from one of its profiles.
         std::fs::remove_file(files.join("ipxe/default.ipxe")).unwrap();
         let bootenv = serde_json::json!({"name": "lab-linux", "kernel": "vmlinuz", "initrds": ["initrd.img"],
-            "boot_args": "console=ttyS0 loglevel=3 panic=5 plinth={{ provisioner.http | replace('http://', '') }}",
-            "templates": [{"name": "ipxe", "contents": "#!ipxe\nkernel {{ provisioner.http }}/files/{{ bootenv.kernel }} initrd={{ bootenv.initrd_names[0] }} {{ bootenv.boot_args }}\ninitrd {{ provisioner.http }}/files/{{ bootenv.initrds[0] }}\nboot\n"}]});
+            "boot_args": "console=ttyS0 loglevel=3 panic=5 plinth={{ provisioner.http | url_host }} {{ param('kernel-extra-args') }}",
+            "templates": [{"name": "ipxe", "template": "ipxe-boot-linux"}]});
         ok(server.cli(&["bootenvs", "create", "--data", &bootenv.to_string()], None));
-        let machine = serde_json::json!({"name": "uefi-vm", "macs": [mac], "bootenv": "lab-linux"});
+        let profile =
+            serde_json::json!({"name": "rack42", "params": {"kernel-extra-args": "plinth.site=rack42-from-profile"}});
+        ok(server.cli(&["profiles", "create", "--data", &profile.to_string()], None));
+        let machine =
+            serde_json::json!({"name": "uefi-vm", "macs": [mac], "bootenv": "lab-linux", "profiles": ["rack42"]});
         ok(server.cli(&["machines", "create", "--data", &machine.to_string()], None));
     }
 
@@ -200,6 +205,11 @@ fn boot(uefi: bool, proxy: bool, mac: &str) {
             events.iter().any(|e| e["service"] == "tftp" && e["detail"].as_str().unwrap().contains("sent ipxe.efi")),
             "{events:?}"
         );
+        // The guest's own /proc/cmdline: the profile's value, and the EFI
+        // `initrd=` the shipped template adds when iPXE runs as `efi`.
+        let cmdline = console.lines().find(|l| l.contains("PLINTH-LAB: cmdline [")).unwrap_or_default();
+        assert!(cmdline.contains("plinth.site=rack42-from-profile"), "{cmdline}");
+        assert!(cmdline.contains("initrd=initrd.img"), "{cmdline}");
     }
     for line in log.lines().filter(|l| l.contains("dhcp") && l.contains("reply=")) {
         eprintln!("{line}");
