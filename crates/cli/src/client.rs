@@ -19,6 +19,9 @@ pub enum ClientError {
     /// Local input was wrong: a file, a flag, the configuration (exit 2).
     #[error("{0}")]
     Input(String),
+    /// A local operation failed: a checksum, a file that cannot be written (exit 1).
+    #[error("{0}")]
+    Local(String),
 }
 
 impl ClientError {
@@ -27,6 +30,7 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Input(_) => 2,
+            ClientError::Local(_) => 1,
             ClientError::Connect { .. } => 6,
             ClientError::Api { status, .. } => match status {
                 404 => 3,

@@ -158,6 +158,40 @@ fn kind_command(kind: Kind) -> Command {
             ),
         );
     }
+    if kind == Kind::BootEnv {
+        cmd = cmd.subcommand(
+            Command::new("import-iso")
+                .about("Verify an OS image's SHA-256 and extract its tree into the file root under the bootenv's name")
+                .long_about(
+                    "Verifies IMAGE against --sha256 (or the SHA-256 the bootenv pins), extracts its whole tree \
+                     (Rock Ridge or Joliet names) into <file-root>/<NAME>/, checks that the kernel and initrds the \
+                     bootenv boots are there, and pins the image's checksum in the bootenv. Run it on the server's \
+                     host. Running it again with the same image rewrites only files that are missing or changed.",
+                )
+                .arg(key())
+                .arg(Arg::new("image").required(true).value_parser(value_parser!(PathBuf)).help("The ISO file"))
+                .arg(Arg::new("sha256").long("sha256").help("Expected SHA-256 (from the distribution's SHA256SUMS)"))
+                .arg(
+                    Arg::new("keep-image")
+                        .long("keep-image")
+                        .action(ArgAction::SetTrue)
+                        .help("Also keep the ISO itself in the folder (for installers that download it)"),
+                )
+                .arg(
+                    Arg::new("data-dir")
+                        .long("data-dir")
+                        .env("PLINTH_DATA_DIR")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("The server's data dir, whose files/ is the file root [default: ./plinth-data]"),
+                )
+                .arg(
+                    Arg::new("file-root")
+                        .long("file-root")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("The file root (instead of <data-dir>/files)"),
+                ),
+        );
+    }
     if kind.writable_via_api() {
         cmd = cmd
             .subcommand(body_args(Command::new("create").about("Create an object")))
@@ -449,6 +483,106 @@ async fn object_command(
                 m.get_one::<String>("key").map(String::as_str).unwrap_or_default()
             ))
         }
+        "import-iso" => import_iso(c, m).await,
         other => Err(ClientError::Input(format!("unknown action `{other}`"))),
     }
+}
+
+/// `plinth bootenvs import-iso NAME IMAGE`.
+async fn import_iso(c: &Client, m: &ArgMatches) -> Result<String, ClientError> {
+    let name = m.get_one::<String>("key").cloned().unwrap_or_default();
+    let image = m.get_one::<PathBuf>("image").cloned().unwrap_or_default();
+    let path = format!("/api/v1/bootenvs/{}", encode_key(&name));
+    let bootenv: plinth_model::BootEnv = plinth_model::decode(c.call(Method::GET, &path, None, None).await?.body)
+        .map_err(|e| ClientError::Input(format!("the server sent an unreadable bootenv: {e}")))?;
+    let source = bootenv.source.clone();
+    let expected = m
+        .get_one::<String>("sha256")
+        .cloned()
+        .or_else(|| source.as_ref().map(|s| s.sha256.clone()).filter(|s| !s.is_empty()))
+        .ok_or_else(|| {
+            ClientError::Input(format!(
+                "bootenv `{name}` pins no SHA-256 for its image; pass --sha256 with the value from the distribution's checksum file (SHA256SUMS)"
+            ))
+        })?;
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ClientError::Input(format!("--sha256 `{expected}` is not 64 hex digits")));
+    }
+    if !image.is_file() {
+        return Err(ClientError::Input(format!("{} is not a file", image.display())));
+    }
+    let root = m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| {
+        m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data")).join("files")
+    });
+    let dest = root.join(&name);
+    let keep = m.get_flag("keep-image") || source.as_ref().is_some_and(|s| s.keep_image);
+    let file_name = source
+        .as_ref()
+        .map(|s| s.file.clone())
+        .filter(|f| !f.is_empty() && !f.contains('/'))
+        .or_else(|| image.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "image.iso".into());
+    let (img, d, f) = (image.clone(), dest.clone(), file_name.clone());
+    let summary = tokio::task::spawn_blocking(move || -> Result<plinth_iso::Summary, String> {
+        let summary = plinth_iso::import(&img, &expected, &d).map_err(|e| e.to_string())?;
+        if keep {
+            let target = d.join(&f);
+            let same =
+                std::fs::metadata(&target).ok().map(|m| m.len()) == std::fs::metadata(&img).ok().map(|m| m.len());
+            if !same {
+                let tmp = d.join(format!(".{f}.plinth-tmp"));
+                std::fs::copy(&img, &tmp).map_err(|e| format!("cannot copy the image: {e}"))?;
+                std::fs::rename(&tmp, &target).map_err(|e| format!("cannot keep the image: {e}"))?;
+            }
+        }
+        Ok(summary)
+    })
+    .await
+    .map_err(|e| ClientError::Local(e.to_string()))?
+    .map_err(ClientError::Local)?;
+
+    // What the bootenv boots must now be in the file root, for at least one
+    // architecture; report the rest.
+    let mut sets = vec![("default".to_owned(), bootenv.kernel.clone(), bootenv.initrds.clone())];
+    for v in &bootenv.variants {
+        sets.push((
+            format!("{:?}/{:?}", v.arch, v.firmware).to_lowercase(),
+            v.kernel.clone().or_else(|| bootenv.kernel.clone()),
+            v.initrds.clone().unwrap_or_else(|| bootenv.initrds.clone()),
+        ));
+    }
+    let mut ready = Vec::new();
+    let mut lacking = Vec::new();
+    for (label, kernel, initrds) in sets {
+        let missing: Vec<String> = kernel.into_iter().chain(initrds).filter(|p| !root.join(p).is_file()).collect();
+        if missing.is_empty() {
+            ready.push(label);
+        } else {
+            lacking.push(format!("{label}: {}", missing.join(", ")));
+        }
+    }
+    let counts = format!(
+        "{} files written, {} already in place, {} symbolic links skipped",
+        summary.written, summary.unchanged, summary.symlinks
+    );
+    if ready.is_empty() {
+        return Err(ClientError::Local(format!(
+            "extracted {} into {} ({counts}), but the image lacks what bootenv `{name}` boots ({}); is it the right image?",
+            image.display(),
+            dest.display(),
+            lacking.join("; ")
+        )));
+    }
+    let pinned =
+        source.as_ref().is_some_and(|s| s.sha256 == summary.sha256 && s.keep_image == keep && s.file == file_name);
+    if !pinned {
+        let patch = serde_json::json!({"source": {"file": file_name, "sha256": summary.sha256, "keep_image": keep}});
+        c.call(Method::PATCH, &path, Some(&patch), None).await?;
+    }
+    let mut out =
+        format!("imported {} into {}: {counts}\nready: {}\n", image.display(), dest.display(), ready.join(", "));
+    if !lacking.is_empty() {
+        out.push_str(&format!("not in this image: {}\n", lacking.join("; ")));
+    }
+    Ok(out)
 }

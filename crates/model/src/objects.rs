@@ -230,10 +230,16 @@ pub struct OsInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstallSource {
-    /// File name or URL of the ISO/archive.
+    /// File name of the ISO (as the distribution publishes it).
     pub file: String,
-    /// Expected SHA-256, lower-case hex.
+    /// Expected SHA-256, hex; empty until pinned (`import-iso --sha256`
+    /// pins it).
+    #[serde(default)]
     pub sha256: String,
+    /// Keep the image itself in the file root next to its extracted tree
+    /// (installers that download the whole ISO, like Ubuntu's, need it).
+    #[serde(default)]
+    pub keep_image: bool,
 }
 
 /// A template rendered for a machine and served at a path.
@@ -317,9 +323,12 @@ object! {
 impl BootEnv {
     fn check_fields(&self) -> Result<(), ValidationError> {
         if let Some(src) = &self.source
+            && !src.sha256.is_empty()
             && (src.sha256.len() != 64 || !src.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
         {
-            return Err(self.invalid("source.sha256", format!("expected 64 hex digits, got `{}`", src.sha256)));
+            return Err(
+                self.invalid("source.sha256", format!("expected 64 hex digits (or empty), got `{}`", src.sha256))
+            );
         }
         for (i, v) in self.variants.iter().enumerate() {
             if self.variants[..i].iter().any(|o| (o.arch, o.firmware) == (v.arch, v.firmware)) {

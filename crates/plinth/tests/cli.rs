@@ -5,6 +5,7 @@ mod common;
 
 use common::Server;
 use serde_json::Value;
+use std::process::Command;
 
 fn ok(out: &std::process::Output) -> String {
     assert!(
@@ -198,4 +199,71 @@ async fn every_kind_round_trips_through_the_cli() {
         ok(&server.cli(&[kind, "delete", key], Some(&token)));
         assert_eq!(server.cli(&[kind, "show", key], Some(&token)).status.code(), Some(3), "{kind} deleted");
     }
+}
+
+#[test]
+fn import_iso_verifies_extracts_pins_and_is_idempotent() {
+    if !common::have("xorriso") {
+        return;
+    }
+    let server = Server::start();
+    let pw = server.dir.join("pw");
+    std::fs::write(&pw, common::PASSWORD).unwrap();
+    ok(&server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
+    // An image laid out like Debian's netboot mini.iso.
+    let src = server.dir.join("iso-src");
+    std::fs::create_dir_all(src.join("doc")).unwrap();
+    std::fs::write(src.join("linux"), vec![0x4c; 5000]).unwrap();
+    std::fs::write(src.join("initrd.gz"), vec![0x1f; 9000]).unwrap();
+    std::fs::write(src.join("doc/README.txt"), "mini").unwrap();
+    let iso = server.dir.join("mini.iso");
+    let made = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-R", "-J", "-quiet", "-o"])
+        .arg(&iso)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let sha = plinth_iso::sha256_file(&iso).unwrap();
+    let files = server.files();
+    let root = files.to_str().unwrap();
+    let iso_arg = iso.to_str().unwrap();
+
+    let no_sum = server.cli(&["bootenvs", "import-iso", "debian-12", iso_arg, "--file-root", root], None);
+    assert_eq!(no_sum.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_sum.stderr).contains("pins no SHA-256"));
+    let bad = server.cli(
+        &["bootenvs", "import-iso", "debian-12", iso_arg, "--file-root", root, "--sha256", &"ab".repeat(32)],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("checksum mismatch"), "{bad:?}");
+    assert!(!files.join("debian-12").exists());
+
+    let out =
+        ok(&server.cli(&["bootenvs", "import-iso", "debian-12", iso_arg, "--file-root", root, "--sha256", &sha], None));
+    assert!(out.contains("3 files written") && out.contains("ready: default"), "{out}");
+    assert!(out.contains("arm64/uefi: debian-12/arm64/linux"), "the missing ARM64 variant is reported: {out}");
+    assert_eq!(std::fs::read(files.join("debian-12/linux")).unwrap(), vec![0x4c; 5000]);
+    let bootenv: Value =
+        serde_json::from_str(&ok(&server.cli(&["bootenvs", "show", "debian-12", "-o", "json"], None))).unwrap();
+    assert_eq!(bootenv["source"]["sha256"], sha.as_str(), "the checksum is pinned");
+    // Again, with the pinned checksum: nothing rewritten.
+    let again = ok(&server.cli(&["bootenvs", "import-iso", "debian-12", iso_arg, "--file-root", root], None));
+    assert!(again.contains("0 files written, 3 already in place"), "{again}");
+    // Served by the boot HTTP server.
+    let url = format!("{}/files/debian-12/initrd.gz", server.services["http"]);
+    let got = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{size_download}", &url]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "9000");
+
+    // The wrong image for a bootenv: extracted, but reported as unusable.
+    let wrong = ok(&server.cli(&["bootenvs", "show", "rocky-9", "-o", "json"], None));
+    assert!(wrong.contains("rocky-9/images/pxeboot/vmlinuz"));
+    let r = server.cli(&["bootenvs", "import-iso", "rocky-9", iso_arg, "--file-root", root, "--sha256", &sha], None);
+    assert_eq!(r.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("lacks what bootenv `rocky-9` boots") && err.contains("rocky-9/images/pxeboot/vmlinuz"),
+        "{err}"
+    );
 }

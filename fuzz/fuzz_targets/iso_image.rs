@@ -1,0 +1,18 @@
+//! ISO 9660 reading: any bytes as an image, opened, walked and every file
+//! copied, end in entries or an error, never a panic or a hang; every name
+//! is one safe path component.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use plinth_iso::Iso;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(mut iso) = Iso::open(std::io::Cursor::new(data)) else { return };
+    let Ok(entries) = iso.walk() else { return };
+    for (path, entry) in entries.iter().take(1000) {
+        for c in path {
+            assert!(!c.is_empty() && c != "." && c != ".." && !c.contains('/') && !c.contains('\0'), "{c:?}");
+        }
+        let _ = iso.copy(entry, &mut std::io::sink());
+    }
+});
