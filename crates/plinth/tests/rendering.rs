@@ -127,3 +127,53 @@ async fn builtin_content_renders_per_machine_with_variants_and_scoped_tokens() {
     let (_, script) = fetch(&format!("{http}/ipxe/52-54-00-07-00-02")).await;
     assert!(script.contains("echo site-local"), "{script}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_params_and_secure_values_stay_where_they_belong() {
+    let server = Server::start();
+    let api = server.api().await;
+    let http = format!("http://{}", server.addr("http"));
+    created(&api, "/api/v1/params", json!({"name": "rack", "schema": {"type": "string"}})).await;
+    created(&api, "/api/v1/params", json!({"name": "bmc-password", "schema": {"type": "string"}, "secure": true}))
+        .await;
+    created(&api, "/api/v1/bootenvs", json!({"name": "needs-rack", "required_params": ["rack"],
+        "templates": [{"name": "ipxe", "contents": "#!ipxe\necho rack {{ param('rack') }}\n"},
+                      {"name": "dump", "path": "dump.txt", "contents": "{{ params | tojson }} {{ param('bmc-password', 'absent') }}"}]}))
+    .await;
+    let a = created(
+        &api,
+        "/api/v1/machines",
+        json!({"name": "a", "macs": ["52:54:00:08:00:01"], "bootenv": "needs-rack",
+        "params": {"bmc-password": "hunter2-of-a"}}),
+    )
+    .await;
+    let b = created(
+        &api,
+        "/api/v1/machines",
+        json!({"name": "b", "macs": ["52:54:00:08:00:02"], "bootenv": "needs-rack",
+        "params": {"rack": "r7"}}),
+    )
+    .await;
+
+    // A required param with no value: no boot file, and /render says why.
+    let (st, _) = fetch(&format!("{http}/ipxe/52-54-00-08-00-01")).await;
+    assert_ne!(st, 200);
+    let r = api.post("/api/v1/render", json!({"machine": a["id"], "bootenv_file": "ipxe"})).await;
+    assert_eq!(r.status, 400);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains("requires param `rack`") && detail.contains("machine `a`"), "{detail}");
+    let (st, script) = fetch(&format!("{http}/ipxe/52-54-00-08-00-02")).await;
+    assert_eq!((st, script.as_str()), (200, "#!ipxe\necho rack r7"));
+
+    // A secure value is in no render: not its own machine's debugging
+    // render, and never another machine's file.
+    for (machine, mac) in [(&a, "52-54-00-08-00-01"), (&b, "52-54-00-08-00-02")] {
+        let r = api
+            .post("/api/v1/render", json!({"machine": machine["id"], "contents": "{{ params | tojson }} {{ param('bmc-password', 'absent') }}"}))
+            .await;
+        let out = r.body["output"].as_str().unwrap();
+        assert!(!out.contains("hunter2") && out.ends_with("absent"), "{out}");
+        let (_, dumped) = fetch(&format!("{http}/machines/{mac}/dump.txt")).await;
+        assert!(!dumped.contains("hunter2"), "{dumped}");
+    }
+}

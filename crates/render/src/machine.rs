@@ -208,6 +208,26 @@ impl MachineView {
         crate::render(self.templates.clone(), source, &ctx, Arc::new(self.plain_params()), &provisioner.hooks)
     }
 
+    /// Every param the bootenv requires has a value for this machine.
+    pub fn check_required(&self) -> Result<(), crate::RenderError> {
+        let Some(b) = &self.bootenv else { return Ok(()) };
+        let missing: Vec<&str> =
+            b.required_params.iter().filter(|p| !self.params.contains_key(*p)).map(|p| p.as_str()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(crate::RenderError {
+            template: format!("bootenv `{}`", b.name),
+            line: None,
+            message: format!(
+                "requires param{} {} with no value for machine `{}`; set it on the machine, one of its profiles or `global`",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+                self.machine.name
+            ),
+        })
+    }
+
     /// The files of the machine's bootenv: each entry's name and the path it
     /// is served at (rendered; `None` for files reached by name, like the
     /// iPXE entry script `ipxe`).
@@ -241,6 +261,9 @@ impl MachineView {
     /// The bootenv file whose rendered path is `path`, rendered.
     pub fn render_path(&self, path: &str, provisioner: &Provisioner) -> Option<Result<String, crate::RenderError>> {
         let b = self.bootenv.as_ref()?;
+        if let Err(e) = self.check_required() {
+            return Some(Err(e));
+        }
         let ctx = match self.context(provisioner) {
             Ok(c) => c,
             Err(e) => return Some(Err(e)),
