@@ -79,6 +79,7 @@ impl Generated for IpxeScripts {
 /// the bootenv does not define, fall back to [`IpxeScripts`].
 pub struct RenderedFiles {
     store: std::sync::Arc<dyn plinth_store::Store>,
+    shared: plinth_render::SharedCache,
     fallback: IpxeScripts,
     api_port: u16,
     token_ttl: std::time::Duration,
@@ -98,7 +99,8 @@ impl RenderedFiles {
         api_port: u16,
         token_ttl: std::time::Duration,
     ) -> RenderedFiles {
-        RenderedFiles { store, fallback: IpxeScripts::new(root), api_port, token_ttl }
+        let shared = plinth_render::SharedCache::new(store.clone());
+        RenderedFiles { store, shared, fallback: IpxeScripts::new(root), api_port, token_ttl }
     }
 
     fn provisioner(&self, request: &FileRequest<'_>) -> plinth_render::Provisioner {
@@ -195,7 +197,11 @@ impl Generated for RenderedFiles {
     async fn lookup(&self, request: &FileRequest<'_>) -> Option<Vec<u8>> {
         if let Some(machine) = self.machine_of(request).await {
             let name = machine.name.to_string();
-            match plinth_render::load(self.store.as_ref(), machine).await {
+            let loaded = match self.shared.get().await {
+                Ok(shared) => plinth_render::load_with(self.store.as_ref(), &shared, machine).await,
+                Err(e) => Err(e),
+            };
+            match loaded {
                 Ok(view) => {
                     let mut provisioner = self.provisioner(request);
                     provisioner.hooks.machine_token = Some(self.minter(view.machine.id));

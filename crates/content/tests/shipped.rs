@@ -165,3 +165,23 @@ async fn installer_answers_pass_the_installers_own_checkers() {
         assert_eq!(checked, 18);
     }
 }
+
+#[tokio::test]
+async fn the_shared_content_cache_sees_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(plinth_store::SqliteStore::open(&dir.path().join("db")).unwrap());
+    plinth_content::install_missing(store.as_ref()).await.unwrap();
+    let cache = plinth_render::SharedCache::new(store.clone());
+    let first = cache.get().await.unwrap();
+    assert!(Arc::ptr_eq(&first, &cache.get().await.unwrap()), "unchanged content is not reloaded");
+    // A write to a machine (not shared content) keeps the snapshot.
+    put(store.as_ref(), Kind::Machine, json!({"name": "m", "macs": ["52:54:00:00:00:09"]})).await;
+    assert!(Arc::ptr_eq(&first, &cache.get().await.unwrap()));
+    let mut t = store.get(Kind::Template, "ipxe-local").await.unwrap().unwrap().body;
+    t["contents"] = json!("changed");
+    store.put(Kind::Template, "ipxe-local", t, plinth_store::Expect::Any).await.unwrap();
+    let after = cache.get().await.unwrap();
+    assert_eq!(after.templates["ipxe-local"], "changed", "the very next render sees the write");
+    put(store.as_ref(), Kind::Profile, json!({"name": "new-profile"})).await;
+    assert!(cache.get().await.unwrap().profiles.contains_key(&"new-profile".parse().unwrap()));
+}

@@ -411,8 +411,8 @@ impl Param {
 
     /// Checks `value` against this param's schema; the error says what was expected.
     pub fn check_value(&self, value: &Value) -> Result<(), String> {
-        let validator = jsonschema::validator_for(&self.schema)
-            .map_err(|e| format!("param `{}` has an unusable schema: {e}", self.name))?;
+        let validator =
+            compiled(&self.schema).map_err(|e| format!("param `{}` has an unusable schema: {e}", self.name))?;
         let errors: Vec<String> = validator
             .iter_errors(value)
             .map(|e| {
@@ -422,6 +422,25 @@ impl Param {
             .collect();
         if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
     }
+}
+
+/// Compiled validators by schema text: resolving a machine's params checks
+/// every value, and compiling a schema costs far more than checking one.
+fn compiled(schema: &Value) -> Result<std::sync::Arc<jsonschema::Validator>, String> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<std::collections::HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let key = schema.to_string();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(v) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(v.clone());
+    }
+    let v = Arc::new(jsonschema::validator_for(schema).map_err(|e| e.to_string())?);
+    let mut map = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if map.len() >= 4096 {
+        map.clear();
+    }
+    map.insert(key, v.clone());
+    Ok(v)
 }
 
 object! {

@@ -353,8 +353,9 @@ async fn first_start_writes_a_random_admin_password_readable_only_by_its_owner()
         .spawn()
         .unwrap();
     let file = tmp.path().join("initial-admin-password");
+    let ca_key = tmp.path().join("tls/ca-key.pem");
     for _ in 0..200 {
-        if file.exists() && std::fs::metadata(&file).unwrap().len() > 0 {
+        if file.exists() && std::fs::metadata(&file).unwrap().len() > 0 && ca_key.exists() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -364,7 +365,7 @@ async fn first_start_writes_a_random_admin_password_readable_only_by_its_owner()
     let meta = std::fs::metadata(&file).expect("password file written");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert!(std::fs::read_to_string(&file).unwrap().trim().len() >= 20);
-    assert_eq!(std::fs::metadata(tmp.path().join("tls/ca-key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&ca_key).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ mod machine;
 mod params;
 mod template;
 
-pub use machine::{LoadError, MachineView, Provisioner, load};
+pub use machine::{
+    LoadError, MachineView, Provisioner, SHARED_KINDS, Shared, SharedCache, load, load_shared, load_with,
+};
 pub use params::{Layer, Layers, ResolveError, Resolved, resolve};
 pub use template::{FUEL, Hooks, INLINE, MAX_OUTPUT, RenderError, Source, TokenMinter, render};

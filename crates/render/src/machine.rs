@@ -3,7 +3,9 @@
 //! render context built from them.
 
 use crate::{Hooks, Layers, ResolveError, Resolved, Source, resolve};
-use plinth_model::{Arch, BootEnv, Firmware, Kind, Machine, Name, Object, Param, ParamName, Profile, Stage, Workflow};
+use plinth_model::{
+    Arch, BootEnv, Firmware, Kind, Machine, Name, Object, Param, ParamName, Profile, Stage, Subnet, Workflow,
+};
 use plinth_store::{Store, StoreError, StoreExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -43,41 +45,103 @@ async fn all<T: Object>(store: &dyn Store, kind: Kind) -> Result<Vec<T>, LoadErr
         .collect()
 }
 
-async fn one<T: Object>(store: &dyn Store, kind: Kind, key: &str) -> Result<Option<T>, LoadError> {
-    match store.get(kind, key).await? {
-        Some(r) => Ok(Some(plinth_model::decode(r.body).map_err(|e| LoadError::Corrupt(e.to_string()))?)),
-        None => Ok(None),
+/// What every machine's rendering reads besides the machine itself and its
+/// lease: profiles, params, templates, bootenvs, stages, workflows and
+/// subnets, decoded once.
+pub struct Shared {
+    pub profiles: HashMap<Name, Profile>,
+    pub params: HashMap<ParamName, Param>,
+    pub templates: Arc<HashMap<String, String>>,
+    pub bootenvs: HashMap<Name, BootEnv>,
+    pub stages: HashMap<Name, Stage>,
+    pub workflows: HashMap<Name, Workflow>,
+    pub subnets: HashMap<Name, Subnet>,
+}
+
+/// The kinds a [`Shared`] snapshot holds.
+pub const SHARED_KINDS: &[Kind] =
+    &[Kind::Profile, Kind::Param, Kind::Template, Kind::BootEnv, Kind::Stage, Kind::Workflow, Kind::Subnet];
+
+/// Reads a [`Shared`] snapshot from `store`.
+pub async fn load_shared(store: &dyn Store) -> Result<Shared, LoadError> {
+    Ok(Shared {
+        profiles: all::<Profile>(store, Kind::Profile).await?.into_iter().map(|p| (p.name.clone(), p)).collect(),
+        params: all::<Param>(store, Kind::Param).await?.into_iter().map(|p| (p.name.clone(), p)).collect(),
+        templates: Arc::new(
+            all::<plinth_model::Template>(store, Kind::Template)
+                .await?
+                .into_iter()
+                .map(|t| (t.name.to_string(), t.contents))
+                .collect(),
+        ),
+        bootenvs: all::<BootEnv>(store, Kind::BootEnv).await?.into_iter().map(|b| (b.name.clone(), b)).collect(),
+        stages: all::<Stage>(store, Kind::Stage).await?.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        workflows: all::<Workflow>(store, Kind::Workflow).await?.into_iter().map(|w| (w.name.clone(), w)).collect(),
+        subnets: all::<Subnet>(store, Kind::Subnet).await?.into_iter().map(|s| (s.name.clone(), s)).collect(),
+    })
+}
+
+/// A [`Shared`] snapshot kept between renders and dropped when any of its
+/// kinds changes. Changes are published by the store before a write is
+/// acknowledged, and every [`SharedCache::get`] first takes the ones
+/// pending, so a render never sees content older than a write that was
+/// already acknowledged.
+pub struct SharedCache {
+    store: Arc<dyn Store>,
+    changes: std::sync::Mutex<tokio::sync::broadcast::Receiver<plinth_store::Change>>,
+    current: std::sync::RwLock<Option<Arc<Shared>>>,
+}
+
+impl SharedCache {
+    /// A cache over `store`, empty until first used.
+    pub fn new(store: Arc<dyn Store>) -> SharedCache {
+        let changes = std::sync::Mutex::new(store.subscribe());
+        SharedCache { store, changes, current: std::sync::RwLock::new(None) }
+    }
+
+    /// The current snapshot, reloaded if content changed since the last.
+    pub async fn get(&self) -> Result<Arc<Shared>, LoadError> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let stale = {
+            let mut rx = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stale = false;
+            loop {
+                match rx.try_recv() {
+                    Ok(c) => stale |= SHARED_KINDS.contains(&c.kind),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Lagged(_)) => stale = true,
+                    Err(TryRecvError::Closed) => {
+                        stale = true;
+                        break;
+                    }
+                }
+            }
+            stale
+        };
+        if !stale && let Some(s) = self.current.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(s);
+        }
+        // A change that lands while this loads waits in the receiver and
+        // drops this snapshot at the next call.
+        let fresh = Arc::new(load_shared(self.store.as_ref()).await?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
     }
 }
 
 /// Loads and resolves what rendering for `machine` needs.
 pub async fn load(store: &dyn Store, machine: Machine) -> Result<MachineView, LoadError> {
-    let profiles: HashMap<Name, Profile> =
-        all::<Profile>(store, Kind::Profile).await?.into_iter().map(|p| (p.name.clone(), p)).collect();
-    let params: HashMap<ParamName, Param> =
-        all::<Param>(store, Kind::Param).await?.into_iter().map(|p| (p.name.clone(), p)).collect();
-    let stage: Option<Stage> = match &machine.stage {
-        Some(s) => one(store, Kind::Stage, s.as_str()).await?,
-        None => None,
-    };
-    let workflow: Option<Workflow> = match &machine.workflow {
-        Some(w) => one(store, Kind::Workflow, w.as_str()).await?,
-        None => None,
-    };
-    let resolved = resolve(&Layers {
-        machine: &machine,
-        profiles: &profiles,
-        stage: stage.as_ref(),
-        workflow: workflow.as_ref(),
-        params: &params,
-    })?;
-    let bootenv = one::<BootEnv>(store, Kind::BootEnv, machine.bootenv.as_str()).await?;
-    let templates = all::<plinth_model::Template>(store, Kind::Template)
-        .await?
-        .into_iter()
-        .map(|t| (t.name.to_string(), t.contents))
-        .collect::<HashMap<_, _>>()
-        .into();
+    load_with(store, &load_shared(store).await?, machine).await
+}
+
+/// Like [`load`], with the shared content already at hand: only the
+/// machine's lease is read from the store.
+pub async fn load_with(store: &dyn Store, shared: &Shared, machine: Machine) -> Result<MachineView, LoadError> {
+    let stage = machine.stage.as_ref().and_then(|s| shared.stages.get(s));
+    let workflow = machine.workflow.as_ref().and_then(|w| shared.workflows.get(w));
+    let resolved =
+        resolve(&Layers { machine: &machine, profiles: &shared.profiles, stage, workflow, params: &shared.params })?;
+    let bootenv = shared.bootenvs.get(&machine.bootenv).cloned();
     let mut lease: Option<plinth_model::Lease> = None;
     for mac in &machine.macs {
         let filter = plinth_store::Filter { path: vec!["mac".into()], value: Value::String(mac.to_string()) };
@@ -90,11 +154,8 @@ pub async fn load(store: &dyn Store, machine: Machine) -> Result<MachineView, Lo
             }
         }
     }
-    let subnet = match &lease {
-        Some(l) => one::<plinth_model::Subnet>(store, Kind::Subnet, l.subnet.as_str()).await?,
-        None => None,
-    };
-    Ok(MachineView { machine, params: resolved, bootenv, templates, lease, subnet })
+    let subnet = lease.as_ref().and_then(|l| shared.subnets.get(&l.subnet)).cloned();
+    Ok(MachineView { machine, params: resolved, bootenv, templates: shared.templates.clone(), lease, subnet })
 }
 
 /// Where the client reaches Plinth, and what it said about itself.

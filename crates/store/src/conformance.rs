@@ -25,6 +25,7 @@ macro_rules! conformance_tests {
             changes_are_published_after_commit,
             kinds_are_separate_namespaces,
             boot_events_append_in_order_and_filter_by_mac,
+            filters_follow_updates_and_deletes,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {
@@ -223,4 +224,52 @@ pub async fn boot_events_append_in_order_and_filter_by_mac(s: Arc<dyn Store>) {
         s.boot_events(&crate::BootEventQuery { mac: Some(mac), limit: 100, after: Some(mine[0].id) }).await.unwrap();
     assert_eq!(later.len(), 2);
     assert_eq!(later[0].address, Some("10.0.0.5".parse().unwrap()));
+}
+
+/// Filters see every write at once, whatever a backend keeps to answer
+/// them quickly (an index on MACs, say): updates move an object between
+/// results, deletes drop it, a failed batch changes nothing.
+pub async fn filters_follow_updates_and_deletes(s: Arc<dyn Store>) {
+    async fn by(s: &Arc<dyn Store>, kind: Kind, field: &str, v: &str) -> Vec<String> {
+        let f = Filter { path: vec![field.to_owned()], value: json!(v) };
+        s.list_all(kind, vec![f]).await.unwrap().into_iter().map(|r| r.key).collect()
+    }
+    let mac = "52:54:00:00:aa:01";
+    s.create(Kind::Machine, "m1", json!({"name": "one", "macs": [mac, "52:54:00:00:aa:02"]})).await.unwrap();
+    s.create(Kind::Lease, "10.0.0.5", json!({"mac": mac, "state": "bound"})).await.unwrap();
+    assert_eq!(by(&s, Kind::Machine, "macs", mac).await, ["m1"]);
+    assert_eq!(by(&s, Kind::Machine, "name", "one").await, ["m1"]);
+    assert_eq!(by(&s, Kind::Lease, "mac", mac).await, ["10.0.0.5"]);
+    assert!(by(&s, Kind::Lease, "macs", mac).await.is_empty(), "fields are per kind");
+
+    s.put(Kind::Machine, "m1", json!({"name": "uno", "macs": ["52:54:00:00:aa:02"]}), Expect::Revision(1))
+        .await
+        .unwrap();
+    assert!(by(&s, Kind::Machine, "macs", mac).await.is_empty(), "the removed MAC no longer matches");
+    assert!(by(&s, Kind::Machine, "name", "one").await.is_empty());
+    assert_eq!(by(&s, Kind::Machine, "macs", "52:54:00:00:aa:02").await, ["m1"]);
+
+    let failed = s
+        .apply(vec![
+            WriteOp::Put {
+                kind: Kind::Machine,
+                key: "m2".into(),
+                body: json!({"name": "two", "macs": [mac]}),
+                expect: Expect::Absent,
+            },
+            WriteOp::Put {
+                kind: Kind::Machine,
+                key: "m1".into(),
+                body: json!({"name": "x"}),
+                expect: Expect::Revision(9),
+            },
+        ])
+        .await;
+    assert!(failed.is_err());
+    assert!(by(&s, Kind::Machine, "macs", mac).await.is_empty(), "a failed batch left no trace");
+
+    s.delete(Kind::Machine, "m1", Expect::Any).await.unwrap();
+    s.delete(Kind::Lease, "10.0.0.5", Expect::Any).await.unwrap();
+    assert!(by(&s, Kind::Machine, "macs", "52:54:00:00:aa:02").await.is_empty());
+    assert!(by(&s, Kind::Lease, "mac", mac).await.is_empty());
 }

@@ -39,7 +39,93 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX boot_events_mac ON boot_events (mac, id);",
+    "CREATE TABLE lookup (
+        kind TEXT NOT NULL,
+        field TEXT NOT NULL,
+        value TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (kind, field, value, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX lookup_key ON lookup (kind, key);
+    CREATE TABLE lookup_fields (signature TEXT NOT NULL);",
 ];
+
+/// Top-level fields whose text values (or arrays of text) are kept in the
+/// `lookup` table, so an equality filter on them is an index lookup instead
+/// of a scan of the kind: the lookups a boot request makes (a machine by
+/// MAC, a lease by MAC) and the agent's (jobs and tokens of a machine).
+/// Changing this list rebuilds the table on the next start.
+const INDEXED: &[(Kind, &str)] = &[
+    (Kind::Machine, "macs"),
+    (Kind::Machine, "name"),
+    (Kind::Lease, "mac"),
+    (Kind::Job, "machine"),
+    (Kind::Token, "machine"),
+];
+
+fn indexed(kind: Kind, field: &str) -> bool {
+    INDEXED.iter().any(|(k, f)| *k == kind && *f == field)
+}
+
+fn lookup_signature() -> String {
+    INDEXED.iter().map(|(k, f)| format!("{}.{f}", k.plural())).collect::<Vec<_>>().join(",")
+}
+
+/// Replaces the lookup rows of one object.
+fn index_object(tx: &Connection, kind: Kind, key: &str, body: Option<&Value>) -> Result<(), StoreError> {
+    if !INDEXED.iter().any(|(k, _)| *k == kind) {
+        return Ok(());
+    }
+    tx.prepare_cached("DELETE FROM lookup WHERE kind = ?1 AND key = ?2")
+        .map_err(backend)?
+        .execute(params![kind.plural(), key])
+        .map_err(backend)?;
+    let Some(body) = body else { return Ok(()) };
+    let mut insert = tx
+        .prepare_cached("INSERT OR IGNORE INTO lookup (kind, field, value, key) VALUES (?1, ?2, ?3, ?4)")
+        .map_err(backend)?;
+    for (_, field) in INDEXED.iter().filter(|(k, _)| *k == kind) {
+        let values: Vec<&str> = match body.get(*field) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        for v in values {
+            insert.execute(params![kind.plural(), field, v, key]).map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the lookup table when the indexed fields changed (or on the
+/// migration that created it).
+fn rebuild_lookup(tx: &Connection) -> Result<(), StoreError> {
+    let have: Option<String> =
+        tx.query_row("SELECT signature FROM lookup_fields", [], |r| r.get(0)).optional().map_err(backend)?;
+    let want = lookup_signature();
+    if have.as_deref() == Some(want.as_str()) {
+        return Ok(());
+    }
+    tx.execute("DELETE FROM lookup", []).map_err(backend)?;
+    let mut kinds: Vec<Kind> = INDEXED.iter().map(|(k, _)| *k).collect();
+    kinds.dedup();
+    for kind in kinds {
+        let rows: Vec<(String, String)> = tx
+            .prepare("SELECT key, body FROM objects WHERE kind = ?1")
+            .map_err(backend)?
+            .query_map(params![kind.plural()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
+        for (key, text) in rows {
+            index_object(tx, kind, &key, Some(&parse_body(kind, &key, &text)?))?;
+        }
+    }
+    tx.execute("DELETE FROM lookup_fields", []).map_err(backend)?;
+    tx.execute("INSERT INTO lookup_fields (signature) VALUES (?1)", params![want]).map_err(backend)?;
+    tracing::info!(fields = %want, "rebuilt the store's lookup index");
+    Ok(())
+}
 
 const READERS: usize = 3;
 
@@ -130,6 +216,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tracing::info!(version = i + 1, "applied store migration");
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len()).map_err(backend)?;
+    rebuild_lookup(&tx)?;
     tx.commit().map_err(backend)
 }
 
@@ -236,6 +323,7 @@ fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>) -> Result<Vec<Change>, S
                     params![kind.plural(), key, revision, created, now_text, text],
                 )
                 .map_err(backend)?;
+                index_object(&tx, kind, &key, Some(&body))?;
                 let action = if revision == 1 { Action::Created } else { Action::Updated };
                 changes.push(Change { kind, action, key, revision, object: body });
             }
@@ -255,6 +343,7 @@ fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>) -> Result<Vec<Change>, S
                 let object = parse_body(kind, &key, &text)?;
                 tx.execute("DELETE FROM objects WHERE kind = ?1 AND key = ?2", params![kind.plural(), key])
                     .map_err(backend)?;
+                index_object(&tx, kind, &key, None)?;
                 changes.push(Change { kind, action: Action::Deleted, key, revision, object });
             }
         }
@@ -289,7 +378,18 @@ impl Store for SqliteStore {
             sql.push_str(&format!(" AND key > ?{}", args.len()));
         }
         for f in &query.filters {
-            filter_sql(f, &mut sql, &mut args)?;
+            match (&f.path[..], &f.value) {
+                ([field], Value::String(v)) if indexed(kind, field) => {
+                    args.push(SqlValue::Text(field.clone()));
+                    args.push(SqlValue::Text(v.clone()));
+                    let n = args.len();
+                    sql.push_str(&format!(
+                        " AND key IN (SELECT key FROM lookup WHERE kind = ?1 AND field = ?{} AND value = ?{n})",
+                        n - 1
+                    ));
+                }
+                _ => filter_sql(f, &mut sql, &mut args)?,
+            }
         }
         sql.push_str(&format!(" ORDER BY key LIMIT {}", limit + 1));
         self.with_reader(move |conn| {

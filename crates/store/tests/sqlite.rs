@@ -38,3 +38,21 @@ async fn refuses_a_database_from_a_newer_plinth() {
     let e = SqliteStore::open(&path).err().expect("refused");
     assert!(e.to_string().contains("newer than this Plinth"), "{e}");
 }
+
+#[tokio::test]
+async fn a_database_from_before_the_lookup_index_is_indexed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plinth.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.create(Kind::Machine, "m", json!({"name": "m", "macs": ["52:54:00:00:00:0a"]})).await.unwrap();
+    }
+    // Back to schema version 2, as a database written before the index.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("DROP TABLE lookup; DROP TABLE lookup_fields; PRAGMA user_version = 2;").unwrap();
+    drop(c);
+    let s = SqliteStore::open(&path).unwrap();
+    let f = plinth_store::Filter { path: vec!["macs".into()], value: json!("52:54:00:00:00:0a") };
+    let found = s.list_all(Kind::Machine, vec![f]).await.unwrap();
+    assert_eq!(found.len(), 1);
+}
