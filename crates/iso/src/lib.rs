@@ -126,6 +126,11 @@ fn parse_record(b: &[u8]) -> Result<Record<'_>, IsoError> {
     })
 }
 
+/// The first directory record of a directory's data (its `.` entry).
+fn first_record(dir: &[u8]) -> Option<&[u8]> {
+    dir.get(..*dir.first()? as usize)
+}
+
 /// What the Rock Ridge entries of one record say.
 #[derive(Default)]
 struct RockRidge {
@@ -166,7 +171,7 @@ impl<R: Read + Seek> Iso<R> {
         let mut iso = Iso { r, image_len, naming: Naming::Plain, root, volume_id };
         // Rock Ridge: the root's "." record starts its system use area with SP.
         let first = iso.read_extent(root, SECTOR)?;
-        let dot = parse_record(first.get(..first[0] as usize).ok_or_else(|| corrupt("root directory is empty"))?)?;
+        let dot = parse_record(first_record(&first).ok_or_else(|| corrupt("root directory is empty"))?)?;
         let su = dot.system_use;
         if su.len() >= 7 && &su[0..2] == b"SP" && su[4] == 0xBE && su[5] == 0xEF {
             iso.naming = Naming::RockRidge { skip: su[6] };
@@ -317,7 +322,7 @@ impl<R: Read + Seek> Iso<R> {
             } else if let Some(lba) = rr.child_link {
                 let first = self.read_extent(Extent { lba, len: SECTOR as u32 }, SECTOR)?;
                 let dot = parse_record(
-                    first.get(..first[0] as usize).ok_or_else(|| corrupt("relocated directory is empty"))?,
+                    first_record(&first).ok_or_else(|| corrupt("relocated directory is empty"))?,
                 )?;
                 Entry::Dir { name, extent: Extent { lba, len: dot.extent.len } }
             } else if is_dir {

@@ -181,6 +181,11 @@ fn broken_images_are_errors_not_panics() {
         return;
     }
     let iso = std::fs::read(make(dir.path(), "xorriso", &["-R", "-J"])).unwrap();
+    // Found by the fuzzer: a root directory of length 0.
+    let mut empty_root = iso.clone();
+    let len_at = 16 * 2048 + 156 + 10;
+    empty_root[len_at..len_at + 4].copy_from_slice(&[0; 4]);
+    assert!(Iso::open(std::io::Cursor::new(empty_root)).is_err());
     // Cut short, and bytes flipped across the descriptors and directories:
     // every outcome is Ok or an error.
     for cut in [17 * 2048, 20 * 2048, iso.len() / 2] {
