@@ -321,9 +321,7 @@ impl<R: Read + Seek> Iso<R> {
                 Entry::Symlink { name }
             } else if let Some(lba) = rr.child_link {
                 let first = self.read_extent(Extent { lba, len: SECTOR as u32 }, SECTOR)?;
-                let dot = parse_record(
-                    first_record(&first).ok_or_else(|| corrupt("relocated directory is empty"))?,
-                )?;
+                let dot = parse_record(first_record(&first).ok_or_else(|| corrupt("relocated directory is empty"))?)?;
                 Entry::Dir { name, extent: Extent { lba, len: dot.extent.len } }
             } else if is_dir {
                 Entry::Dir { name, extent: rec.extent }
