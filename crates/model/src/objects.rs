@@ -79,6 +79,25 @@ pub enum Arch {
     Arm64,
 }
 
+/// Where a machine is in its workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowState {
+    /// No workflow, or not started.
+    #[default]
+    Idle,
+    /// Jobs are handed out as the agent asks.
+    Running,
+    /// Waiting for the machine to boot its new bootenv (the agent reboots it).
+    Rebooting,
+    /// Stopped by a task (exit code 66) or an operator; resume to go on.
+    Paused,
+    /// A task failed past its retries; `last_job` is the failing job.
+    Failed,
+    /// Every stage ran.
+    Complete,
+}
+
 /// Boot firmware of a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -175,6 +194,25 @@ object! {
         /// Current job, if one is handed out.
         #[serde(default)]
         pub current_job: Option<JobId>,
+        /// Where the machine is in its workflow (set by the workflow engine).
+        #[serde(default)]
+        pub workflow_state: WorkflowState,
+        /// Position of the next task within the current stage.
+        #[serde(default)]
+        pub task_index: u32,
+        /// Failed runs of the current task so far (for its `retries`).
+        #[serde(default)]
+        pub task_attempts: u32,
+        /// The last job that ended (the failing one when `workflow_state` is `failed`).
+        #[serde(default)]
+        pub last_job: Option<JobId>,
+        /// Boot id (`/proc/sys/kernel/random/boot_id`) the agent last reported.
+        #[serde(default)]
+        pub boot_id: Option<String>,
+        /// While `rebooting`: the boot the machine must leave (the agent's
+        /// requests from it are told to reboot again).
+        #[serde(default)]
+        pub reboot_from: Option<String>,
         /// Profiles applied in order (first wins).
         #[serde(default)]
         pub profiles: Vec<Name>,
@@ -579,6 +617,13 @@ pub enum JobState {
     Incomplete,
 }
 
+impl JobState {
+    /// Whether the job has ended.
+    pub fn ended(self) -> bool {
+        matches!(self, JobState::Finished | JobState::Failed | JobState::Incomplete)
+    }
+}
+
 object! {
     /// One execution of one task on one machine.
     pub struct Job : Job, key = id {
@@ -607,6 +652,15 @@ object! {
         /// When it ended.
         #[serde(default)]
         pub ended_at: Option<DateTime<Utc>>,
+        /// Which run of the task this is (1 for the first).
+        #[serde(default)]
+        pub attempt: u32,
+        /// What the task asked for when it ended: `reboot`, `poweroff` or `stop`.
+        #[serde(default)]
+        pub action: Option<String>,
+        /// Why it ended as it did, for humans (`timed out after 60 s`).
+        #[serde(default)]
+        pub reason: String,
     }
 }
 

@@ -26,6 +26,7 @@ macro_rules! conformance_tests {
             kinds_are_separate_namespaces,
             boot_events_append_in_order_and_filter_by_mac,
             filters_follow_updates_and_deletes,
+            job_logs_keep_order_and_ignore_resent_chunks,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {
@@ -272,4 +273,17 @@ pub async fn filters_follow_updates_and_deletes(s: Arc<dyn Store>) {
     s.delete(Kind::Lease, "10.0.0.5", Expect::Any).await.unwrap();
     assert!(by(&s, Kind::Machine, "macs", "52:54:00:00:aa:02").await.is_empty());
     assert!(by(&s, Kind::Lease, "mac", mac).await.is_empty());
+}
+
+/// Job log chunks come back in sequence order whatever order they arrived
+/// in; a chunk resent under the same number is not stored twice.
+pub async fn job_logs_keep_order_and_ignore_resent_chunks(s: Arc<dyn Store>) {
+    let job = plinth_model::JobId::generate();
+    let other = plinth_model::JobId::generate();
+    assert!(s.append_job_log(job, 1, "two\n".into()).await.unwrap());
+    assert!(s.append_job_log(job, 0, "one\n".into()).await.unwrap());
+    assert!(!s.append_job_log(job, 1, "two again\n".into()).await.unwrap(), "a resent chunk is a no-op");
+    assert!(s.append_job_log(other, 0, "elsewhere".into()).await.unwrap());
+    assert_eq!(s.job_log(job).await.unwrap(), "one\ntwo\n");
+    assert_eq!(s.job_log(plinth_model::JobId::generate()).await.unwrap(), "");
 }

@@ -160,6 +160,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Boot events in id order, optionally for one MAC, after an id.
     async fn boot_events(&self, query: &BootEventQuery) -> Result<Vec<BootEvent>, StoreError>;
+
+    /// Appends chunk number `seq` of a job's log. A chunk already stored
+    /// under that number is kept and `false` returned, so an agent that
+    /// resends after a lost reply does not duplicate output.
+    async fn append_job_log(&self, job: plinth_model::JobId, seq: u64, chunk: String) -> Result<bool, StoreError>;
+
+    /// A job's log: its chunks in `seq` order, joined, and the bytes stored.
+    async fn job_log(&self, job: plinth_model::JobId) -> Result<String, StoreError>;
 }
 
 /// A boot event query.

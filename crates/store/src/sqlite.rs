@@ -48,6 +48,13 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX lookup_key ON lookup (kind, key);
     CREATE TABLE lookup_fields (signature TEXT NOT NULL);",
+    "CREATE TABLE job_logs (
+        job TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        chunk TEXT NOT NULL,
+        PRIMARY KEY (job, seq)
+    ) WITHOUT ROWID;",
 ];
 
 /// Top-level fields whose text values (or arrays of text) are kept in the
@@ -461,6 +468,36 @@ impl Store for SqliteStore {
         })
         .await
         .map_err(backend)?
+    }
+
+    async fn append_job_log(&self, job: plinth_model::JobId, seq: u64, chunk: String) -> Result<bool, StoreError> {
+        let inner = self.inner.clone();
+        let at = serde_json::to_value(plinth_model::now()).map_err(backend)?;
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.writer.lock().map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
+            let n = conn
+                .prepare_cached("INSERT OR IGNORE INTO job_logs (job, seq, at, chunk) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(backend)?
+                .execute(params![job.to_string(), seq as i64, at.as_str().unwrap_or_default(), chunk])
+                .map_err(backend)?;
+            Ok(n == 1)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    async fn job_log(&self, job: plinth_model::JobId) -> Result<String, StoreError> {
+        self.with_reader(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT chunk FROM job_logs WHERE job = ?1 ORDER BY seq").map_err(backend)?;
+            let rows = stmt.query_map(params![job.to_string()], |r| r.get::<_, String>(0)).map_err(backend)?;
+            let mut out = String::new();
+            for r in rows {
+                out.push_str(&r.map_err(backend)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn boot_events(&self, query: &BootEventQuery) -> Result<Vec<BootEvent>, StoreError> {

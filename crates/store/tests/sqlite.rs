@@ -49,7 +49,8 @@ async fn a_database_from_before_the_lookup_index_is_indexed_on_open() {
     }
     // Back to schema version 2, as a database written before the index.
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("DROP TABLE lookup; DROP TABLE lookup_fields; PRAGMA user_version = 2;").unwrap();
+    c.execute_batch("DROP TABLE lookup; DROP TABLE lookup_fields; DROP TABLE job_logs; PRAGMA user_version = 2;")
+        .unwrap();
     drop(c);
     let s = SqliteStore::open(&path).unwrap();
     let f = plinth_store::Filter { path: vec!["macs".into()], value: json!("52:54:00:00:00:0a") };
