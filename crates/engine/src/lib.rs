@@ -48,7 +48,7 @@ pub enum EngineError {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Next {
     /// Run this job.
-    Run { job: Job },
+    Run { job: Box<Job> },
     /// Reboot (into the bootenv the machine now has).
     Reboot,
     /// Nothing to do now; ask again later (or when told by the event stream).
@@ -235,7 +235,7 @@ impl Engine {
                         let job: Job = decode(r.body)?;
                         match job.state {
                             // Asked again before starting it: the same job.
-                            JobState::Created if !new_boot => return Ok(Next::Run { job }),
+                            JobState::Created if !new_boot => return Ok(Next::Run { job: Box::new(job) }),
                             JobState::Created | JobState::Running => {
                                 let why = if new_boot {
                                     "the machine rebooted while the job was handed out or running"
@@ -264,8 +264,7 @@ impl Engine {
             };
             let (wf, _) = self.get::<Workflow>(Kind::Workflow, wf_name.as_str()).await?;
             // Walk forward to the next task, across finished stages.
-            loop {
-                let Some(stage_name) = m.stage.clone() else { break };
+            while let Some(stage_name) = m.stage.clone() {
                 let (stage, _) = self.get::<Stage>(Kind::Stage, stage_name.as_str()).await?;
                 if let Some(task_name) = stage.tasks.get(m.task_index as usize) {
                     let (task, _) = self.get::<Task>(Kind::Task, task_name.as_str()).await?;
@@ -298,7 +297,7 @@ impl Engine {
                         break;
                     }
                     let stored = self.get::<Job>(Kind::Job, &job.id.to_string()).await?.0;
-                    return Ok(Next::Run { job: stored });
+                    return Ok(Next::Run { job: Box::new(stored) });
                 }
                 // The stage is done.
                 let index = wf.stages.iter().position(|s| *s == stage.name).map_or(wf.stages.len(), |i| i + 1);

@@ -40,7 +40,7 @@ async fn machine(store: &dyn Store, id: MachineId) -> Machine {
 
 fn job_of(n: Next) -> plinth_model::Job {
     match n {
-        Next::Run { job } => job,
+        Next::Run { job } => *job,
         other => panic!("expected a job, got {other:?}"),
     }
 }
