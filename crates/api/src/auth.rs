@@ -37,11 +37,17 @@ pub struct Principal {
 }
 
 /// Whether a machine token for `machine` may make this request: it reads its
-/// own machine and that machine's resolved params, nothing else. (Its
-/// agent's job routes come with the workflow engine.)
+/// own machine and that machine's resolved params, asks for its next job,
+/// and works on jobs (each job route then checks the job is its machine's).
 fn machine_may(machine: plinth_model::MachineId, method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
     let own = format!("/api/v1/machines/{machine}");
-    method == axum::http::Method::GET && (path == own || path == format!("{own}/params"))
+    let job_route = path.strip_prefix("/api/v1/jobs/").and_then(|rest| rest.split_once('/')).map(|(_, r)| r);
+    match *method {
+        Method::GET => path == own || path == format!("{own}/params") || matches!(job_route, Some("log" | "files")),
+        Method::POST => path == format!("{own}/next") || matches!(job_route, Some("start" | "finish" | "log")),
+        _ => false,
+    }
 }
 
 /// Hashes a password with Argon2id and a random salt.

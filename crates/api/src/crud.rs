@@ -84,6 +84,21 @@ pub(crate) async fn read_json(headers: &HeaderMap, body: Body) -> Result<Value, 
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))
 }
 
+/// Like [`read_json`], but an empty body is `None`.
+pub(crate) async fn read_json_or_empty(headers: &HeaderMap, body: Body) -> Result<Option<Value>, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| ApiError::TooLarge(MAX_BODY))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        if !ct.contains("json") {
+            return Err(ApiError::UnsupportedMediaType(format!("expected a JSON body (application/json), got `{ct}`")));
+        }
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))
+}
+
 fn check_writable(kind: Kind) -> Result<(), ApiError> {
     if kind.writable_via_api() { Ok(()) } else { Err(ApiError::MethodNotAllowed) }
 }
@@ -129,7 +144,7 @@ async fn prepare(
 
 /// Every param value in `params` must belong to a defined param and satisfy
 /// its schema.
-async fn check_param_values(state: &AppState, kind: Kind, key: &str, body: &Value) -> Result<(), ApiError> {
+pub(crate) async fn check_param_values(state: &AppState, kind: Kind, key: &str, body: &Value) -> Result<(), ApiError> {
     if !matches!(kind, Kind::Machine | Kind::Profile | Kind::Stage | Kind::Workflow) {
         return Ok(());
     }

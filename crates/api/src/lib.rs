@@ -10,6 +10,7 @@
 //! It must never serve boot files: those belong to the plain-HTTP boot server.
 #![forbid(unsafe_code)]
 
+mod agent;
 mod auth;
 mod crud;
 mod error;
@@ -50,6 +51,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/boot-events", get(events::boot_events))
         .route("/api/v1/machines/{id}/params", get(params::machine_params))
         .route("/api/v1/render", post(params::render))
+        .route("/api/v1/machines/{id}/workflow", post(agent::assign))
+        .route("/api/v1/machines/{id}/resume", post(agent::resume))
+        .route("/api/v1/machines/{id}/next", post(agent::next))
+        .route("/api/v1/jobs/{id}/start", post(agent::start))
+        .route("/api/v1/jobs/{id}/finish", post(agent::finish))
+        .route("/api/v1/jobs/{id}/log", get(agent::log).post(agent::append_log))
+        .route("/api/v1/jobs/{id}/files", get(agent::files))
         .route("/api/v1/{kind}", get(crud::list).post(crud::create))
         .route("/api/v1/{kind}/{key}", get(crud::show).put(crud::replace).patch(crud::patch).delete(crud::delete))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));

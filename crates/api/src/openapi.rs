@@ -144,6 +144,42 @@ pub fn build() -> Value {
             "bootenv_file": {"type": "string", "description": "a file of the machine's bootenv, by path or name"}}}}}},
         "responses": merge(json!({"200": {"description": "the rendered text", "content": {"application/json": {"schema": {"type": "object",
             "properties": {"output": {"type": "string"}}}}}}}), error_responses(&["400", "401", "404", "409", "413", "415"]))}}));
+    let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    let obj = json!({"application/json": {"schema": {"type": "object"}}});
+    let agent_route = |op: &str, summary: &str, req: Option<Value>, ok: &str, errors: &[&str]| {
+        let mut o = json!({"operationId": op, "tags": ["workflows"], "summary": summary, "parameters": [id_param.clone()],
+            "responses": merge(json!({"200": {"description": ok, "content": obj.clone()}}), error_responses(errors))});
+        if let Some(schema) = req {
+            o["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": schema}}});
+        }
+        o
+    };
+    paths.insert("/api/v1/machines/{id}/workflow".into(), json!({"post": agent_route("assign_workflow",
+        "Start a workflow on a machine from its first stage", Some(json!({"type": "object", "required": ["workflow"], "properties": {"workflow": {"type": "string"}}})),
+        "the machine", &["400", "401", "404", "409"])}));
+    paths.insert(
+        "/api/v1/machines/{id}/resume".into(),
+        json!({"post": agent_route("resume_workflow",
+        "Go on after a failed task (it runs again) or a pause", None, "the machine", &["400", "401", "404", "409"])}),
+    );
+    paths.insert("/api/v1/machines/{id}/next".into(), json!({"post": agent_route("next_job",
+        "The agent's next step: run a job, reboot, or wait (long poll up to wait_secs, at most 60)",
+        Some(json!({"type": "object", "properties": {"boot_id": {"type": "string"}, "wait_secs": {"type": "integer", "minimum": 0, "maximum": 60}}})),
+        "{action: run, job} | {action: reboot} | {action: wait, state}", &["400", "401", "403", "404", "409"])}));
+    paths.insert("/api/v1/jobs/{id}/start".into(), json!({"post": agent_route("start_job", "The agent started the job", None, "the job", &["401", "403", "404", "409"])}));
+    paths.insert("/api/v1/jobs/{id}/finish".into(), json!({"post": agent_route("finish_job",
+        "How the job ended: exit code (0 ok, 64 ok+reboot, 65 ok+poweroff, 66 ok+pause, else failed), reason, params to set on the machine",
+        Some(json!({"type": "object", "required": ["exit_code"], "properties": {"exit_code": {"type": "integer"}, "reason": {"type": "string"}, "params": {"type": "object"}}})),
+        "the job", &["400", "401", "403", "404", "409"])}));
+    let mut log = json!({"get": agent_route("job_log", "The job's output so far (text/plain)", None, "the log", &["401", "403", "404"]),
+        "post": agent_route("append_job_log", "Chunk `seq` of the job's output; a resent chunk is stored once",
+            Some(json!({"type": "object", "required": ["seq", "text"], "properties": {"seq": {"type": "integer", "minimum": 0}, "text": {"type": "string"}}})),
+            "{stored}", &["400", "401", "403", "404"])});
+    log["get"]["responses"]["200"] =
+        json!({"description": "the log", "content": {"text/plain": {"schema": {"type": "string"}}}});
+    paths.insert("/api/v1/jobs/{id}/log".into(), log);
+    paths.insert("/api/v1/jobs/{id}/files".into(), json!({"get": agent_route("job_files",
+        "The job's task rendered for its machine: [{name, path, contents}]", None, "the files", &["401", "403", "404", "409"])}));
     paths.insert("/api/v1/info".into(), json!({"get": {"operationId": "info", "tags": ["meta"], "summary": "Server name and version",
         "responses": merge(json!({"200": {"description": "version", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401"]))}}));
     paths.insert("/api/v1/openapi.json".into(), json!({"get": {"operationId": "openapi", "tags": ["meta"], "summary": "This document",

@@ -169,6 +169,20 @@ impl Client {
         Ok(self.reply(resp).await?.body)
     }
 
+    /// `GET path` answered with text (a job log).
+    pub async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let mut req = self.http.get(format!("{}{path}", self.endpoint));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| self.connect_error(e))?;
+        if resp.status().is_success() {
+            resp.text().await.map_err(|e| self.connect_error(e))
+        } else {
+            Err(self.reply(resp).await.err().unwrap_or(ClientError::Input("refused".into())))
+        }
+    }
+
     /// Opens the event stream; returns the raw response to read lines from.
     pub async fn events(&self, query: &str) -> Result<reqwest::Response, ClientError> {
         let mut req = self.http.get(format!("{}/api/v1/events{query}", self.endpoint));

@@ -149,6 +149,16 @@ fn kind_command(kind: Kind) -> Command {
                 .arg(if_match_arg()),
         );
     if kind == Kind::Machine {
+        cmd = cmd
+            .subcommand(
+                Command::new("workflow")
+                    .about("Start a workflow on a machine from its first stage")
+                    .arg(key())
+                    .arg(Arg::new("workflow").required(true).help("The workflow's name")),
+            )
+            .subcommand(
+                Command::new("resume").about("Go on after a failed task (it runs again) or a pause").arg(key()),
+            );
         cmd = cmd.subcommand(
             Command::new("params").about("Show a machine's resolved params").arg(key()).arg(
                 Arg::new("explain")
@@ -157,6 +167,9 @@ fn kind_command(kind: Kind) -> Command {
                     .help("Show where each value came from and what it shadows"),
             ),
         );
+    }
+    if kind == Kind::Job {
+        cmd = cmd.subcommand(Command::new("log").about("Print a job's output").arg(key()));
     }
     if kind == Kind::BootEnv {
         cmd = cmd.subcommand(
@@ -484,6 +497,18 @@ async fn object_command(
             ))
         }
         "import-iso" => import_iso(c, m).await,
+        "workflow" => {
+            let wf = m.get_one::<String>("workflow").cloned().unwrap_or_default();
+            let body = serde_json::json!({"workflow": wf});
+            Ok(output::one(
+                &c.call(Method::POST, &format!("{}/workflow", key_path()), Some(&body), None).await?.body,
+                format,
+            ))
+        }
+        "resume" => {
+            Ok(output::one(&c.call(Method::POST, &format!("{}/resume", key_path()), None, None).await?.body, format))
+        }
+        "log" => c.text(&format!("{}/log", key_path())).await,
         other => Err(ClientError::Input(format!("unknown action `{other}`"))),
     }
 }

@@ -319,6 +319,63 @@ impl MachineView {
             .collect()
     }
 
+    /// A task's templates rendered for this machine, in order: scripts to
+    /// run (no path) and files to write (with their rendered path), as
+    /// `(name, path, contents)`. Every param the task requires must have a
+    /// value.
+    #[allow(clippy::type_complexity)]
+    pub fn render_task(
+        &self,
+        task: &plinth_model::Task,
+        provisioner: &Provisioner,
+    ) -> Result<Vec<(String, Option<String>, String)>, crate::RenderError> {
+        let missing: Vec<&str> =
+            task.required_params.iter().filter(|p| !self.params.contains_key(*p)).map(|p| p.as_str()).collect();
+        if !missing.is_empty() {
+            return Err(crate::RenderError {
+                template: format!("task `{}`", task.name),
+                line: None,
+                message: format!(
+                    "requires params with no value for machine `{}`: {}",
+                    self.machine.name,
+                    missing.join(", ")
+                ),
+            });
+        }
+        let ctx = self.context(provisioner)?;
+        let params = Arc::new(self.plain_params());
+        task.templates
+            .iter()
+            .map(|t| {
+                let path = match &t.path {
+                    Some(p) => Some(
+                        crate::render(
+                            self.templates.clone(),
+                            Source::Inline(p),
+                            &ctx,
+                            params.clone(),
+                            &Hooks::default(),
+                        )?
+                        .trim()
+                        .to_owned(),
+                    ),
+                    None => None,
+                };
+                let source = match (&t.template, &t.contents) {
+                    (Some(name), _) => Source::Named(name.as_str()),
+                    (None, Some(text)) => Source::Inline(text),
+                    (None, None) => Source::Inline(""),
+                };
+                let text = crate::render(self.templates.clone(), source, &ctx, params.clone(), &provisioner.hooks)
+                    .map_err(|e| crate::RenderError {
+                        template: format!("task `{}` {}: {}", task.name, t.name, e.template),
+                        ..e
+                    })?;
+                Ok((t.name.clone(), path, text))
+            })
+            .collect()
+    }
+
     /// The bootenv file whose rendered path is `path`, rendered.
     pub fn render_path(&self, path: &str, provisioner: &Provisioner) -> Option<Result<String, crate::RenderError>> {
         let b = self.bootenv.as_ref()?;
