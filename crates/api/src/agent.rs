@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use plinth_engine::{Engine, EngineError, Next, Outcome};
 use plinth_model::{Job, JobId, Kind, Machine, MachineId, Name, ParamValues};
+use plinth_store::StoreExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -255,4 +256,41 @@ pub async fn files(
             .map(|(name, path, contents)| json!({"name": name, "path": path, "contents": contents}))
             .collect(),
     )))
+}
+
+/// `POST /api/v1/machines/{id}/inventory`: the agent reports the hardware
+/// it found; stored as the machine's `inventory`.
+pub async fn inventory(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    let id = machine_id(&id)?;
+    let Some(inv) = crate::crud::read_json_or_empty(&headers, b).await? else {
+        return Err(ApiError::BadRequest("the request needs the inventory as a JSON object".into()));
+    };
+    if !inv.is_object() {
+        return Err(ApiError::BadRequest("the inventory must be a JSON object".into()));
+    }
+    for _ in 0..20 {
+        let record = state
+            .store
+            .get(Kind::Machine, &id.to_string())
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("machines `{id}` not found")))?;
+        let mut m: Machine = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+        m.inventory = inv.clone();
+        let body = serde_json::to_value(&m).map_err(|e| ApiError::Internal(e.to_string()))?;
+        match state
+            .store
+            .put(Kind::Machine, &id.to_string(), body, plinth_store::Expect::Revision(record.revision))
+            .await
+        {
+            Ok(_) => return Ok(Json(machine_json(&m)?)),
+            Err(plinth_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Conflict("the machine kept changing; try again".into()))
 }

@@ -45,7 +45,11 @@ fn machine_may(machine: plinth_model::MachineId, method: &axum::http::Method, pa
     let job_route = path.strip_prefix("/api/v1/jobs/").and_then(|rest| rest.split_once('/')).map(|(_, r)| r);
     match *method {
         Method::GET => path == own || path == format!("{own}/params") || matches!(job_route, Some("log" | "files")),
-        Method::POST => path == format!("{own}/next") || matches!(job_route, Some("start" | "finish" | "log")),
+        Method::POST => {
+            path == format!("{own}/next")
+                || path == format!("{own}/inventory")
+                || matches!(job_route, Some("start" | "finish" | "log"))
+        }
         _ => false,
     }
 }

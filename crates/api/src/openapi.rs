@@ -166,6 +166,8 @@ pub fn build() -> Value {
         "The agent's next step: run a job, reboot, or wait (long poll up to wait_secs, at most 60)",
         Some(json!({"type": "object", "properties": {"boot_id": {"type": "string"}, "wait_secs": {"type": "integer", "minimum": 0, "maximum": 60}}})),
         "{action: run, job} | {action: reboot} | {action: wait, state}", &["400", "401", "403", "404", "409"])}));
+    paths.insert("/api/v1/machines/{id}/inventory".into(), json!({"post": agent_route("machine_inventory",
+        "The agent reports the machine's hardware (stored as `inventory`)", Some(json!({"type": "object"})), "the machine", &["400", "401", "403", "404", "409"])}));
     paths.insert("/api/v1/jobs/{id}/start".into(), json!({"post": agent_route("start_job", "The agent started the job", None, "the job", &["401", "403", "404", "409"])}));
     paths.insert("/api/v1/jobs/{id}/finish".into(), json!({"post": agent_route("finish_job",
         "How the job ended: exit code (0 ok, 64 ok+reboot, 65 ok+poweroff, 66 ok+pause, else failed), reason, params to set on the machine",

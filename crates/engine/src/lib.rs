@@ -279,6 +279,7 @@ impl Engine {
                         started_at: None,
                         ended_at: None,
                         attempt: m.task_attempts + 1,
+                        timeout_secs: task.timeout_secs,
                         action: None,
                         reason: String::new(),
                         meta: Default::default(),

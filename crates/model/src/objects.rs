@@ -655,6 +655,9 @@ object! {
         /// Which run of the task this is (1 for the first).
         #[serde(default)]
         pub attempt: u32,
+        /// Time limit of this run, from the task (the agent enforces it).
+        #[serde(default = "default_task_timeout")]
+        pub timeout_secs: u32,
         /// What the task asked for when it ended: `reboot`, `poweroff` or `stop`.
         #[serde(default)]
         pub action: Option<String>,

@@ -1,0 +1,407 @@
+//! `plinth-agent`: runs on a machine (discovery, an installed OS, a cloud
+//! VM). It reports the machine's inventory, asks Plinth for its next step
+//! (long poll), runs the job's rendered scripts with the job's time limit,
+//! streams their output in numbered chunks, and reports how it ended. Every
+//! call is retried with backoff; the server makes retries harmless (the same
+//! job until it is started, a log chunk stored once, an end reported once).
+//!
+//! Task contract: scripts run in order as root with `PLINTH_ENDPOINT`,
+//! `PLINTH_MACHINE`, `PLINTH_JOB` and `PLINTH_RESULT` set; a script may write
+//! `{"params": {...}}` to `$PLINTH_RESULT` to set params on its machine.
+//! Exit 0 is success, 64 success + reboot, 65 success + power off, 66
+//! success + pause the workflow; anything else fails the job.
+#![forbid(unsafe_code)]
+
+mod inventory;
+
+use clap::{Arg, ArgAction, Command, value_parser};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+struct Agent {
+    http: reqwest::Client,
+    endpoint: String,
+    token: String,
+    machine: String,
+    boot_id: Option<String>,
+    root: PathBuf,
+    work: PathBuf,
+    reboot_cmd: String,
+    poweroff_cmd: String,
+    once: bool,
+}
+
+fn log(msg: &str) {
+    eprintln!("plinth-agent: {msg}");
+}
+
+impl Agent {
+    /// One API call, retried with backoff until it gets an answer that is
+    /// not a connection error or a 5xx; 4xx answers are returned.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let mut req =
+                self.http.request(method.clone(), format!("{}{path}", self.endpoint)).bearer_auth(&self.token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) if resp.status().is_server_error() => {
+                    log(&format!("{path}: server answered {}", resp.status()))
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)));
+                    }
+                    return Err(format!("{path}: {status}: {text}"));
+                }
+                Err(e) => log(&format!("{path}: {e}; retrying in {backoff:?}")),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn run(&self) -> Result<(), String> {
+        let inv = inventory::collect(std::path::Path::new("/"));
+        self.call(reqwest::Method::POST, &format!("/api/v1/machines/{}/inventory", self.machine), Some(&inv)).await?;
+        log("inventory reported");
+        loop {
+            let body = json!({"boot_id": self.boot_id, "wait_secs": if self.once { 0 } else { 30 }});
+            let next = self
+                .call(reqwest::Method::POST, &format!("/api/v1/machines/{}/next", self.machine), Some(&body))
+                .await?;
+            match next["action"].as_str() {
+                Some("run") => {
+                    let code = self.run_job(&next["job"]).await?;
+                    match code {
+                        64 => self.power(&self.reboot_cmd).await,
+                        65 => self.power(&self.poweroff_cmd).await,
+                        _ => {}
+                    }
+                }
+                Some("reboot") => self.power(&self.reboot_cmd).await,
+                Some("wait") => {
+                    let state = next["state"].as_str().unwrap_or_default();
+                    if self.once && matches!(state, "idle" | "complete" | "failed" | "paused") {
+                        log(&format!("nothing to do (workflow {state})"));
+                        return Ok(());
+                    }
+                    if self.once {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                _ => return Err(format!("unexpected answer: {next}")),
+            }
+        }
+    }
+
+    async fn power(&self, cmd: &str) {
+        log(&format!("running `{cmd}`"));
+        let _ = tokio::process::Command::new("/bin/sh").arg("-c").arg(cmd).status().await;
+        // A real reboot ends this process; a test command returns.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Runs one job; returns its exit code.
+    async fn run_job(&self, job: &Value) -> Result<i32, String> {
+        let id = job["id"].as_str().ok_or("a job without id")?.to_owned();
+        let timeout = Duration::from_secs(job["timeout_secs"].as_u64().unwrap_or(3600));
+        log(&format!("job {id}: task {}", job["task"]));
+        let files = self.call(reqwest::Method::GET, &format!("/api/v1/jobs/{id}/files"), None).await;
+        self.call(reqwest::Method::POST, &format!("/api/v1/jobs/{id}/start"), Some(&json!({}))).await?;
+        let files = match files {
+            Ok(f) => f,
+            Err(e) => return self.finish(&id, 1, &format!("cannot render the task: {e}"), json!({})).await,
+        };
+        let dir = self.work.join(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let result = dir.join("result.json");
+        let mut seq = 0u64;
+        let started = tokio::time::Instant::now();
+        let mut code = 0;
+        let mut reason = String::new();
+        for f in files.as_array().cloned().unwrap_or_default() {
+            let contents = f["contents"].as_str().unwrap_or_default();
+            if let Some(path) = f["path"].as_str() {
+                let target = self.root.join(path.trim_start_matches('/'));
+                if let Some(parent) = target.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                if let Err(e) = std::fs::write(&target, contents) {
+                    (code, reason) = (1, format!("cannot write {}: {e}", target.display()));
+                    break;
+                }
+                continue;
+            }
+            let name = f["name"].as_str().unwrap_or("script").replace(['/', '\0'], "_");
+            let script = dir.join(format!("{name}.sh"));
+            std::fs::write(&script, contents).map_err(|e| format!("{}: {e}", script.display()))?;
+            let Some(left) = timeout.checked_sub(started.elapsed()) else {
+                (code, reason) = (124, format!("timed out after {} s", timeout.as_secs()));
+                break;
+            };
+            let (c, r) = self.run_script(&id, &script, &result, left, &mut seq).await;
+            if c != 0 {
+                // The limit is the job's, whatever was left of it for this script.
+                let r = if c == 124 && r.starts_with("timed out") {
+                    format!("timed out after {} s", timeout.as_secs())
+                } else {
+                    r
+                };
+                (code, reason) = (c, r);
+                break;
+            }
+        }
+        let params = std::fs::read_to_string(&result)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v.get("params").cloned())
+            .unwrap_or(json!({}));
+        let _ = std::fs::remove_dir_all(&dir);
+        self.finish(&id, code, &reason, params).await
+    }
+
+    async fn finish(&self, id: &str, code: i32, reason: &str, params: Value) -> Result<i32, String> {
+        let body = json!({"exit_code": code, "reason": reason, "params": params});
+        match self.call(reqwest::Method::POST, &format!("/api/v1/jobs/{id}/finish"), Some(&body)).await {
+            Ok(_) => {}
+            Err(e) if code == 0 => {
+                // The params were refused: report the job as failed, saying why.
+                let body = json!({"exit_code": 1, "reason": format!("the result was refused: {e}")});
+                self.call(reqwest::Method::POST, &format!("/api/v1/jobs/{id}/finish"), Some(&body)).await?;
+                return Ok(1);
+            }
+            Err(e) => return Err(e),
+        }
+        log(&format!("job {id}: exit {code} {reason}"));
+        Ok(code)
+    }
+
+    /// Runs a script, sending its output as it comes; returns (exit code, reason).
+    async fn run_script(
+        &self,
+        job: &str,
+        script: &std::path::Path,
+        result: &std::path::Path,
+        limit: Duration,
+        seq: &mut u64,
+    ) -> (i32, String) {
+        let child = tokio::process::Command::new("/bin/sh")
+            .arg(script)
+            .env("PLINTH_ENDPOINT", &self.endpoint)
+            .env("PLINTH_MACHINE", &self.machine)
+            .env("PLINTH_JOB", job)
+            .env("PLINTH_RESULT", result)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => return (127, format!("cannot start the script: {e}")),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        for mut pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = pipe.read(&mut buf).await {
+                    if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut open = true;
+        let status = loop {
+            tokio::select! {
+                chunk = rx.recv(), if open => match chunk {
+                    Some(c) => {
+                        pending.extend(c);
+                        if pending.len() >= 64 * 1024 {
+                            self.send_log(job, seq, &mut pending).await;
+                        }
+                    }
+                    None => open = false,
+                },
+                _ = tick.tick() => self.send_log(job, seq, &mut pending).await,
+                s = child.wait(), if !open => break s.map(|s| s.code().unwrap_or(128)).unwrap_or(127),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let pid = child.id().map(|p| p as i32);
+                    if let Some(pid) = pid {
+                        // The whole process group: the script and what it started.
+                        let _ = std::process::Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+                    }
+                    let _ = child.kill().await;
+                    while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                        pending.extend(c);
+                    }
+                    pending.extend(b"\nplinth-agent: the job reached its time limit; killed\n".to_vec());
+                    self.send_log(job, seq, &mut pending).await;
+                    return (124, format!("timed out after {} s", limit.as_secs()));
+                }
+            }
+        };
+        self.send_log(job, seq, &mut pending).await;
+        let reason = if status == 0 { String::new() } else { format!("{} exited {status}", script.display()) };
+        (status, reason)
+    }
+
+    async fn send_log(&self, job: &str, seq: &mut u64, pending: &mut Vec<u8>) {
+        if pending.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(pending).into_owned();
+        let body = json!({"seq": *seq, "text": text});
+        if let Err(e) = self.call(reqwest::Method::POST, &format!("/api/v1/jobs/{job}/log"), Some(&body)).await {
+            log(&format!("log chunk refused: {e}"));
+        }
+        *seq += 1;
+        pending.clear();
+    }
+}
+
+fn command() -> Command {
+    let run = Command::new("run")
+        .about("Report the inventory, then run the jobs Plinth hands out")
+        .arg(
+            Arg::new("endpoint")
+                .long("endpoint")
+                .env("PLINTH_ENDPOINT")
+                .required(true)
+                .help("API base URL, e.g. https://10.0.0.1:8092"),
+        )
+        .arg(
+            Arg::new("token")
+                .long("token")
+                .env("PLINTH_TOKEN")
+                .required(true)
+                .hide_env_values(true)
+                .help("Machine token"),
+        )
+        .arg(Arg::new("machine").long("machine").env("PLINTH_MACHINE").required(true).help("This machine's id"))
+        .arg(
+            Arg::new("ca-cert")
+                .long("ca-cert")
+                .env("PLINTH_CA_CERT")
+                .value_parser(value_parser!(PathBuf))
+                .help("PEM file of the CA that signed the server's certificate"),
+        )
+        .arg(Arg::new("boot-id").long("boot-id").help("This boot's id [default: /proc/sys/kernel/random/boot_id]"))
+        .arg(
+            Arg::new("root")
+                .long("root")
+                .default_value("/")
+                .value_parser(value_parser!(PathBuf))
+                .help("Where task files are written (their paths are under it)"),
+        )
+        .arg(
+            Arg::new("work-dir")
+                .long("work-dir")
+                .default_value("/var/lib/plinth-agent")
+                .value_parser(value_parser!(PathBuf)),
+        )
+        .arg(Arg::new("reboot-command").long("reboot-command").default_value("reboot"))
+        .arg(Arg::new("poweroff-command").long("poweroff-command").default_value("poweroff"))
+        .arg(
+            Arg::new("once")
+                .long("once")
+                .action(ArgAction::SetTrue)
+                .help("Exit when there is nothing to do instead of waiting"),
+        );
+    Command::new("plinth-agent")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Plinth's agent: runs a machine's workflow jobs")
+        .subcommand_required(true)
+        .subcommand(run)
+        .subcommand(Command::new("inventory").about("Print this machine's inventory as JSON"))
+}
+
+/// The agent's `main`: parses the command line and runs.
+pub fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            log(&format!("cannot start: {e}"));
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(main_async())
+}
+
+async fn main_async() -> ExitCode {
+    let m = command().get_matches();
+    match m.subcommand() {
+        Some(("inventory", _)) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&inventory::collect(std::path::Path::new("/"))).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Some(("run", m)) => {
+            let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(90));
+            if let Some(ca) = m.get_one::<PathBuf>("ca-cert") {
+                match std::fs::read(ca)
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| reqwest::Certificate::from_pem(&p).map_err(|e| e.to_string()))
+                {
+                    Ok(c) => builder = builder.add_root_certificate(c),
+                    Err(e) => {
+                        log(&format!("cannot use {}: {e}", ca.display()));
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let http = match builder.build() {
+                Ok(h) => h,
+                Err(e) => {
+                    log(&e.to_string());
+                    return ExitCode::from(1);
+                }
+            };
+            let arg = |n: &str| m.get_one::<String>(n).cloned().unwrap_or_default();
+            let agent = Agent {
+                http,
+                endpoint: arg("endpoint").trim_end_matches('/').to_owned(),
+                token: arg("token"),
+                machine: arg("machine"),
+                boot_id: m.get_one::<String>("boot-id").cloned().or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_owned())
+                }),
+                root: m.get_one::<PathBuf>("root").cloned().unwrap_or_else(|| PathBuf::from("/")),
+                work: m.get_one::<PathBuf>("work-dir").cloned().unwrap_or_default(),
+                reboot_cmd: arg("reboot-command"),
+                poweroff_cmd: arg("poweroff-command"),
+                once: m.get_flag("once"),
+            };
+            match agent.run().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log(&e);
+                    ExitCode::from(1)
+                }
+            }
+        }
+        _ => ExitCode::from(2),
+    }
+}
