@@ -287,10 +287,72 @@ pub async fn inventory(
             .put(Kind::Machine, &id.to_string(), body, plinth_store::Expect::Revision(record.revision))
             .await
         {
-            Ok(_) => return Ok(Json(machine_json(&m)?)),
+            Ok(_) => {
+                let gib = inv["memory_bytes"].as_u64().map(|b| b as f64 / (1u64 << 30) as f64).unwrap_or(0.0);
+                let detail = format!(
+                    "agent reported inventory: {} CPUs, {gib:.1} GiB, {} disks, {} NICs, {} boot",
+                    inv["cpu"]["count"].as_u64().unwrap_or(0),
+                    inv["disks"].as_array().map_or(0, Vec::len),
+                    inv["nics"].as_array().map_or(0, Vec::len),
+                    inv["boot_mode"].as_str().unwrap_or("?")
+                );
+                let event = plinth_model::BootEvent {
+                    id: 0,
+                    at: plinth_model::now(),
+                    mac: m.macs.first().copied(),
+                    address: None,
+                    machine: Some(m.id),
+                    service: "agent".into(),
+                    detail,
+                };
+                let _ = state.store.append_boot_events(vec![event]).await;
+                return Ok(Json(machine_json(&m)?));
+            }
             Err(plinth_store::StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(ApiError::Conflict("the machine kept changing; try again".into()))
+}
+
+/// `GET /api/v1/machines/{id}/timeline`: everything recorded about a
+/// machine, oldest first: DHCP, TFTP and HTTP requests from its MACs
+/// (renders included), agent check-ins, jobs handed out, started and ended,
+/// stage and bootenv changes.
+pub async fn timeline(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = machine_id(&id)?;
+    let record = state
+        .store
+        .get(Kind::Machine, &id.to_string())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("machines `{id}` not found")))?;
+    let m: Machine = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut events = std::collections::BTreeMap::new();
+    let limit = plinth_store::MAX_PAGE;
+    let mut queries = vec![plinth_store::BootEventQuery { machine: Some(id), limit, ..Default::default() }];
+    queries.extend(m.macs.iter().map(|mac| plinth_store::BootEventQuery {
+        mac: Some(*mac),
+        limit,
+        ..Default::default()
+    }));
+    for q in queries {
+        let mut q = q;
+        loop {
+            let page = state.store.boot_events(&q).await?;
+            let last = page.last().map(|e| e.id);
+            let full = page.len() >= limit;
+            for e in page {
+                events.insert(e.id, e);
+            }
+            match (full, last) {
+                (true, Some(l)) => q.after = Some(l),
+                _ => break,
+            }
+        }
+    }
+    // Boot services record in batches, so ids follow storage order; the
+    // timeline follows when things happened.
+    let mut items: Vec<plinth_model::BootEvent> = events.into_values().collect();
+    items.sort_by_key(|e| (e.at, e.id));
+    Ok(Json(json!({"items": items})))
 }

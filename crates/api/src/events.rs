@@ -79,7 +79,8 @@ pub async fn boot_events(
     if limit == 0 || limit > plinth_store::MAX_PAGE {
         return Err(ApiError::field("limit", format!("expected 1 to {}", plinth_store::MAX_PAGE)));
     }
-    let items = state.store.boot_events(&plinth_store::BootEventQuery { mac, after: q.after, limit }).await?;
+    let items =
+        state.store.boot_events(&plinth_store::BootEventQuery { mac, after: q.after, limit, machine: None }).await?;
     let next = (items.len() == limit).then(|| items.last().map(|e| e.id)).flatten();
     Ok(axum::Json(json!({"items": items, "next": next})))
 }

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/machines/{id}/resume", post(agent::resume))
         .route("/api/v1/machines/{id}/next", post(agent::next))
         .route("/api/v1/machines/{id}/inventory", post(agent::inventory))
+        .route("/api/v1/machines/{id}/timeline", get(agent::timeline))
         .route("/api/v1/jobs/{id}/start", post(agent::start))
         .route("/api/v1/jobs/{id}/finish", post(agent::finish))
         .route("/api/v1/jobs/{id}/log", get(agent::log).post(agent::append_log))

@@ -168,6 +168,12 @@ pub fn build() -> Value {
         "{action: run, job} | {action: reboot} | {action: wait, state}", &["400", "401", "403", "404", "409"])}));
     paths.insert("/api/v1/machines/{id}/inventory".into(), json!({"post": agent_route("machine_inventory",
         "The agent reports the machine's hardware (stored as `inventory`)", Some(json!({"type": "object"})), "the machine", &["400", "401", "403", "404", "409"])}));
+    let mut timeline = json!({"get": agent_route("machine_timeline",
+        "Everything recorded about a machine, oldest first: DHCP, TFTP, HTTP (renders), agent check-ins, jobs, stages and bootenv changes",
+        None, "{items: [BootEvent]}", &["401", "404"])});
+    timeline["get"]["responses"]["200"]["content"]["application/json"]["schema"] = json!({"type": "object",
+        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/BootEvent"}}}});
+    paths.insert("/api/v1/machines/{id}/timeline".into(), timeline);
     paths.insert("/api/v1/jobs/{id}/start".into(), json!({"post": agent_route("start_job", "The agent started the job", None, "the job", &["401", "403", "404", "409"])}));
     paths.insert("/api/v1/jobs/{id}/finish".into(), json!({"post": agent_route("finish_job",
         "How the job ended: exit code (0 ok, 64 ok+reboot, 65 ok+poweroff, 66 ok+pause, else failed), reason, params to set on the machine",
@@ -196,6 +202,7 @@ pub fn build() -> Value {
     let responses: Map<String, Value> = [
         ("400", "invalid request: bad JSON, wrong types, unknown fields, failed validation"),
         ("401", "missing, invalid or expired credentials"),
+        ("403", "the credentials do not allow this (a machine token outside its machine)"),
         ("404", "no such object or kind"),
         ("409", "the key is taken, or the object cannot be deleted"),
         ("412", "If-Match names a stale revision"),

@@ -37,7 +37,15 @@ impl BootLog {
     /// Records an event; never waits.
     pub fn record(&self, mac: Option<MacAddr>, address: Option<Ipv4Addr>, service: &str, detail: String) {
         if let Some(tx) = &self.tx {
-            let event = BootEvent { id: 0, at: plinth_model::now(), mac, address, service: service.to_owned(), detail };
+            let event = BootEvent {
+                id: 0,
+                at: plinth_model::now(),
+                mac,
+                address,
+                machine: None,
+                service: service.to_owned(),
+                detail,
+            };
             if tx.try_send(event).is_err() {
                 tracing::debug!("boot event queue full; event dropped");
             }

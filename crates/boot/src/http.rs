@@ -75,7 +75,14 @@ async fn log_request(
         Some(std::net::IpAddr::V4(v4)) => Some(v4),
         _ => None,
     };
-    log.record(None, v4, "http", format!("{method} {} {}", path.escape_debug(), resp.status().as_u16()));
+    // Per-machine routes name the MAC; other requests are matched to one by
+    // the client's lease.
+    let mac = path
+        .strip_prefix("/ipxe/")
+        .or_else(|| path.strip_prefix("/machines/"))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|m| m.replace('-', ":").parse::<plinth_model::MacAddr>().ok());
+    log.record(mac, v4, "http", format!("{method} {} {}", path.escape_debug(), resp.status().as_u16()));
     resp
 }
 

@@ -156,8 +156,11 @@ fn kind_command(kind: Kind) -> Command {
                     .arg(key())
                     .arg(Arg::new("workflow").required(true).help("The workflow's name")),
             )
+            .subcommand(Command::new("resume").about("Go on after a failed task (it runs again) or a pause").arg(key()))
             .subcommand(
-                Command::new("resume").about("Go on after a failed task (it runs again) or a pause").arg(key()),
+                Command::new("timeline")
+                    .about("Everything recorded about a machine, oldest first: DHCP, TFTP, HTTP, agent, jobs, stages")
+                    .arg(key()),
             );
         cmd = cmd.subcommand(
             Command::new("params").about("Show a machine's resolved params").arg(key()).arg(
@@ -509,6 +512,14 @@ async fn object_command(
             Ok(output::one(&c.call(Method::POST, &format!("{}/resume", key_path()), None, None).await?.body, format))
         }
         "log" => c.text(&format!("{}/log", key_path())).await,
+        "timeline" => {
+            let reply = c.call(Method::GET, &format!("{}/timeline", key_path()), None, None).await?;
+            let items = reply.body.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            Ok(match format {
+                Format::Table => output::table(&["at", "service", "mac", "address", "detail"], &items),
+                other => output::one(&Value::Array(items), other),
+            })
+        }
         other => Err(ClientError::Input(format!("unknown action `{other}`"))),
     }
 }

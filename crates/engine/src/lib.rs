@@ -86,6 +86,21 @@ impl Engine {
         Engine { store }
     }
 
+    /// Records a step of the machine's workflow in its timeline. A failure
+    /// to record is not a failure of the step.
+    async fn note(&self, m: &Machine, detail: String) {
+        let event = plinth_model::BootEvent {
+            id: 0,
+            at: plinth_model::now(),
+            mac: m.macs.first().copied(),
+            address: None,
+            machine: Some(m.id),
+            service: "workflow".into(),
+            detail,
+        };
+        let _ = self.store.append_boot_events(vec![event]).await;
+    }
+
     async fn get<T: plinth_model::Object>(&self, kind: Kind, key: &str) -> Result<(T, u64), EngineError> {
         let r = self.store.get(kind, key).await?.ok_or_else(|| EngineError::NotFound(format!("{kind} `{key}`")))?;
         Ok((decode(r.body)?, r.revision))
@@ -130,6 +145,12 @@ impl Engine {
             m.workflow_state = WorkflowState::Running;
             self.enter_stage(&mut m, &wf, 0).await?;
             if self.commit(&m, rev, others).await? {
+                let stage = m.stage.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                let mut detail = format!("workflow `{}` assigned; stage `{stage}`", wf.name);
+                if m.workflow_state == WorkflowState::Rebooting {
+                    detail.push_str(&format!("; bootenv `{}`, reboot", m.bootenv));
+                }
+                self.note(&m, detail).await;
                 return Ok(m);
             }
         }
@@ -149,6 +170,7 @@ impl Engine {
             m.workflow_state = WorkflowState::Running;
             m.task_attempts = 0;
             if self.commit(&m, rev, Vec::new()).await? {
+                self.note(&m, "workflow resumed".into()).await;
                 return Ok(m);
             }
         }
@@ -220,6 +242,8 @@ impl Engine {
                     }
                     m.workflow_state = WorkflowState::Running;
                     m.reboot_from = None;
+                    self.note(&m, format!("agent back from a reboot (boot {})", seen_boot.as_deref().unwrap_or("?")))
+                        .await;
                 }
                 WorkflowState::Running => {}
                 state => {
@@ -243,6 +267,7 @@ impl Engine {
                                     "the agent asked for work while this job was running (agent restarted?)"
                                 };
                                 others.extend(self.end_job(jid, JobState::Incomplete, why).await?);
+                                self.note(&m, format!("job {jid} ({}) incomplete: {why}", job.task)).await;
                                 m.current_job = None;
                                 m.last_job = Some(jid);
                                 self.count_failure(&mut m).await?;
@@ -298,6 +323,14 @@ impl Engine {
                         break;
                     }
                     let stored = self.get::<Job>(Kind::Job, &job.id.to_string()).await?.0;
+                    self.note(
+                        &m,
+                        format!(
+                            "job {} handed out: task `{}`, stage `{}`, attempt {}",
+                            job.id, task.name, stage.name, job.attempt
+                        ),
+                    )
+                    .await;
                     return Ok(Next::Run { job: Box::new(stored) });
                 }
                 // The stage is done.
@@ -314,12 +347,15 @@ impl Engine {
                         if !self.commit(&m, rev, others).await? {
                             break;
                         }
+                        let stage = m.stage.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                        self.note(&m, format!("stage `{stage}`, bootenv `{}`: reboot", m.bootenv)).await;
                         return Ok(Next::Reboot);
                     }
                     state => {
                         if !self.commit(&m, rev, others).await? {
                             break;
                         }
+                        self.note(&m, format!("workflow {}", format!("{state:?}").to_lowercase())).await;
                         return Ok(Next::Wait { state });
                     }
                 }
@@ -361,6 +397,10 @@ impl Engine {
                 j.state = JobState::Running;
                 j.started_at = Some(plinth_model::now());
                 let r = self.store.put(Kind::Job, &job.to_string(), body(&j)?, Expect::Revision(rev)).await?;
+                if let Some(rec) = self.store.get(Kind::Machine, &machine.to_string()).await? {
+                    let m: Machine = decode(rec.body)?;
+                    self.note(&m, format!("job {job} started: task `{}`", j.task)).await;
+                }
                 decode(r.body)
             }
             JobState::Running => Ok(j),
@@ -415,6 +455,20 @@ impl Engine {
             let op =
                 WriteOp::Put { kind: Kind::Job, key: job.to_string(), body: body(&j)?, expect: Expect::Revision(jrev) };
             if self.commit(&m, rev, vec![op]).await? {
+                let mut detail = format!(
+                    "job {job} {}: task `{}`, exit {}{}",
+                    if ok { "finished" } else { "failed" },
+                    j.task,
+                    outcome.exit_code,
+                    if outcome.reason.is_empty() { String::new() } else { format!(" ({})", outcome.reason) }
+                );
+                if let Some(a) = &j.action {
+                    detail.push_str(&format!("; {a}"));
+                }
+                if m.workflow_state == WorkflowState::Failed {
+                    detail.push_str("; workflow failed");
+                }
+                self.note(&m, detail).await;
                 return Ok(self.get::<Job>(Kind::Job, &job.to_string()).await?.0);
             }
         }

@@ -1051,7 +1051,10 @@ pub struct BootEvent {
     /// The client's address.
     #[serde(default)]
     pub address: Option<Ipv4Addr>,
-    /// `dhcp`, `tftp` or `http`.
+    /// The machine, when the event is about a known one (workflow and agent events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineId>,
+    /// `dhcp`, `tftp`, `http`, `workflow` or `agent`.
     pub service: String,
     /// What happened, for humans.
     pub detail: String,

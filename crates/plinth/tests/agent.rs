@@ -153,6 +153,40 @@ async fn the_agent_runs_a_workflow_across_a_reboot() {
     let log = String::from_utf8_lossy(&log.stdout);
     assert!(log.contains(&format!("hello from {id}")) && log.contains("to stderr"), "{log}");
 
+    // The timeline tells the whole story, in order.
+    let out = server.cli(&["machines", "timeline", &id, "-o", "json"], Some(&api.token));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let timeline: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let details: Vec<String> = timeline
+        .iter()
+        .map(|e| format!("{} {}", e["service"].as_str().unwrap(), e["detail"].as_str().unwrap()))
+        .collect();
+    let order = [
+        "workflow workflow `wf` assigned",
+        "http GET /machines/52-54-00-0a-00-01/agent.env 200",
+        "agent agent reported inventory",
+        "task `report`, stage `s1`, attempt 1",
+        "started: task `report`",
+        "finished: task `report`, exit 0",
+        "failed: task `flaky`, exit 3",
+        "task `flaky`, stage `s1`, attempt 2",
+        "finished: task `reboot`, exit 64",
+        "agent back from a reboot (boot boot-2)",
+        "finished: task `final`, exit 0",
+        "workflow complete",
+    ];
+    let mut at = 0;
+    for want in order {
+        let found = details[at..]
+            .iter()
+            .position(|d| d.contains(want))
+            .unwrap_or_else(|| panic!("`{want}` after #{at} in {details:#?}"));
+        at += found + 1;
+    }
+    let table =
+        String::from_utf8_lossy(&server.cli(&["machines", "timeline", &id], Some(&api.token)).stdout).into_owned();
+    assert!(table.starts_with("AT") && table.contains("workflow complete"), "{table}");
+
     // A job past its time limit is killed and fails the workflow.
     post(&api, &format!("/api/v1/machines/{id}/workflow"), json!({"workflow": "slow-wf"})).await;
     let started = Instant::now();

@@ -210,6 +210,7 @@ pub async fn boot_events_append_in_order_and_filter_by_mac(s: Arc<dyn Store>) {
         at: plinth_model::now(),
         mac,
         address: Some("10.0.0.5".parse().unwrap()),
+        machine: None,
         service: "dhcp".into(),
         detail: detail.into(),
     };
@@ -218,13 +219,30 @@ pub async fn boot_events_append_in_order_and_filter_by_mac(s: Arc<dyn Store>) {
     let all = s.boot_events(&crate::BootEventQuery { limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), 4);
     assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
-    let mine = s.boot_events(&crate::BootEventQuery { mac: Some(mac), limit: 100, after: None }).await.unwrap();
+    let mine =
+        s.boot_events(&crate::BootEventQuery { mac: Some(mac), limit: 100, ..Default::default() }).await.unwrap();
     let details: Vec<&str> = mine.iter().map(|e| e.detail.as_str()).collect();
     assert_eq!(details, ["one", "two", "three"]);
-    let later =
-        s.boot_events(&crate::BootEventQuery { mac: Some(mac), limit: 100, after: Some(mine[0].id) }).await.unwrap();
+    let later = s
+        .boot_events(&crate::BootEventQuery {
+            mac: Some(mac),
+            limit: 100,
+            after: Some(mine[0].id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(later.len(), 2);
     assert_eq!(later[0].address, Some("10.0.0.5".parse().unwrap()));
+    let machine = plinth_model::MachineId::generate();
+    s.append_boot_events(vec![BootEvent { machine: Some(machine), mac: None, ..ev(None, "job started") }])
+        .await
+        .unwrap();
+    let theirs = s
+        .boot_events(&crate::BootEventQuery { machine: Some(machine), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!((theirs.len(), theirs[0].machine, theirs[0].detail.as_str()), (1, Some(machine), "job started"));
 }
 
 /// Filters see every write at once, whatever a backend keeps to answer

@@ -175,6 +175,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct BootEventQuery {
     /// Only events of this MAC.
     pub mac: Option<plinth_model::MacAddr>,
+    /// Only events recorded for this machine.
+    pub machine: Option<plinth_model::MachineId>,
     /// Only events with a larger id.
     pub after: Option<u64>,
     /// At most this many (capped at [`MAX_PAGE`]).

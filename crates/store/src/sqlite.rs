@@ -55,6 +55,8 @@ const MIGRATIONS: &[&str] = &[
         chunk TEXT NOT NULL,
         PRIMARY KEY (job, seq)
     ) WITHOUT ROWID;",
+    "ALTER TABLE boot_events ADD COLUMN machine TEXT;
+    CREATE INDEX boot_events_machine ON boot_events (machine, id);",
 ];
 
 /// Top-level fields whose text values (or arrays of text) are kept in the
@@ -449,7 +451,7 @@ impl Store for SqliteStore {
             {
                 let mut stmt = tx
                     .prepare_cached(
-                        "INSERT INTO boot_events (at, mac, address, service, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        "INSERT INTO boot_events (at, mac, address, service, detail, machine) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )
                     .map_err(backend)?;
                 for e in &events {
@@ -459,7 +461,8 @@ impl Store for SqliteStore {
                         e.mac.map(|m| m.to_string()),
                         e.address.map(|a| a.to_string()),
                         e.service,
-                        e.detail
+                        e.detail,
+                        e.machine.map(|m| m.to_string())
                     ])
                     .map_err(backend)?;
                 }
@@ -502,35 +505,31 @@ impl Store for SqliteStore {
 
     async fn boot_events(&self, query: &BootEventQuery) -> Result<Vec<BootEvent>, StoreError> {
         let mac = query.mac.map(|m| m.to_string());
+        let machine = query.machine.map(|m| m.to_string());
         let after = query.after.unwrap_or(0) as i64;
         let limit = query.limit.clamp(1, MAX_PAGE) as i64;
         self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT id, at, mac, address, service, detail FROM boot_events
-                     WHERE id > ?1 AND (?2 IS NULL OR mac = ?2) ORDER BY id LIMIT ?3",
+                    "SELECT id, at, mac, address, service, detail, machine FROM boot_events
+                     WHERE id > ?1 AND (?2 IS NULL OR mac = ?2) AND (?3 IS NULL OR machine = ?3) ORDER BY id LIMIT ?4",
                 )
                 .map_err(backend)?;
+            type Row = (i64, String, Option<String>, Option<String>, String, String, Option<String>);
             let rows = stmt
-                .query_map(params![after, mac, limit], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                    ))
+                .query_map(params![after, mac, machine, limit], |r| -> rusqlite::Result<Row> {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
                 })
                 .map_err(backend)?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, at, mac, address, service, detail) = row.map_err(backend)?;
+                let (id, at, mac, address, service, detail, machine) = row.map_err(backend)?;
                 out.push(BootEvent {
                     id: id as u64,
                     at: serde_json::from_value(Value::String(at)).map_err(backend)?,
                     mac: mac.and_then(|m| m.parse().ok()),
                     address: address.and_then(|a| a.parse().ok()),
+                    machine: machine.and_then(|m| m.parse().ok()),
                     service,
                     detail,
                 });

@@ -49,7 +49,7 @@ async fn a_database_from_before_the_lookup_index_is_indexed_on_open() {
     }
     // Back to schema version 2, as a database written before the index.
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("DROP TABLE lookup; DROP TABLE lookup_fields; DROP TABLE job_logs; PRAGMA user_version = 2;")
+    c.execute_batch("DROP TABLE lookup; DROP TABLE lookup_fields; DROP TABLE job_logs; DROP INDEX boot_events_machine; ALTER TABLE boot_events DROP COLUMN machine; PRAGMA user_version = 2;")
         .unwrap();
     drop(c);
     let s = SqliteStore::open(&path).unwrap();
