@@ -246,10 +246,10 @@ impl Agent {
                 _ = tick.tick() => self.send_log(job, seq, &mut pending).await,
                 s = child.wait(), if !open => break s.map(|s| s.code().unwrap_or(128)).unwrap_or(127),
                 _ = tokio::time::sleep_until(deadline) => {
-                    let pid = child.id().map(|p| p as i32);
-                    if let Some(pid) = pid {
-                        // The whole process group: the script and what it started.
-                        let _ = std::process::Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+                    // The whole process group the script leads (it was started
+                    // in its own): the script and what it started, nothing else.
+                    if let Some(pgid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
                     }
                     let _ = child.kill().await;
                     while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
