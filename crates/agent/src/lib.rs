@@ -280,6 +280,65 @@ impl Agent {
     }
 }
 
+/// Registers this machine with a join token: its MACs, DMI UUID and serial
+/// and inventory go to `whoami`; the machine token that comes back is kept
+/// in `<state_dir>/agent.env` (mode 0600), so a restarted agent can use
+/// `run` with it. Returns (machine token, machine id).
+async fn join(
+    http: &reqwest::Client,
+    endpoint: &str,
+    join_token: &str,
+    name: Option<&String>,
+    state_dir: &std::path::Path,
+) -> Result<(String, String), String> {
+    let inv = inventory::collect(std::path::Path::new("/"));
+    let macs: Vec<Value> = inv["nics"].as_array().into_iter().flatten().map(|n| n["mac"].clone()).collect();
+    let body = json!({"name": name, "macs": macs, "system_uuid": inv["system"]["uuid"], "serial": inv["system"]["serial"],
+        "inventory": inv});
+    let mut backoff = Duration::from_millis(500);
+    let reply = loop {
+        match http.post(format!("{endpoint}/api/v1/machines/whoami")).bearer_auth(join_token).json(&body).send().await {
+            Ok(r) if r.status().is_server_error() => log(&format!("whoami: server answered {}", r.status())),
+            Ok(r) => {
+                let status = r.status();
+                let v: Value = r.json().await.unwrap_or_default();
+                if !status.is_success() {
+                    return Err(format!("whoami: {status}: {}", v["detail"].as_str().unwrap_or_default()));
+                }
+                break v;
+            }
+            Err(e) => log(&format!("whoami: {e}; retrying in {backoff:?}")),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    };
+    let token = reply["token"].as_str().ok_or("whoami sent no token")?.to_owned();
+    let id = reply["machine"]["id"].as_str().ok_or("whoami sent no machine")?.to_owned();
+    log(&format!(
+        "joined as {} ({id}), {}",
+        reply["machine"]["name"].as_str().unwrap_or("?"),
+        if reply["created"] == true { "a new machine" } else { "an existing machine" }
+    ));
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
+    let env = format!("PLINTH_ENDPOINT={endpoint}\nPLINTH_MACHINE={id}\nPLINTH_TOKEN={token}\n");
+    let path = state_dir.join("agent.env");
+    let tmp = state_dir.join(".agent.env.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.write_all(env.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((token, id))
+}
+
 fn command() -> Command {
     let run = Command::new("run")
         .about("Report the inventory, then run the jobs Plinth hands out")
@@ -328,11 +387,60 @@ fn command() -> Command {
                 .action(ArgAction::SetTrue)
                 .help("Exit when there is nothing to do instead of waiting"),
         );
+    let join = Command::new("join")
+        .about("Register this machine with a join token (a cloud VM, an existing server), then run its jobs")
+        .arg(Arg::new("endpoint").long("endpoint").env("PLINTH_ENDPOINT").required(true).help("API base URL"))
+        .arg(
+            Arg::new("token")
+                .long("token")
+                .env("PLINTH_JOIN_TOKEN")
+                .required(true)
+                .hide_env_values(true)
+                .help("Join token"),
+        )
+        .arg(
+            Arg::new("ca-cert")
+                .long("ca-cert")
+                .env("PLINTH_CA_CERT")
+                .value_parser(value_parser!(PathBuf))
+                .help("PEM file of the server's CA"),
+        )
+        .arg(Arg::new("name").long("name").help("Name for a new Machine [default: from the first MAC]"))
+        .arg(
+            Arg::new("state-dir")
+                .long("state-dir")
+                .default_value("/etc/plinth")
+                .value_parser(value_parser!(PathBuf))
+                .help("Where the machine token is kept (agent.env, mode 0600)"),
+        )
+        .arg(Arg::new("boot-id").long("boot-id").help("This boot's id [default: /proc/sys/kernel/random/boot_id]"))
+        .arg(
+            Arg::new("root")
+                .long("root")
+                .default_value("/")
+                .value_parser(value_parser!(PathBuf))
+                .help("Where task files are written"),
+        )
+        .arg(
+            Arg::new("work-dir")
+                .long("work-dir")
+                .default_value("/var/lib/plinth-agent")
+                .value_parser(value_parser!(PathBuf)),
+        )
+        .arg(Arg::new("reboot-command").long("reboot-command").default_value("reboot"))
+        .arg(Arg::new("poweroff-command").long("poweroff-command").default_value("poweroff"))
+        .arg(
+            Arg::new("once")
+                .long("once")
+                .action(ArgAction::SetTrue)
+                .help("Exit when there is nothing to do instead of waiting"),
+        );
     Command::new("plinth-agent")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Plinth's agent: runs a machine's workflow jobs")
         .subcommand_required(true)
         .subcommand(run)
+        .subcommand(join)
         .subcommand(Command::new("inventory").about("Print this machine's inventory as JSON"))
 }
 
@@ -358,7 +466,7 @@ async fn main_async() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Some(("run", m)) => {
+        Some((sub @ ("run" | "join"), m)) => {
             let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(90));
             if let Some(ca) = m.get_one::<PathBuf>("ca-cert") {
                 match std::fs::read(ca)
@@ -380,11 +488,24 @@ async fn main_async() -> ExitCode {
                 }
             };
             let arg = |n: &str| m.get_one::<String>(n).cloned().unwrap_or_default();
+            let endpoint = arg("endpoint").trim_end_matches('/').to_owned();
+            let (token, machine) = if sub == "join" {
+                let state_dir = m.get_one::<PathBuf>("state-dir").cloned().unwrap_or_default();
+                match join(&http, &endpoint, &arg("token"), m.get_one::<String>("name"), &state_dir).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        log(&e);
+                        return ExitCode::from(1);
+                    }
+                }
+            } else {
+                (arg("token"), arg("machine"))
+            };
             let agent = Agent {
                 http,
-                endpoint: arg("endpoint").trim_end_matches('/').to_owned(),
-                token: arg("token"),
-                machine: arg("machine"),
+                endpoint,
+                token,
+                machine,
                 boot_id: m.get_one::<String>("boot-id").cloned().or_else(|| {
                     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_owned())
                 }),

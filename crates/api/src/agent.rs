@@ -356,3 +356,258 @@ pub async fn timeline(State(state): State<AppState>, Path(id): Path<String>) -> 
     items.sort_by_key(|e| (e.at, e.id));
     Ok(Json(json!({"items": items})))
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenRequest {
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    uses: Option<u32>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    workflow: Option<String>,
+    #[serde(default)]
+    profiles: Vec<String>,
+}
+
+/// Most registrations one join token may allow.
+pub const MAX_JOIN_USES: u32 = 100_000;
+
+/// `POST /api/v1/join-tokens`: a token that can only register machines
+/// (`uses` times, default 1, for `ttl_secs`, default 1 h), optionally
+/// giving the machines it creates profiles and a workflow.
+pub async fn create_join_token(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    headers: HeaderMap,
+    b: axum::body::Body,
+) -> Result<axum::response::Response, ApiError> {
+    if principal.machine.is_some() || principal.join {
+        return Err(ApiError::Forbidden("only a user's token can create join tokens".into()));
+    }
+    let req: JoinTokenRequest = body(&headers, b).await?;
+    let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(3600));
+    if ttl.is_zero() || ttl > crate::auth::MAX_TOKEN_TTL {
+        return Err(ApiError::field(
+            "ttl_secs",
+            format!("expected 1 to {} seconds", crate::auth::MAX_TOKEN_TTL.as_secs()),
+        ));
+    }
+    let uses = req.uses.unwrap_or(1);
+    if uses == 0 || uses > MAX_JOIN_USES {
+        return Err(ApiError::field("uses", format!("expected 1 to {MAX_JOIN_USES}")));
+    }
+    let workflow = match &req.workflow {
+        Some(w) => {
+            let n: Name = w.parse().map_err(|e: String| ApiError::field("workflow", e))?;
+            if state.store.get(Kind::Workflow, n.as_str()).await?.is_none() {
+                return Err(ApiError::field("workflow", format!("workflows `{n}` not found")));
+            }
+            Some(n)
+        }
+        None => None,
+    };
+    let mut profiles = Vec::new();
+    for p in &req.profiles {
+        let n: Name = p.parse().map_err(|e: String| ApiError::field("profiles", e))?;
+        if state.store.get(Kind::Profile, n.as_str()).await?.is_none() {
+            return Err(ApiError::field("profiles", format!("profiles `{n}` not found")));
+        }
+        profiles.push(n);
+    }
+    let expires_at =
+        plinth_model::now() + chrono::Duration::from_std(ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (mut token, bearer) = plinth_model::Token::mint(principal.user.clone(), req.description, expires_at, None);
+    token.join = true;
+    token.uses_left = Some(uses);
+    token.join_workflow = workflow;
+    token.join_profiles = profiles;
+    let v = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.store.create(Kind::Token, &token.id.to_string(), v).await?;
+    let out = json!({"token": bearer, "id": token.id, "expires_at": expires_at, "uses": uses});
+    Ok((axum::http::StatusCode::CREATED, Json(out)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WhoamiRequest {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    macs: Vec<String>,
+    #[serde(default)]
+    system_uuid: Option<String>,
+    #[serde(default)]
+    serial: Option<String>,
+    #[serde(default)]
+    inventory: Option<Value>,
+}
+
+/// Takes one use of a join token; false when none is left.
+async fn use_join_token(state: &AppState, id: plinth_model::TokenId) -> Result<(bool, plinth_model::Token), ApiError> {
+    for _ in 0..20 {
+        let Some(r) = state.store.get(Kind::Token, &id.to_string()).await? else {
+            return Err(ApiError::Unauthorized("invalid, expired or revoked token".into()));
+        };
+        let mut t: plinth_model::Token = plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let left = t.uses_left.unwrap_or(0);
+        if left == 0 {
+            return Ok((false, t));
+        }
+        t.uses_left = Some(left - 1);
+        let v = serde_json::to_value(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
+        match state.store.put(Kind::Token, &id.to_string(), v, plinth_store::Expect::Revision(r.revision)).await {
+            Ok(_) => return Ok((true, t)),
+            Err(plinth_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Conflict("the join token is in heavy use; try again".into()))
+}
+
+/// `POST /api/v1/machines/whoami`: a machine says who it is (MACs, system
+/// UUID, serial; never its IP) and gets its Machine, matched by the scoring
+/// in `plinth_engine::identity` or created, and a machine token for its
+/// agent. With a machine token it is simply that machine.
+pub async fn whoami(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    headers: HeaderMap,
+    b: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(id) = principal.machine {
+        let r = state
+            .store
+            .get(Kind::Machine, &id.to_string())
+            .await?
+            .ok_or_else(|| ApiError::NotFound("machine".into()))?;
+        let m: Machine = plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+        return Ok(Json(json!({"machine": machine_json(&m)?, "created": false})));
+    }
+    let req: WhoamiRequest = body(&headers, b).await?;
+    let mut macs = Vec::new();
+    for (i, m) in req.macs.iter().enumerate() {
+        let mac: plinth_model::MacAddr = m.parse().map_err(|e: String| ApiError::field(format!("macs[{i}]"), e))?;
+        if !macs.contains(&mac) {
+            macs.push(mac);
+        }
+    }
+    if macs.len() > 64 {
+        return Err(ApiError::field("macs", "at most 64"));
+    }
+    let claim = plinth_engine::identity::Claim {
+        macs: macs.clone(),
+        system_uuid: req.system_uuid.clone(),
+        serial: req.serial.clone(),
+    };
+    if claim.macs.is_empty() && claim.uuid().is_none() {
+        return Err(ApiError::field("macs", "give at least one MAC address or a system UUID"));
+    }
+    let join = if principal.join {
+        let (ok, t) = use_join_token(&state, principal.token).await?;
+        if !ok {
+            return Err(ApiError::Unauthorized("this join token has no uses left".into()));
+        }
+        Some(t)
+    } else {
+        None
+    };
+    // Candidates: machines sharing a MAC (an index lookup each) or the UUID.
+    let mut candidates: Vec<Machine> = Vec::new();
+    let mut filters: Vec<plinth_store::Filter> =
+        macs.iter().map(|m| plinth_store::Filter { path: vec!["macs".into()], value: json!(m.to_string()) }).collect();
+    if let Some(u) = &req.system_uuid {
+        filters.push(plinth_store::Filter {
+            path: vec!["inventory".into(), "system".into(), "uuid".into()],
+            value: json!(u),
+        });
+        filters.push(plinth_store::Filter {
+            path: vec!["inventory".into(), "system".into(), "uuid".into()],
+            value: json!(u.to_ascii_lowercase()),
+        });
+    }
+    for f in filters {
+        for r in state.store.list_all(Kind::Machine, vec![f]).await? {
+            let m: Machine = plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if !candidates.iter().any(|c| c.id == m.id) {
+                candidates.push(m);
+            }
+        }
+    }
+    let matched = match plinth_engine::identity::best(&candidates, &claim) {
+        Ok(found) => found.map(|(m, s)| (m.clone(), s)),
+        Err(tied) => {
+            let names: Vec<String> = tied.iter().map(|m| format!("{} ({})", m.name, m.id)).collect();
+            return Err(ApiError::Conflict(format!(
+                "these machines match equally well: {}; remove the duplicate or the shared MAC",
+                names.join(", ")
+            )));
+        }
+    };
+    let (machine, created, score) = match matched {
+        Some((mut m, score)) => {
+            for mac in &macs {
+                if !m.macs.contains(mac) {
+                    m.macs.push(*mac);
+                }
+            }
+            if let Some(inv) = &req.inventory {
+                m.inventory = inv.clone();
+            }
+            let v = serde_json::to_value(&m).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let (_, v) = plinth_model::normalize(Kind::Machine, v).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            state.store.put(Kind::Machine, &m.id.to_string(), v, plinth_store::Expect::Any).await?;
+            (m, false, score)
+        }
+        None => {
+            let name = match &req.name {
+                Some(n) => n.clone(),
+                None => macs
+                    .first()
+                    .map(|m| format!("node-{}", m.to_string().replace(':', "")))
+                    .unwrap_or_else(|| "node".into()),
+            };
+            let profiles = join.as_ref().map(|t| t.join_profiles.clone()).unwrap_or_default();
+            let v = json!({"name": name, "macs": macs, "bootenv": "local", "profiles": profiles,
+                "inventory": req.inventory.clone().unwrap_or(json!({}))});
+            let (key, v) =
+                plinth_model::normalize(Kind::Machine, v).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            state.store.create(Kind::Machine, &key, v.clone()).await?;
+            let m: Machine = plinth_model::decode(v).map_err(|e| ApiError::Internal(e.to_string()))?;
+            (m, true, 0)
+        }
+    };
+    let event = plinth_model::BootEvent {
+        id: 0,
+        at: plinth_model::now(),
+        mac: machine.macs.first().copied(),
+        address: None,
+        machine: Some(machine.id),
+        service: "agent".into(),
+        detail: if created {
+            "registered: a new machine".to_owned()
+        } else {
+            format!("registered: matched an existing machine (score {score})")
+        },
+    };
+    let _ = state.store.append_boot_events(vec![event]).await;
+    let machine = match join.as_ref().and_then(|t| t.join_workflow.clone()) {
+        Some(wf) if created => Engine::new(state.store.clone()).assign(machine.id, &wf).await?,
+        _ => machine,
+    };
+    // The agent's token: scoped to this machine.
+    let expires_at = plinth_model::now()
+        + chrono::Duration::from_std(state.default_token_ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (token, bearer) = plinth_model::Token::mint(
+        Name::known("machine"),
+        format!("agent session for {}, from whoami", machine.name),
+        expires_at,
+        Some(machine.id),
+    );
+    let v = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.store.create(Kind::Token, &token.id.to_string(), v).await?;
+    Ok(Json(json!({"machine": machine_json(&machine)?, "created": created, "score": score, "token": bearer,
+        "expires_at": expires_at})))
+}

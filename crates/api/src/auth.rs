@@ -34,6 +34,8 @@ pub struct Principal {
     pub token: TokenId,
     /// Set for a machine token: the one machine it may read.
     pub machine: Option<plinth_model::MachineId>,
+    /// A join token: it may only register machines.
+    pub join: bool,
 }
 
 /// Whether a machine token for `machine` may make this request: it reads its
@@ -46,7 +48,8 @@ fn machine_may(machine: plinth_model::MachineId, method: &axum::http::Method, pa
     match *method {
         Method::GET => path == own || path == format!("{own}/params") || matches!(job_route, Some("log" | "files")),
         Method::POST => {
-            path == format!("{own}/next")
+            path == "/api/v1/machines/whoami"
+                || path == format!("{own}/next")
                 || path == format!("{own}/inventory")
                 || matches!(job_route, Some("start" | "finish" | "log"))
         }
@@ -204,6 +207,11 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
     {
         return Err(ApiError::Forbidden("a machine token may only read its own machine".into()));
     }
+    if principal.join && !(req.method() == axum::http::Method::POST && req.uri().path() == "/api/v1/machines/whoami") {
+        return Err(ApiError::Forbidden(
+            "a join token may only register a machine (POST /api/v1/machines/whoami)".into(),
+        ));
+    }
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
 }
@@ -225,11 +233,14 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
     if let Some(machine) = stored.machine {
         // A machine token lives as long as its machine.
         state.store.get(Kind::Machine, &machine.to_string()).await?.ok_or_else(invalid)?;
-        return Ok(Principal { user: stored.user, token: id, machine: Some(machine) });
+        return Ok(Principal { user: stored.user, token: id, machine: Some(machine), join: false });
+    }
+    if stored.join && stored.uses_left == Some(0) {
+        return Err(invalid());
     }
     let user = state.store.get(Kind::User, stored.user.as_str()).await?.ok_or_else(invalid)?;
     let _: User = plinth_model::decode(user.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Principal { user: stored.user, token: id, machine: None })
+    Ok(Principal { user: stored.user, token: id, machine: None, join: stored.join })
 }
 
 #[cfg(test)]

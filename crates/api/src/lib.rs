@@ -54,6 +54,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/machines/{id}/workflow", post(agent::assign))
         .route("/api/v1/machines/{id}/resume", post(agent::resume))
         .route("/api/v1/machines/{id}/next", post(agent::next))
+        .route("/api/v1/machines/whoami", post(agent::whoami))
+        .route("/api/v1/join-tokens", post(agent::create_join_token))
         .route("/api/v1/machines/{id}/inventory", post(agent::inventory))
         .route("/api/v1/machines/{id}/timeline", get(agent::timeline))
         .route("/api/v1/jobs/{id}/start", post(agent::start))

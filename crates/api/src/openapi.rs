@@ -174,6 +174,20 @@ pub fn build() -> Value {
     timeline["get"]["responses"]["200"]["content"]["application/json"]["schema"] = json!({"type": "object",
         "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/BootEvent"}}}});
     paths.insert("/api/v1/machines/{id}/timeline".into(), timeline);
+    let mut whoami = json!({"post": agent_route("whoami",
+        "A machine says who it is (MACs, system UUID, serial; never its IP) and gets its Machine (matched or created) and a machine token",
+        Some(json!({"type": "object", "properties": {"name": {"type": "string"}, "macs": {"type": "array", "items": {"type": "string"}},
+            "system_uuid": {"type": "string"}, "serial": {"type": "string"}, "inventory": {"type": "object"}}})),
+        "{machine, created, score, token, expires_at}", &["400", "401", "403", "409"])});
+    whoami["post"]["parameters"] = json!([]);
+    paths.insert("/api/v1/machines/whoami".into(), whoami);
+    let mut join = json!({"post": agent_route("create_join_token",
+        "A token that can only register machines: `uses` times (default 1), for `ttl_secs` (default 3600); machines it creates get `profiles` and start `workflow`",
+        Some(json!({"type": "object", "properties": {"ttl_secs": {"type": "integer"}, "uses": {"type": "integer"}, "description": {"type": "string"},
+            "workflow": {"type": "string"}, "profiles": {"type": "array", "items": {"type": "string"}}}})),
+        "{token, id, expires_at, uses}", &["400", "401", "403"])});
+    join["post"]["parameters"] = json!([]);
+    paths.insert("/api/v1/join-tokens".into(), join);
     paths.insert("/api/v1/jobs/{id}/start".into(), json!({"post": agent_route("start_job", "The agent started the job", None, "the job", &["401", "403", "404", "409"])}));
     paths.insert("/api/v1/jobs/{id}/finish".into(), json!({"post": agent_route("finish_job",
         "How the job ended: exit code (0 ok, 64 ok+reboot, 65 ok+poweroff, 66 ok+pause, else failed), reason, params to set on the machine",

@@ -12,6 +12,8 @@
 //! `retries`, then the workflow stops as `failed`).
 #![forbid(unsafe_code)]
 
+pub mod identity;
+
 use plinth_model::{
     Job, JobId, JobState, Kind, Machine, MachineId, Name, ParamValues, Stage, Task, Workflow, WorkflowState,
 };

@@ -987,6 +987,19 @@ object! {
         /// `user`: it can read that machine and nothing else.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub machine: Option<MachineId>,
+        /// A join token: it can only register a machine (`POST
+        /// /api/v1/machines/whoami`), at most `uses_left` times.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub join: bool,
+        /// Registrations left for a join token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub uses_left: Option<u32>,
+        /// Workflow started on a machine created with this join token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub join_workflow: Option<Name>,
+        /// Profiles given to a machine created with this join token.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub join_profiles: Vec<Name>,
     }
 }
 
@@ -1013,6 +1026,10 @@ impl Token {
             expires_at,
             secret_hash: Some(sha256_hex(&secret)),
             machine,
+            join: false,
+            uses_left: None,
+            join_workflow: None,
+            join_profiles: Vec::new(),
             meta: Default::default(),
             revision: 0,
             created_at: None,

@@ -198,3 +198,88 @@ async fn the_agent_runs_a_workflow_across_a_reboot() {
     let failed = api.get(&format!("/api/v1/jobs/{}", machine["last_job"].as_str().unwrap())).await.body;
     assert_eq!((failed["exit_code"].as_i64(), failed["reason"].as_str()), (Some(124), Some("timed out after 1 s")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_without_pxe_joins_with_a_join_token_and_runs_its_workflow() {
+    let server = Server::start();
+    let api = server.api().await;
+    let root = tempfile::tempdir().unwrap();
+    post(&api, "/api/v1/params", json!({"name": "role", "schema": {"type": "string"}})).await;
+    post(&api, "/api/v1/profiles", json!({"name": "cloud-web", "params": {"role": "web"}})).await;
+    post(
+        &api,
+        "/api/v1/tasks",
+        json!({"name": "configure", "templates": [
+        {"name": "motd", "path": "/etc/motd", "contents": "{{ machine.name }} is a {{ param('role') }} server\n"},
+        {"name": "run", "contents": "echo configured"}]}),
+    )
+    .await;
+    post(&api, "/api/v1/stages", json!({"name": "configure", "tasks": ["configure"]})).await;
+    post(&api, "/api/v1/workflows", json!({"name": "cloud", "stages": ["configure"]})).await;
+    let join = post(
+        &api,
+        "/api/v1/join-tokens",
+        json!({"uses": 1, "workflow": "cloud", "profiles": ["cloud-web"], "ttl_secs": 600}),
+    )
+    .await;
+    let join_token = join["token"].as_str().unwrap().to_owned();
+    // A join token registers machines and does nothing else.
+    let as_join = Api { http: server.http(), url: api.url.clone(), token: join_token.clone() };
+    assert_eq!(as_join.get("/api/v1/machines").await.status, 403);
+    assert_eq!(as_join.post("/api/v1/join-tokens", json!({})).await.status, 403);
+
+    let state = root.path().join("state");
+    let run = |token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_plinth-agent"))
+            .args([
+                "join",
+                "--endpoint",
+                &server.url,
+                "--name",
+                "cloud-vm-1",
+                "--boot-id",
+                "cloud-boot",
+                "--once",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .arg("--root")
+            .arg(root.path())
+            .arg("--work-dir")
+            .arg(root.path().join("work"))
+            .arg("--ca-cert")
+            .arg(server.ca())
+            .env("PLINTH_JOIN_TOKEN", token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (code, err) = wait(run(&join_token), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("joined as cloud-vm-1") && err.contains("a new machine"), "{err}");
+    let machines = api.get("/api/v1/machines?name=cloud-vm-1").await.body["items"].as_array().unwrap().clone();
+    assert_eq!(machines.len(), 1);
+    let m = &machines[0];
+    assert_eq!(
+        (m["workflow_state"].as_str(), m["profiles"][0].as_str(), m["bootenv"].as_str()),
+        (Some("complete"), Some("cloud-web"), Some("local"))
+    );
+    assert_eq!(std::fs::read_to_string(root.path().join("etc/motd")).unwrap(), "cloud-vm-1 is a web server");
+    use std::os::unix::fs::PermissionsExt;
+    let env = state.join("agent.env");
+    assert_eq!(std::fs::metadata(&env).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&env).unwrap().contains("PLINTH_TOKEN=plt_"));
+
+    // The token was single-use.
+    let (code, err) = wait(run(&join_token), Duration::from_secs(30));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401"), "{err}");
+    // Joining again with a new token finds the same machine by its MACs/UUID.
+    let again = post(&api, "/api/v1/join-tokens", json!({})).await["token"].as_str().unwrap().to_owned();
+    let (code, err) = wait(run(&again), Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("an existing machine"), "{err}");
+    assert_eq!(api.get("/api/v1/machines?name=cloud-vm-1").await.body["items"].as_array().unwrap().len(), 1);
+}
