@@ -20,7 +20,7 @@ fi
 
 # NIC drivers for e1000 and virtio-net; their dependencies are resolved
 # from each module's own `depends=` field (.modinfo), no depmod needed.
-wanted=(e1000 virtio_net virtio_pci)
+wanted=(e1000 virtio_net virtio_pci virtio_blk)
 busybox=$(command -v busybox)
 file -L "$busybox" 2>/dev/null | grep -q 'statically linked' || [ -f /bin/busybox ] || { echo "needs busybox-static" >&2; exit 1; }
 
@@ -77,4 +77,12 @@ SCRIPT
 chmod +x "$root/init" "$root/udhcpc.sh"
 (cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -9) > "$dir/initrd.img.tmp"
 mv "$dir/initrd.img.tmp" "$dir/initrd.img"
+# A static plinth-agent for the discovery image the discovery VM test builds.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -x "$dir/plinth-agent" ] || [ -n "$(find "$repo/crates" -name '*.rs' -newer "$dir/plinth-agent" | head -n 1)" ]; then
+  (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \
+    cargo build --release --locked -q -p plinth --bin plinth-agent --target x86_64-unknown-linux-gnu --target-dir target/static)
+  cp "$repo/target/static/x86_64-unknown-linux-gnu/release/plinth-agent" "$dir/plinth-agent.tmp"
+  mv "$dir/plinth-agent.tmp" "$dir/plinth-agent"
+fi
 echo "lab assets ready in $dir"

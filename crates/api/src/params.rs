@@ -122,7 +122,10 @@ pub async fn render(
         api: api.unwrap_or_default(),
         arch: req.arch,
         firmware: req.firmware,
-        hooks: plinth_render::Hooks { machine_token: Some(std::sync::Arc::new(|| Ok(TOKEN_PLACEHOLDER.to_owned()))) },
+        hooks: plinth_render::Hooks {
+            machine_token: Some(std::sync::Arc::new(|| Ok(TOKEN_PLACEHOLDER.to_owned()))),
+            join_token: Some(std::sync::Arc::new(|| Ok("<join-token>".to_owned()))),
+        },
     };
     let field = if req.template.is_some() {
         "template"

@@ -142,6 +142,35 @@ impl RenderedFiles {
         })
     }
 
+    /// Issues a single-use join token, valid for an hour, from a blocking
+    /// render: what an unknown machine's discovery agent registers with.
+    fn join_minter(&self, workflow: Option<String>) -> plinth_render::TokenMinter {
+        let store = self.store.clone();
+        let handle = tokio::runtime::Handle::current();
+        std::sync::Arc::new(move || {
+            let expires = plinth_model::now() + chrono::Duration::hours(1);
+            let (mut token, bearer) = plinth_model::Token::mint(
+                plinth_model::Name::known("admin"),
+                "discovery: single-use join token from the unknown-machine boot script".into(),
+                expires,
+                None,
+            );
+            token.join = true;
+            token.uses_left = Some(1);
+            token.join_workflow = workflow.as_deref().and_then(|w| w.parse().ok());
+            let body = serde_json::to_value(&token).map_err(|e| e.to_string())?;
+            handle
+                .block_on(plinth_store::StoreExt::create(
+                    store.as_ref(),
+                    plinth_model::Kind::Token,
+                    &token.id.to_string(),
+                    body,
+                ))
+                .map_err(|e| e.to_string())?;
+            Ok(bearer)
+        })
+    }
+
     /// `ipxe-default` rendered for a machine Plinth does not know yet.
     async fn unknown_machine_script(&self, request: &FileRequest<'_>) -> Option<Vec<u8>> {
         let stored = self.store.get(plinth_model::Kind::Template, DEFAULT_IPXE_TEMPLATE).await.ok()??;
@@ -154,14 +183,20 @@ impl RenderedFiles {
             DEFAULT_IPXE_TEMPLATE.to_owned(),
             template.contents,
         )]));
+        // The `global` profile's values, for param() in this script.
+        let global: std::collections::BTreeMap<String, serde_json::Value> =
+            match self.store.get(plinth_model::Kind::Profile, "global").await.ok().flatten() {
+                Some(r) => plinth_model::decode::<plinth_model::Profile>(r.body)
+                    .map(|p| p.params.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                    .unwrap_or_default(),
+                None => Default::default(),
+            };
+        let workflow =
+            global.get("discovery-workflow").and_then(|v| v.as_str()).filter(|w| !w.is_empty()).map(str::to_owned);
+        let hooks = plinth_render::Hooks { join_token: Some(self.join_minter(workflow)), ..Default::default() };
+        let params = std::sync::Arc::new(global);
         let out = tokio::task::spawn_blocking(move || {
-            plinth_render::render(
-                templates,
-                plinth_render::Source::Named(DEFAULT_IPXE_TEMPLATE),
-                &ctx,
-                Default::default(),
-                &Default::default(),
-            )
+            plinth_render::render(templates, plinth_render::Source::Named(DEFAULT_IPXE_TEMPLATE), &ctx, params, &hooks)
         })
         .await
         .ok()?;

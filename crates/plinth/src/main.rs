@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bootloaders;
+mod discovery;
 mod serve;
 
 use clap::{Arg, ArgAction, Command, value_parser};
@@ -105,13 +106,46 @@ fn command() -> Command {
                         .help("File root to fill (instead of <data-dir>/files)"),
                 ),
         );
+    let path_arg = |name: &'static str, help: &'static str| {
+        Arg::new(name).long(name).value_parser(value_parser!(PathBuf)).help(help)
+    };
+    let discovery = Command::new("discovery").about("Manage the discovery image").subcommand_required(true).subcommand(
+        Command::new("build")
+            .about("Assemble discovery/vmlinuz and discovery/initrd.img in the file root from a distribution kernel")
+            .long_about(
+                "Assembles the discovery image from a kernel and its modules (a Debian or Ubuntu linux-image \
+                 package unpacked with `dpkg -x PKG.deb DIR`: --kernel DIR/boot/vmlinuz-*, --modules \
+                 DIR/lib/modules/<version>), a static busybox and a static plinth-agent. The initramfs holds the \
+                 server's CA certificate, the NIC and disk modules with their dependencies, and an init that gets an \
+                 address by DHCP and runs `plinth-agent join`.",
+            )
+            .arg(path_arg("kernel", "The kernel image (vmlinuz)").required(true))
+            .arg(path_arg("modules", "The kernel's modules folder (lib/modules/<version>)").required(true))
+            .arg(path_arg("busybox", "A static busybox [default: /bin/busybox from busybox-static]"))
+            .arg(path_arg("agent", "A static plinth-agent [default: next to this binary]"))
+            .arg(path_arg("ca-cert", "The server's CA certificate [default: <data-dir>/tls/ca.pem]"))
+            .arg(
+                Arg::new("data-dir")
+                    .long("data-dir")
+                    .env("PLINTH_DATA_DIR")
+                    .value_parser(value_parser!(PathBuf))
+                    .help("The server's data dir [default: ./plinth-data]"),
+            )
+            .arg(path_arg("file-root", "The file root (instead of <data-dir>/files)"))
+            .arg(
+                Arg::new("with-modules")
+                    .long("with-modules")
+                    .help("Comma-separated module names [default: common NICs and disks]"),
+            ),
+    );
     let root = Command::new("plinth")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Provisioning for bare metal and cloud machines")
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(serve)
-        .subcommand(bootloaders);
+        .subcommand(bootloaders)
+        .subcommand(discovery);
     plinth_cli::augment(root)
 }
 
@@ -136,6 +170,19 @@ fn main() -> ExitCode {
         let result = sub.subcommand().map(|(_, m)| bootloaders::run(m));
         return match result {
             Some(Ok(())) => ExitCode::SUCCESS,
+            Some(Err(e)) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+            None => ExitCode::from(2),
+        };
+    }
+    if name == "discovery" {
+        return match sub.subcommand().map(|(_, m)| discovery::run(m)) {
+            Some(Ok(modules)) => {
+                println!("discovery image built with modules: {}", modules.join(" "));
+                ExitCode::SUCCESS
+            }
             Some(Err(e)) => {
                 eprintln!("error: {e:#}");
                 ExitCode::from(1)

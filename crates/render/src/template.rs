@@ -44,6 +44,9 @@ pub type TokenMinter = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 pub struct Hooks {
     /// Backs `machine_token()`.
     pub machine_token: Option<TokenMinter>,
+    /// Backs `join_token()`: a single-use token an unknown machine's
+    /// discovery agent registers with.
+    pub join_token: Option<TokenMinter>,
 }
 
 /// Builds the sandboxed environment over `templates`.
@@ -82,6 +85,21 @@ fn environment(
         }
         let t = mint().map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("machine_token(): {e}")))?;
         Ok(minted.get_or_init(|| t).clone())
+    });
+    let joiner = hooks.join_token.clone();
+    let joined = Arc::new(std::sync::OnceLock::<String>::new());
+    env.add_function("join_token", move || -> Result<String, Error> {
+        let Some(mint) = &joiner else {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "join_token() is only available in the script for machines Plinth does not know yet",
+            ));
+        };
+        if let Some(t) = joined.get() {
+            return Ok(t.clone());
+        }
+        let t = mint().map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("join_token(): {e}")))?;
+        Ok(joined.get_or_init(|| t).clone())
     });
     env.add_filter("url_host", |v: String| -> Result<String, Error> {
         let rest = v.split_once("://").map_or(v.as_str(), |(_, r)| r);
@@ -243,6 +261,7 @@ mod tests {
                 c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Ok("plt_x.y".to_owned())
             })),
+            join_token: None,
         };
         let out = render(
             Arc::default(),

@@ -78,8 +78,11 @@ impl Server {
             }
             None => Command::new(bin()),
         };
+        cmd.arg("serve");
+        if !flags.contains(&"--api-addr") {
+            cmd.args(["--api-addr", "127.0.0.1:0"]);
+        }
         let mut child = cmd
-            .args(["serve", "--api-addr", "127.0.0.1:0"])
             .args(flags)
             .arg("--data-dir")
             .arg(dir)

@@ -1,0 +1,348 @@
+//! `plinth discovery build`: assembles the discovery image into the file
+//! root (`discovery/vmlinuz`, `discovery/initrd.img`): a distribution
+//! kernel, and an initramfs Plinth writes itself (newc cpio) holding
+//! busybox, the agent, the server's CA certificate, the NIC and disk
+//! modules the kernel needs (dependencies resolved from each module's own
+//! `depends=` field, in load order) and an init that gets an address and
+//! runs `plinth-agent join`. Works with Debian and Ubuntu kernel packages
+//! unpacked with `dpkg -x` (uncompressed `.ko` modules).
+
+use anyhow::{Context, Result, bail};
+use clap::ArgMatches;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Modules included by default: common NICs and disks of servers and VMs.
+pub const DEFAULT_MODULES: &[&str] = &[
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "bnxt_en",
+    "tg3",
+    "r8169",
+    "virtio_net",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_scsi",
+    "ahci",
+    "ata_piix",
+    "sd_mod",
+    "nvme",
+    "mlx5_core",
+];
+
+/// A newc ("070701") cpio archive being written.
+pub struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Default for Cpio {
+    fn default() -> Self {
+        Cpio::new()
+    }
+}
+
+impl Cpio {
+    /// An empty archive.
+    pub fn new() -> Cpio {
+        Cpio { out: Vec::new(), ino: 1 }
+    }
+
+    fn header(&mut self, name: &str, mode: u32, len: usize) {
+        let fields = [self.ino, mode, 0, 0, 1, 0, len as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+        self.ino += 1;
+        self.out.extend_from_slice(b"070701");
+        for f in fields {
+            self.out.extend_from_slice(format!("{f:08X}").as_bytes());
+        }
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.out.len().is_multiple_of(4) {
+            self.out.push(0);
+        }
+    }
+
+    /// A directory.
+    pub fn dir(&mut self, name: &str) {
+        self.header(name, 0o040755, 0);
+    }
+
+    /// A file with `mode` permission bits.
+    pub fn file(&mut self, name: &str, mode: u32, data: &[u8]) {
+        self.header(name, 0o100000 | mode, data.len());
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    /// A symbolic link.
+    pub fn symlink(&mut self, name: &str, target: &str) {
+        self.header(name, 0o120777, target.len());
+        self.out.extend_from_slice(target.as_bytes());
+        self.pad();
+    }
+
+    /// The archive, with its trailer.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.header("TRAILER!!!", 0, 0);
+        self.out
+    }
+}
+
+/// The `depends=` list of a module file (`.modinfo` strings are NUL-separated).
+pub fn depends(ko: &[u8]) -> Vec<String> {
+    ko.split(|b| *b == 0)
+        .find_map(|s| s.strip_prefix(b"depends="))
+        .map(|d| String::from_utf8_lossy(d).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Finds `<name>.ko` (`-` and `_` are the same in module names) under `dir`.
+fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
+    let want = format!("{}.ko", name.replace('-', "_"));
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            let ft = e.file_type().ok()?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|f| f.to_string_lossy().replace('-', "_") == want) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Modules `wanted` and what they depend on, in load order, as (name, bytes).
+/// Names the kernel does not have are skipped (a built-in driver, or not
+/// built for this kernel); a compressed module is an error.
+pub fn resolve_modules(dir: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
+    fn add(
+        dir: &Path,
+        name: &str,
+        seen: &mut BTreeSet<String>,
+        out: &mut Vec<(String, Vec<u8>)>,
+        depth: usize,
+    ) -> Result<()> {
+        let name = name.replace('-', "_");
+        if depth > 32 || !seen.insert(name.clone()) {
+            return Ok(());
+        }
+        let Some(path) = find_module(dir, &name) else {
+            if find_compressed(dir, &name) {
+                bail!("module {name} is compressed (.ko.xz/.ko.zst); unpack the modules first");
+            }
+            return Ok(());
+        };
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        for d in depends(&bytes) {
+            add(dir, &d, seen, out, depth + 1)?;
+        }
+        out.push((name, bytes));
+        Ok(())
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for w in wanted {
+        add(dir, w, &mut seen, &mut out, 0)?;
+    }
+    Ok(out)
+}
+
+fn find_compressed(dir: &Path, name: &str) -> bool {
+    ["xz", "zst", "gz"].iter().any(|ext| find_module_ext(dir, &format!("{name}.ko.{ext}")))
+}
+
+fn find_module_ext(dir: &Path, file: &str) -> bool {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|f| f.to_string_lossy().replace('-', "_") == file) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+# Plinth discovery: bring up the network, then run the agent, which
+# registers this machine and runs the jobs Plinth hands it.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /tmp /run /var/lib
+for m in $(cat /modules/order); do insmod "/modules/$m.ko" 2>/dev/null; done
+arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+api=$(arg plinth.api)
+join=$(arg plinth.join)
+echo "plinth-discovery: API $api"
+up=""
+for i in 1 2 3 4 5; do
+  for nic in $(ls /sys/class/net | grep -v '^lo$'); do
+    ip link set "$nic" up
+    if udhcpc -i "$nic" -q -n -t 5 -T 2 -s /etc/udhcpc.sh; then up=$nic; break 2; fi
+  done
+  sleep 2
+done
+[ -n "$up" ] || { echo "plinth-discovery: no DHCP answer on any NIC"; sleep 30; reboot -f; }
+echo "plinth-discovery: network up on $up"
+while true; do
+  /bin/plinth-agent join --endpoint "$api" --token "$join" --ca-cert /etc/plinth/ca.pem --state-dir /run/plinth \
+    --work-dir /var/lib/plinth-agent --reboot-command "reboot -f" --poweroff-command "poweroff -f"
+  echo "plinth-discovery: the agent stopped; starting it again in 10 s"
+  sleep 10
+done
+"#;
+
+const UDHCPC: &str = r#"#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    ;;
+esac
+"#;
+
+/// Builds the initramfs bytes.
+pub fn initramfs(busybox: &[u8], agent: &[u8], ca: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut c = Cpio::new();
+    for d in ["bin", "sbin", "etc", "etc/plinth", "proc", "sys", "dev", "modules", "tmp", "run", "var", "var/lib"] {
+        c.dir(d);
+    }
+    c.file("bin/busybox", 0o755, busybox);
+    c.symlink("bin/sh", "busybox");
+    c.file("bin/plinth-agent", 0o755, agent);
+    c.file("etc/plinth/ca.pem", 0o644, ca);
+    c.file("etc/udhcpc.sh", 0o755, UDHCPC.as_bytes());
+    c.file("init", 0o755, INIT.as_bytes());
+    let order: Vec<&str> = modules.iter().map(|(n, _)| n.as_str()).collect();
+    c.file("modules/order", 0o644, format!("{}\n", order.join("\n")).as_bytes());
+    for (name, bytes) in modules {
+        c.file(&format!("modules/{name}.ko"), 0o644, bytes);
+    }
+    c.finish()
+}
+
+fn is_static(elf: &[u8]) -> bool {
+    // An ELF with no PT_INTERP program header needs no dynamic loader.
+    !elf.windows(b"/lib64/ld-linux".len()).any(|w| w == b"/lib64/ld-linux")
+        && !elf.windows(b"/lib/ld-linux".len()).any(|w| w == b"/lib/ld-linux")
+}
+
+/// `plinth discovery build`.
+pub fn run(m: &ArgMatches) -> Result<Vec<String>> {
+    let data_dir = m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data"));
+    let root = m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| data_dir.join("files"));
+    let kernel = m.get_one::<PathBuf>("kernel").cloned().context("--kernel is required")?;
+    let modules_dir = m.get_one::<PathBuf>("modules").cloned().context("--modules is required")?;
+    let busybox = m.get_one::<PathBuf>("busybox").cloned().unwrap_or_else(|| PathBuf::from("/bin/busybox"));
+    let agent = match m.get_one::<PathBuf>("agent") {
+        Some(a) => a.clone(),
+        None => std::env::current_exe()?.with_file_name("plinth-agent"),
+    };
+    let ca = m.get_one::<PathBuf>("ca-cert").cloned().unwrap_or_else(|| data_dir.join("tls/ca.pem"));
+    let read =
+        |p: &Path, what: &str| std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()));
+    let busybox_bytes = read(&busybox, "busybox")?;
+    let agent_bytes = read(&agent, "agent")?;
+    for (what, bytes, path) in [("busybox", &busybox_bytes, &busybox), ("agent", &agent_bytes, &agent)] {
+        if !is_static(bytes) {
+            bail!(
+                "{what} {} is dynamically linked; the discovery image has no C library: use a static build (busybox-static; the agent built with RUSTFLAGS=\"-C target-feature=+crt-static\")",
+                path.display()
+            );
+        }
+    }
+    let ca_bytes = read(&ca, "CA certificate")?;
+    let wanted: Vec<String> = match m.get_one::<String>("with-modules") {
+        Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        None => DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+    };
+    let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let modules = resolve_modules(&modules_dir, &wanted_refs)?;
+    if modules.is_empty() {
+        bail!(
+            "none of the modules ({}) is under {}; point --modules at the kernel's lib/modules/<version>",
+            wanted.join(","),
+            modules_dir.display()
+        );
+    }
+    let image = initramfs(&busybox_bytes, &agent_bytes, &ca_bytes, &modules);
+    let dest = root.join("discovery");
+    std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    for (name, bytes) in [("vmlinuz", read(&kernel, "kernel")?), ("initrd.img", image)] {
+        let tmp = dest.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, dest.join(name))?;
+    }
+    Ok(modules.into_iter().map(|(n, _)| n).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_is_newc_that_busybox_reads_back() {
+        let mut c = Cpio::new();
+        c.dir("etc");
+        c.file("etc/hello", 0o644, b"hello\n");
+        c.symlink("link", "etc/hello");
+        let bytes = c.finish();
+        assert!(bytes.starts_with(b"070701"));
+        assert_eq!(bytes.len() % 4, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.cpio");
+        std::fs::write(&archive, &bytes).unwrap();
+        if !Path::new("/bin/busybox").exists() {
+            return;
+        }
+        let out = std::process::Command::new("/bin/busybox")
+            .args(["cpio", "-i", "-d", "-F"])
+            .arg(&archive)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read_to_string(dir.path().join("etc/hello")).unwrap(), "hello\n");
+        assert_eq!(std::fs::read_link(dir.path().join("link")).unwrap(), Path::new("etc/hello"));
+    }
+
+    #[test]
+    fn module_dependencies_come_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |name: &str, deps: &str| {
+            std::fs::write(
+                dir.path().join(format!("{name}.ko")),
+                format!("\0license=GPL\0depends={deps}\0vermagic=6.1\0"),
+            )
+            .unwrap()
+        };
+        w("virtio_net", "net_failover,virtio_ring");
+        w("net_failover", "failover");
+        w("failover", "");
+        w("virtio_ring", "");
+        let order: Vec<String> =
+            resolve_modules(dir.path(), &["virtio_net", "missing"]).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(order, ["failover", "net_failover", "virtio_ring", "virtio_net"]);
+        std::fs::write(dir.path().join("e1000e.ko.xz"), b"x").unwrap();
+        assert!(resolve_modules(dir.path(), &["e1000e"]).unwrap_err().to_string().contains("compressed"));
+    }
+}

@@ -1,0 +1,208 @@
+//! The product's promise on a VM: an unknown machine (QEMU/TCG; BIOS with
+//! an e1000, or UEFI with virtio-net; 512 MiB, a 1 GiB virtio disk)
+//! PXE-boots from Plinth, gets the
+//! discovery image that `plinth discovery build` assembled, registers with
+//! its inventory through the single-use join token its boot script
+//! carried, runs the workflow the site set for discovered machines (a task
+//! reporting a value back, a task failing once and passing on retry), and
+//! ends `complete`; its timeline shows every step.
+
+mod common;
+
+use common::netns::{self, Netns};
+use common::{Server, have, ok};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn lab_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("PLINTH_LAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/lab"));
+    let ready =
+        dir.join("vmlinuz").is_file() && dir.join("plinth-agent").is_file() && dir.join("kernel/lib/modules").is_dir();
+    if !ready {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "VM assets missing in {}: .ci/run runs scripts/lab-assets.sh",
+            dir.display()
+        );
+        eprintln!("SKIPPED: run scripts/lab-assets.sh to prepare {}", dir.display());
+        return None;
+    }
+    Some(dir)
+}
+
+#[test]
+fn an_unknown_bios_machine_is_discovered_inventoried_and_runs_its_workflow() {
+    discover(false, "52:54:00:d1:5c:01");
+}
+
+#[test]
+fn an_unknown_uefi_machine_is_discovered_inventoried_and_runs_its_workflow() {
+    discover(true, "52:54:00:d1:5c:02");
+}
+
+fn discover(uefi: bool, mac: &str) {
+    let Some(assets) = lab_dir() else { return };
+    if !netns::available()
+        || !have("qemu-system-x86_64")
+        || !have("/usr/lib/ipxe/undionly.kpxe")
+        || (uefi && !have("/usr/share/ovmf/OVMF.fd"))
+    {
+        return;
+    }
+    let ns = Netns::new("disc");
+    ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "br0"]);
+    ns.ip(&["link", "set", "br0", "up"]);
+    ns.ip(&["tuntap", "add", "tap0", "mode", "tap"]);
+    ns.ip(&["link", "set", "tap0", "master", "br0"]);
+    ns.ip(&["link", "set", "tap0", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = ns.prefix();
+    let server = Server::start_with(
+        dir.path(),
+        &prefix,
+        &["--api-addr", "10.77.0.1:0", "--http-addr", "10.77.0.1:0", "--tftp-addr", "10.77.0.1:69"],
+    );
+    let files = server.files();
+    ok(Command::new(common::bin()).args(["bootloaders", "install", "--file-root"]).arg(&files).output().unwrap());
+    let modules = std::fs::read_dir(assets.join("kernel/lib/modules")).unwrap().next().unwrap().unwrap().path();
+    let built = ok(Command::new(common::bin())
+        .args(["discovery", "build", "--with-modules", "e1000,virtio_pci,virtio_net,virtio_blk", "--kernel"])
+        .arg(assets.join("vmlinuz"))
+        .arg("--modules")
+        .arg(&modules)
+        .arg("--agent")
+        .arg(assets.join("plinth-agent"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap());
+    assert!(built.contains("e1000") && built.contains("virtio_blk"), "{built}");
+
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, common::PASSWORD).unwrap();
+    ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
+    let create = |kind: &str, v: Value| ok(server.cli(&[kind, "create", "--data", &v.to_string()], None));
+    create(
+        "subnets",
+        serde_json::json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100",
+        "range_end": "10.77.0.199", "interface": "br0", "lease_secs": 600, "router": "10.77.0.1"}),
+    );
+    create("params", serde_json::json!({"name": "root-disk-bytes", "schema": {"type": "integer"}}));
+    create(
+        "tasks",
+        serde_json::json!({"name": "report-disk", "templates": [{"name": "run", "contents":
+        "echo disks: $(ls /sys/block)\necho \"{\\\"params\\\": {\\\"root-disk-bytes\\\": $(( $(cat /sys/block/vda/size) * 512 ))}}\" > $PLINTH_RESULT\n"}]}),
+    );
+    create(
+        "tasks",
+        serde_json::json!({"name": "flaky", "retries": 1, "templates": [{"name": "run", "contents":
+        "if [ -e /tmp/tried ]; then echo second try passes; else touch /tmp/tried; echo first try fails; exit 7; fi\n"}]}),
+    );
+    create(
+        "tasks",
+        serde_json::json!({"name": "done", "templates": [{"name": "run", "contents":
+        "echo all done; (sleep 3; poweroff -f) >/dev/null 2>&1 &\n"}]}),
+    );
+    create("stages", serde_json::json!({"name": "inventory-check", "tasks": ["report-disk"]}));
+    create("stages", serde_json::json!({"name": "burn-in", "tasks": ["flaky", "done"]}));
+    create("workflows", serde_json::json!({"name": "disco", "stages": ["inventory-check", "burn-in"]}));
+    ok(server.cli(
+        &[
+            "profiles",
+            "patch",
+            "global",
+            "--data",
+            r#"{"params": {"discovery-workflow": "disco", "kernel-console": "console=ttyS0"}}"#,
+        ],
+        None,
+    ));
+
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(1 << 30).unwrap();
+    let mut qemu = ns.exec(&[
+        "timeout",
+        "400",
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-nographic",
+        "-no-reboot",
+        "-boot",
+        "n",
+    ]);
+    qemu.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
+    if uefi {
+        // OVMF's own PXE client loads ipxe.efi over TFTP; iPXE then runs as `efi`.
+        qemu.args([
+            "-bios",
+            "/usr/share/ovmf/OVMF.fd",
+            "-device",
+            &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+        ]);
+    } else {
+        qemu.args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
+    }
+    let out = qemu
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", disk.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    let tail: String = console.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+
+    let machines: Vec<Value> = serde_json::from_str(&ok(
+        server.cli(&["machines", "list", "-o", "json", "--filter", &format!("macs={mac}")], None)
+    ))
+    .unwrap();
+    assert_eq!(machines.len(), 1, "the VM registered itself; console tail:\n{tail}");
+    let m = &machines[0];
+    let inv = &m["inventory"];
+    let mem = inv["memory_bytes"].as_u64().unwrap();
+    assert!(mem > 400 << 20 && mem <= 512 << 20, "memory {mem}");
+    let vda = inv["disks"].as_array().unwrap().iter().find(|d| d["name"] == "vda").expect("the virtio disk");
+    assert_eq!(vda["size_bytes"], 1u64 << 30);
+    let driver = if uefi { "virtio_net" } else { "e1000" };
+    assert!(inv["nics"].as_array().unwrap().iter().any(|n| n["mac"] == mac && n["driver"] == driver), "{inv}");
+    assert_eq!(inv["boot_mode"], if uefi { "uefi" } else { "bios" });
+    assert_eq!(m["params"]["root-disk-bytes"], 1u64 << 30, "the task reported a value back");
+    assert_eq!(m["workflow_state"], "complete", "console tail:\n{tail}");
+
+    let id = m["id"].as_str().unwrap();
+    let timeline: Vec<Value> =
+        serde_json::from_str(&ok(server.cli(&["machines", "timeline", id, "-o", "json"], None))).unwrap();
+    let lines: Vec<String> = timeline
+        .iter()
+        .map(|e| format!("{} {}", e["service"].as_str().unwrap(), e["detail"].as_str().unwrap()))
+        .collect();
+    let ipxe = format!("http GET /ipxe/{} 200", mac.replace(':', "-"));
+    let loader = if uefi { "tftp sent ipxe.efi" } else { "dhcp " };
+    let order = [
+        "dhcp ",
+        loader,
+        ipxe.as_str(),
+        "http GET /files/discovery/vmlinuz 200",
+        "http GET /files/discovery/initrd.img 200",
+        "agent registered: a new machine",
+        "workflow `disco` assigned",
+        "agent reported inventory",
+        "failed: task `flaky`, exit 7",
+        "finished: task `flaky`, exit 0",
+        "finished: task `done`, exit 0",
+        "workflow complete",
+    ];
+    let mut at = 0;
+    for want in order {
+        let found = lines[at..]
+            .iter()
+            .position(|l| l.contains(want))
+            .unwrap_or_else(|| panic!("`{want}` after #{at} in {lines:#?}"));
+        at += found + 1;
+    }
+}
