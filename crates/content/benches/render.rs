@@ -67,7 +67,7 @@ async fn main() {
     let provisioner = Provisioner {
         http: "http://10.0.0.10:8091".into(),
         api: "https://10.0.0.10:8092".into(),
-        hooks: Hooks { machine_token: Some(Arc::new(|| Ok("plt_bench.token".into()))) },
+        hooks: Hooks { machine_token: Some(Arc::new(|| Ok("plt_bench.token".into()))), ..Hooks::default() },
         ..Provisioner::default()
     };
 
