@@ -245,7 +245,7 @@ pub async fn files(
     let view = crate::params::view_for(&state, &job.machine.to_string()).await?;
     let api =
         headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("https://{h}")).unwrap_or_default();
-    let provisioner = plinth_render::Provisioner { api, ..Default::default() };
+    let provisioner = plinth_render::Provisioner { api, ca_pem: state.agent_ca.clone(), ..Default::default() };
     let rendered = tokio::task::spawn_blocking(move || view.render_task(&task, &provisioner))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?

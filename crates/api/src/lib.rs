@@ -39,6 +39,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Lifetime of tokens minted without an explicit `ttl_secs`.
     pub default_token_ttl: Duration,
+    /// PEM of the CA agents are given (`provisioner.ca_pem`), empty for none.
+    pub agent_ca: String,
 }
 
 /// The API's router, with authentication applied to every route but

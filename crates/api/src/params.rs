@@ -118,6 +118,7 @@ pub async fn render(
         headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("https://{h}"))
     });
     let provisioner = plinth_render::Provisioner {
+        ca_pem: state.agent_ca.clone(),
         http: req.http.clone().unwrap_or_default(),
         api: api.unwrap_or_default(),
         arch: req.arch,

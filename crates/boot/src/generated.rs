@@ -83,6 +83,7 @@ pub struct RenderedFiles {
     fallback: IpxeScripts,
     api_port: u16,
     token_ttl: std::time::Duration,
+    ca_pem: String,
 }
 
 /// The stored template that answers `ipxe/<mac>` for machines Plinth does
@@ -98,9 +99,10 @@ impl RenderedFiles {
         root: FileRoot,
         api_port: u16,
         token_ttl: std::time::Duration,
+        ca_pem: String,
     ) -> RenderedFiles {
         let shared = plinth_render::SharedCache::new(store.clone());
-        RenderedFiles { store, shared, fallback: IpxeScripts::new(root), api_port, token_ttl }
+        RenderedFiles { store, shared, fallback: IpxeScripts::new(root), api_port, token_ttl, ca_pem }
     }
 
     fn provisioner(&self, request: &FileRequest<'_>) -> plinth_render::Provisioner {
@@ -112,6 +114,7 @@ impl RenderedFiles {
             http,
             arch: request.arch,
             firmware: request.firmware,
+            ca_pem: self.ca_pem.clone(),
             hooks: Default::default(),
         }
     }

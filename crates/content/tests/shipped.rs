@@ -71,6 +71,7 @@ fn provisioner() -> Provisioner {
     Provisioner {
         http: "http://10.20.0.10:8091".into(),
         api: "https://10.20.0.10:8092".into(),
+        ca_pem: "-----BEGIN CERTIFICATE-----\nTEST-CA\n-----END CERTIFICATE-----\n".into(),
         hooks: Hooks { machine_token: Some(Arc::new(|| Ok("plt_TEST.MACHINE-TOKEN".into()))), ..Hooks::default() },
         ..Provisioner::default()
     }

@@ -292,6 +292,12 @@ pub fn run(m: &ArgMatches) -> Result<Vec<String>> {
         std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, dest.join(name))?;
     }
+    // The same agent, for installed systems to download (post.agent).
+    let agents = root.join("agent");
+    std::fs::create_dir_all(&agents).with_context(|| format!("cannot create {}", agents.display()))?;
+    let tmp = agents.join(".plinth-agent-amd64.tmp");
+    std::fs::write(&tmp, &agent_bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, agents.join("plinth-agent-amd64"))?;
     Ok(modules.into_iter().map(|(n, _)| n).collect())
 }
 

@@ -71,17 +71,31 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         .unwrap_or("0.0.0.0:8092")
         .parse()
         .context("--api-addr must be IP:PORT, e.g. 0.0.0.0:8092")?;
+    // The CA that machines' agents are given in their boot files (only
+    // with the local CA; a site's own certificate chains to a CA its
+    // machines trust already).
+    let mut agent_ca = String::new();
     let (cert, key) = match (m.get_one::<PathBuf>("tls-cert"), m.get_one::<PathBuf>("tls-key")) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => {
             let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
             names.extend(hostname());
-            if !api_addr.ip().is_unspecified() {
+            if api_addr.ip().is_unspecified() {
+                // Listening everywhere: machines reach the API on any of
+                // this host's addresses.
+                for iface in if_addrs::get_if_addrs().unwrap_or_default() {
+                    if !iface.is_loopback() {
+                        names.push(iface.ip().to_string());
+                    }
+                }
+            } else {
                 names.push(api_addr.ip().to_string());
             }
             names.extend(m.get_many::<String>("tls-san").into_iter().flatten().cloned());
+            names.sort();
             names.dedup();
             let files = plinth_api::tls::ensure_local_ca(&data_dir, &names).context("cannot set up TLS")?;
+            agent_ca = std::fs::read_to_string(&files.ca_cert).unwrap_or_default();
             (files.cert, files.key)
         }
     };
@@ -90,6 +104,7 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         std::net::TcpListener::bind(api_addr).with_context(|| format!("cannot listen on {api_addr} (--api-addr)"))?;
     let bound = listener.local_addr()?;
     let state = AppState {
+        agent_ca: agent_ca.clone(),
         store,
         default_token_ttl: Duration::from_secs(m.get_one::<u64>("token-ttl").copied().unwrap_or(86_400)),
     };
@@ -106,6 +121,7 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         file_root.clone(),
         bound.port(),
         Duration::from_secs(m.get_one::<u64>("machine-token-ttl").copied().unwrap_or(3600)),
+        agent_ca,
     ));
 
     // One shutdown signal fans out to every listener.

@@ -81,6 +81,7 @@ fn discover(uefi: bool, mac: &str) {
         .output()
         .unwrap());
     assert!(built.contains("e1000") && built.contains("virtio_blk"), "{built}");
+    assert!(files.join("agent/plinth-agent-amd64").is_file(), "the agent for installed systems");
 
     let pw = dir.path().join("pw");
     std::fs::write(&pw, common::PASSWORD).unwrap();

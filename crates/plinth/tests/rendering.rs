@@ -63,6 +63,9 @@ async fn builtin_content_renders_per_machine_with_variants_and_scoped_tokens() {
     let endpoint = post.lines().find_map(|l| l.strip_prefix("PLINTH_ENDPOINT=")).unwrap();
     assert_eq!(endpoint, format!("https://127.0.0.1:{}", server.addr("api").rsplit(':').next().unwrap()));
     let token = post.lines().find_map(|l| l.strip_prefix("PLINTH_TOKEN=")).unwrap().to_owned();
+    // The agent is given the CA the API's certificate chains to.
+    let ca = std::fs::read_to_string(server.ca()).unwrap();
+    assert!(post.contains("PLINTH_CA_CERT=/etc/plinth/ca.pem") && post.contains(ca.trim()), "{post}");
     assert!(token.starts_with("plt_"), "{post}");
     let as_machine = Api { http: server.http(), url: api.url.clone(), token };
     let own = as_machine.get(&format!("/api/v1/machines/{web_id}")).await;

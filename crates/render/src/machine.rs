@@ -169,6 +169,9 @@ pub struct Provisioner {
     pub arch: Option<Arch>,
     /// Firmware the client reported (iPXE `${platform}`), if any.
     pub firmware: Option<Firmware>,
+    /// PEM of the CA the API's certificate chains to, for agents (empty when
+    /// the site's own certificate is used).
+    pub ca_pem: String,
     /// Effects a render may have (the machine token).
     pub hooks: Hooks,
 }
@@ -234,7 +237,7 @@ impl MachineView {
         });
         let (arch, firmware) = self.boot_target(provisioner);
         let mut ctx = json!({"machine": machine, "params": self.plain_params(),
-            "provisioner": {"http": provisioner.http, "api": provisioner.api},
+            "provisioner": {"http": provisioner.http, "api": provisioner.api, "ca_pem": provisioner.ca_pem},
             "boot": {"arch": arch, "firmware": firmware}, "lease": self.lease, "subnet": subnet,
             "network": self.network()});
         if let Some(b) = &self.bootenv {
