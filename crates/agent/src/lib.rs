@@ -21,10 +21,33 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
+/// How often the agent renews its session token (well inside the server's
+/// default token lifetime of 24 h).
+const RENEW_EVERY: Duration = Duration::from_secs(3 * 3600);
+
+/// Writes `contents` to `path` through a temporary file, mode 0600.
+fn write_private(path: &std::path::Path, contents: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(contents.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 struct Agent {
     http: reqwest::Client,
     endpoint: String,
-    token: String,
+    token: std::sync::Mutex<String>,
+    /// An env file (`PLINTH_TOKEN=...`) to keep the current token in.
+    state_file: Option<PathBuf>,
     machine: String,
     boot_id: Option<String>,
     root: PathBuf,
@@ -44,8 +67,8 @@ impl Agent {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, String> {
         let mut backoff = Duration::from_millis(500);
         loop {
-            let mut req =
-                self.http.request(method.clone(), format!("{}{path}", self.endpoint)).bearer_auth(&self.token);
+            let token = self.token.lock().map(|t| t.clone()).unwrap_or_default();
+            let mut req = self.http.request(method.clone(), format!("{}{path}", self.endpoint)).bearer_auth(token);
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -68,11 +91,38 @@ impl Agent {
         }
     }
 
+    /// Trades the current token for a fresh session token and keeps it
+    /// (in memory, and in the state file when there is one).
+    async fn renew(&self) -> Result<(), String> {
+        let path = format!("/api/v1/machines/{}/session", self.machine);
+        let reply = self.call(reqwest::Method::POST, &path, Some(&json!({}))).await?;
+        let token = reply["token"].as_str().ok_or("the session answer has no token")?.to_owned();
+        if let Some(file) = &self.state_file {
+            let old = std::fs::read_to_string(file).unwrap_or_default();
+            let mut lines: Vec<String> =
+                old.lines().filter(|l| !l.starts_with("PLINTH_TOKEN=")).map(str::to_owned).collect();
+            lines.push(format!("PLINTH_TOKEN={token}"));
+            write_private(file, &format!("{}\n", lines.join("\n")))?;
+        }
+        if let Ok(mut t) = self.token.lock() {
+            *t = token;
+        }
+        log(&format!("session renewed (until {})", reply["expires_at"].as_str().unwrap_or("?")));
+        Ok(())
+    }
+
     async fn run(&self) -> Result<(), String> {
+        // The token a boot file carried is short-lived: trade it for a session.
+        self.renew().await?;
+        let mut renewed = tokio::time::Instant::now();
         let inv = inventory::collect(std::path::Path::new("/"));
         self.call(reqwest::Method::POST, &format!("/api/v1/machines/{}/inventory", self.machine), Some(&inv)).await?;
         log("inventory reported");
         loop {
+            if renewed.elapsed() > RENEW_EVERY {
+                self.renew().await?;
+                renewed = tokio::time::Instant::now();
+            }
             let body = json!({"boot_id": self.boot_id, "wait_secs": if self.once { 0 } else { 30 }});
             let next = self
                 .call(reqwest::Method::POST, &format!("/api/v1/machines/{}/next", self.machine), Some(&body))
@@ -321,72 +371,62 @@ async fn join(
     ));
     std::fs::create_dir_all(state_dir).map_err(|e| format!("{}: {e}", state_dir.display()))?;
     let env = format!("PLINTH_ENDPOINT={endpoint}\nPLINTH_MACHINE={id}\nPLINTH_TOKEN={token}\n");
-    let path = state_dir.join("agent.env");
-    let tmp = state_dir.join(".agent.env.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        f.write_all(env.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_private(&state_dir.join("agent.env"), &env)?;
     Ok((token, id))
 }
 
 fn command() -> Command {
-    let run = Command::new("run")
-        .about("Report the inventory, then run the jobs Plinth hands out")
-        .arg(
-            Arg::new("endpoint")
-                .long("endpoint")
-                .env("PLINTH_ENDPOINT")
-                .required(true)
-                .help("API base URL, e.g. https://10.0.0.1:8092"),
-        )
-        .arg(
-            Arg::new("token")
-                .long("token")
-                .env("PLINTH_TOKEN")
-                .required(true)
-                .hide_env_values(true)
-                .help("Machine token"),
-        )
-        .arg(Arg::new("machine").long("machine").env("PLINTH_MACHINE").required(true).help("This machine's id"))
-        .arg(
-            Arg::new("ca-cert")
-                .long("ca-cert")
-                .env("PLINTH_CA_CERT")
-                .value_parser(value_parser!(PathBuf))
-                .help("PEM file of the CA that signed the server's certificate"),
-        )
-        .arg(Arg::new("boot-id").long("boot-id").help("This boot's id [default: /proc/sys/kernel/random/boot_id]"))
-        .arg(
-            Arg::new("root")
-                .long("root")
-                .default_value("/")
-                .value_parser(value_parser!(PathBuf))
-                .help("Where task files are written (their paths are under it)"),
-        )
-        .arg(
-            Arg::new("work-dir")
-                .long("work-dir")
-                .default_value("/var/lib/plinth-agent")
-                .value_parser(value_parser!(PathBuf)),
-        )
-        .arg(Arg::new("reboot-command").long("reboot-command").default_value("reboot"))
-        .arg(Arg::new("poweroff-command").long("poweroff-command").default_value("poweroff"))
-        .arg(
-            Arg::new("once")
-                .long("once")
-                .action(ArgAction::SetTrue)
-                .help("Exit when there is nothing to do instead of waiting"),
-        );
+    let run =
+        Command::new("run")
+            .about("Report the inventory, then run the jobs Plinth hands out")
+            .arg(
+                Arg::new("endpoint")
+                    .long("endpoint")
+                    .env("PLINTH_ENDPOINT")
+                    .required(true)
+                    .help("API base URL, e.g. https://10.0.0.1:8092"),
+            )
+            .arg(
+                Arg::new("token")
+                    .long("token")
+                    .env("PLINTH_TOKEN")
+                    .required(true)
+                    .hide_env_values(true)
+                    .help("Machine token"),
+            )
+            .arg(Arg::new("machine").long("machine").env("PLINTH_MACHINE").required(true).help("This machine's id"))
+            .arg(
+                Arg::new("ca-cert")
+                    .long("ca-cert")
+                    .env("PLINTH_CA_CERT")
+                    .value_parser(value_parser!(PathBuf))
+                    .help("PEM file of the CA that signed the server's certificate"),
+            )
+            .arg(Arg::new("boot-id").long("boot-id").help("This boot's id [default: /proc/sys/kernel/random/boot_id]"))
+            .arg(Arg::new("state-file").long("state-file").value_parser(value_parser!(PathBuf)).help(
+                "Env file whose PLINTH_TOKEN line is kept current as the session is renewed (/etc/plinth/agent.env)",
+            ))
+            .arg(
+                Arg::new("root")
+                    .long("root")
+                    .default_value("/")
+                    .value_parser(value_parser!(PathBuf))
+                    .help("Where task files are written (their paths are under it)"),
+            )
+            .arg(
+                Arg::new("work-dir")
+                    .long("work-dir")
+                    .default_value("/var/lib/plinth-agent")
+                    .value_parser(value_parser!(PathBuf)),
+            )
+            .arg(Arg::new("reboot-command").long("reboot-command").default_value("reboot"))
+            .arg(Arg::new("poweroff-command").long("poweroff-command").default_value("poweroff"))
+            .arg(
+                Arg::new("once")
+                    .long("once")
+                    .action(ArgAction::SetTrue)
+                    .help("Exit when there is nothing to do instead of waiting"),
+            );
     let join = Command::new("join")
         .about("Register this machine with a join token (a cloud VM, an existing server), then run its jobs")
         .arg(Arg::new("endpoint").long("endpoint").env("PLINTH_ENDPOINT").required(true).help("API base URL"))
@@ -501,10 +541,15 @@ async fn main_async() -> ExitCode {
             } else {
                 (arg("token"), arg("machine"))
             };
+            let state_file = match sub {
+                "join" => m.get_one::<PathBuf>("state-dir").map(|d| d.join("agent.env")),
+                _ => m.get_one::<PathBuf>("state-file").cloned(),
+            };
             let agent = Agent {
                 http,
                 endpoint,
-                token,
+                token: std::sync::Mutex::new(token),
+                state_file,
                 machine,
                 boot_id: m.get_one::<String>("boot-id").cloned().or_else(|| {
                     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_owned())

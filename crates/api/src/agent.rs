@@ -611,3 +611,35 @@ pub async fn whoami(
     Ok(Json(json!({"machine": machine_json(&machine)?, "created": created, "score": score, "token": bearer,
         "expires_at": expires_at})))
 }
+
+/// `POST /api/v1/machines/{id}/session`: a fresh machine token for the
+/// machine (valid for the server's default token lifetime), for an agent to
+/// trade the short-lived token of its boot file for, and to renew before
+/// it expires.
+pub async fn session(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = machine_id(&id)?;
+    if principal.join {
+        return Err(ApiError::Forbidden("a join token cannot open sessions".into()));
+    }
+    let r = state
+        .store
+        .get(Kind::Machine, &id.to_string())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("machines `{id}` not found")))?;
+    let m: Machine = plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let expires_at = plinth_model::now()
+        + chrono::Duration::from_std(state.default_token_ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (token, bearer) = plinth_model::Token::mint(
+        Name::known("machine"),
+        format!("agent session for {}", m.name),
+        expires_at,
+        Some(m.id),
+    );
+    let v = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.store.create(Kind::Token, &token.id.to_string(), v).await?;
+    Ok(Json(json!({"token": bearer, "expires_at": expires_at})))
+}

@@ -51,6 +51,7 @@ fn machine_may(machine: plinth_model::MachineId, method: &axum::http::Method, pa
             path == "/api/v1/machines/whoami"
                 || path == format!("{own}/next")
                 || path == format!("{own}/inventory")
+                || path == format!("{own}/session")
                 || matches!(job_route, Some("start" | "finish" | "log"))
         }
         _ => false,

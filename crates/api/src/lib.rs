@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/machines/{id}/resume", post(agent::resume))
         .route("/api/v1/machines/{id}/next", post(agent::next))
         .route("/api/v1/machines/whoami", post(agent::whoami))
+        .route("/api/v1/machines/{id}/session", post(agent::session))
         .route("/api/v1/join-tokens", post(agent::create_join_token))
         .route("/api/v1/machines/{id}/inventory", post(agent::inventory))
         .route("/api/v1/machines/{id}/timeline", get(agent::timeline))

@@ -188,6 +188,9 @@ pub fn build() -> Value {
         "{token, id, expires_at, uses}", &["400", "401", "403"])});
     join["post"]["parameters"] = json!([]);
     paths.insert("/api/v1/join-tokens".into(), join);
+    paths.insert("/api/v1/machines/{id}/session".into(), json!({"post": agent_route("machine_session",
+        "A fresh machine token (the server's default lifetime): an agent trades its boot file's short-lived token for it and renews it",
+        None, "{token, expires_at}", &["401", "403", "404"])}));
     paths.insert("/api/v1/jobs/{id}/start".into(), json!({"post": agent_route("start_job", "The agent started the job", None, "the job", &["401", "403", "404", "409"])}));
     paths.insert("/api/v1/jobs/{id}/finish".into(), json!({"post": agent_route("finish_job",
         "How the job ended: exit code (0 ok, 64 ok+reboot, 65 ok+poweroff, 66 ok+pause, else failed), reason, params to set on the machine",

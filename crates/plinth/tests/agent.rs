@@ -38,6 +38,8 @@ fn agent(
         .arg("--ca-cert")
         .arg(server.ca())
         .args(["--reboot-command", "kill -TERM $PPID"])
+        .arg("--state-file")
+        .arg(root.join("agent.env"))
         .env("PLINTH_TOKEN", token)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -119,7 +121,13 @@ async fn the_agent_runs_a_workflow_across_a_reboot() {
     let token = machine_token(&server, "52-54-00-0a-00-01").await;
 
     // First boot: runs until the reboot task; the "reboot" kills the agent.
+    std::fs::write(root.path().join("agent.env"), format!("PLINTH_MACHINE={id}\nPLINTH_TOKEN={token}\n")).unwrap();
     let (code, err) = wait(agent(&server, &id, &token, root.path(), "boot-1", false), Duration::from_secs(60));
+    // The boot file's short-lived token was traded for a session, kept in the state file.
+    assert!(err.contains("session renewed"), "{err}");
+    let env = std::fs::read_to_string(root.path().join("agent.env")).unwrap();
+    let session = env.lines().find_map(|l| l.strip_prefix("PLINTH_TOKEN=")).unwrap();
+    assert!(session.starts_with("plt_") && session != token && env.contains(&format!("PLINTH_MACHINE={id}")), "{env}");
     assert_ne!(code, Some(0), "the agent was stopped by the reboot command: {err}");
     assert!(err.contains("running `kill -TERM $PPID`"), "{err}");
     assert_eq!(std::fs::read_to_string(root.path().join("etc/plinth-hostname")).unwrap(), "vm-1");
