@@ -1,0 +1,216 @@
+//! Boot-storm benchmark (not a test): N simulated machines, no VMs, go the
+//! whole way at the protocol level against the real server binary: fetch
+//! the loader over TFTP, the unknown-machine iPXE script, kernel and initrd
+//! over HTTP, register with the join token their script carried, report
+//! their inventory, and run a 3-task workflow through the agent API (next,
+//! files, start, log, finish). Reports machines per minute and the
+//! server's CPU time and peak memory. DHCP is measured on its own by
+//! `bench/boot.sh` (perfdhcp against Kea), since it needs a network
+//! namespace per run. Run with
+//! `STORM_N=100,1000,10000 cargo bench -p plinth --bench storm`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CONCURRENCY: usize = 64;
+const KERNEL: usize = 64 * 1024;
+const INITRD: usize = 256 * 1024;
+const LOADER: usize = 64 * 1024;
+
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()))
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+/// Fetches `name` over TFTP (blksize 1468); returns the bytes received.
+async fn tftp_get(server: std::net::SocketAddr, name: &str) -> usize {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rrq = vec![0, 1];
+    for part in [name, "octet", "blksize", "1468"] {
+        rrq.extend_from_slice(part.as_bytes());
+        rrq.push(0);
+    }
+    sock.send_to(&rrq, server).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut got = 0;
+    loop {
+        let (n, peer) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf)).await.unwrap().unwrap();
+        match u16::from_be_bytes([buf[0], buf[1]]) {
+            6 => sock.send_to(&[0, 4, 0, 0], peer).await.map(|_| ()).unwrap(),
+            3 => {
+                let block = [buf[2], buf[3]];
+                got += n - 4;
+                sock.send_to(&[0, 4, block[0], block[1]], peer).await.unwrap();
+                if n - 4 < 1468 {
+                    return got;
+                }
+            }
+            op => panic!("tftp opcode {op}"),
+        }
+    }
+}
+
+struct Target {
+    http: String,
+    tftp: std::net::SocketAddr,
+    api: String,
+    boot: reqwest::Client,
+    tls: reqwest::Client,
+}
+
+async fn api(c: &reqwest::Client, token: &str, method: reqwest::Method, url: String, body: Value) -> Value {
+    for _ in 0..5 {
+        let r = c.request(method.clone(), &url).bearer_auth(token).json(&body).send().await.unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return v;
+        }
+        if status.as_u16() != 409 {
+            panic!("{url}: {status} {v}");
+        }
+    }
+    panic!("{url}: kept conflicting");
+}
+
+/// One machine from power-on to a completed workflow.
+async fn machine(t: &Target, i: usize) {
+    let mac = format!("52:54:01:{:02x}:{:02x}:{:02x}", i >> 16 & 0xff, i >> 8 & 0xff, i & 0xff);
+    assert_eq!(tftp_get(t.tftp, "undionly.kpxe").await, LOADER);
+    let script =
+        t.boot.get(format!("{}/ipxe/{}", t.http, mac.replace(':', "-"))).send().await.unwrap().text().await.unwrap();
+    let join = script.split_whitespace().find_map(|w| w.strip_prefix("plinth.join=")).expect("a join token").to_owned();
+    for (f, len) in [("vmlinuz", KERNEL), ("initrd.img", INITRD)] {
+        let b = t.boot.get(format!("{}/files/discovery/{f}", t.http)).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(b.len(), len);
+    }
+    let post = reqwest::Method::POST;
+    let who = api(
+        &t.tls,
+        &join,
+        post.clone(),
+        format!("{}/api/v1/machines/whoami", t.api),
+        json!({"macs": [mac], "inventory": {"cpu": {"count": 2}, "memory_bytes": 1u64 << 32}}),
+    )
+    .await;
+    let id = who["machine"]["id"].as_str().unwrap().to_owned();
+    let token = who["token"].as_str().unwrap().to_owned();
+    api(
+        &t.tls,
+        &token,
+        post.clone(),
+        format!("{}/api/v1/machines/{id}/inventory", t.api),
+        json!({"cpu": {"count": 2}}),
+    )
+    .await;
+    loop {
+        let next =
+            api(&t.tls, &token, post.clone(), format!("{}/api/v1/machines/{id}/next", t.api), json!({"boot_id": "b"}))
+                .await;
+        match next["action"].as_str() {
+            Some("run") => {
+                let job = next["job"]["id"].as_str().unwrap().to_owned();
+                let base = format!("{}/api/v1/jobs/{job}", t.api);
+                let files = t.tls.get(format!("{base}/files")).bearer_auth(&token).send().await.unwrap();
+                assert!(files.status().is_success());
+                api(&t.tls, &token, post.clone(), format!("{base}/start"), json!({})).await;
+                api(&t.tls, &token, post.clone(), format!("{base}/log"), json!({"seq": 0, "text": "ok\n"})).await;
+                api(&t.tls, &token, post.clone(), format!("{base}/finish"), json!({"exit_code": 0})).await;
+            }
+            Some("wait") => {
+                assert_eq!(next["state"], "complete", "{next}");
+                return;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let sizes: Vec<usize> = std::env::var("STORM_N")
+        .unwrap_or_else(|_| "100,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!("| machines | wall | machines/min | server CPU | CPU per machine | server peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for n in sizes {
+        let server = common::Server::start();
+        let admin = server.api().await;
+        let files = server.files();
+        std::fs::create_dir_all(files.join("discovery")).unwrap();
+        std::fs::write(files.join("undionly.kpxe"), vec![7u8; LOADER]).unwrap();
+        std::fs::write(files.join("discovery/vmlinuz"), vec![1u8; KERNEL]).unwrap();
+        std::fs::write(files.join("discovery/initrd.img"), vec![2u8; INITRD]).unwrap();
+        for t in ["configure", "install-agent", "report"] {
+            admin
+                .post(
+                    "/api/v1/tasks",
+                    json!({"name": t, "templates": [{"name": "run", "contents": "echo {{ machine.name }}"}]}),
+                )
+                .await;
+        }
+        admin.post("/api/v1/stages", json!({"name": "s", "tasks": ["configure", "install-agent", "report"]})).await;
+        admin.post("/api/v1/workflows", json!({"name": "storm", "stages": ["s"]})).await;
+        admin
+            .send(
+                reqwest::Method::PATCH,
+                "/api/v1/profiles/global",
+                Some(json!({"params": {"discovery-workflow": "storm"}})),
+                None,
+            )
+            .await;
+        let target = Arc::new(Target {
+            http: format!("http://{}", server.addr("http")),
+            tftp: server.addr("tftp").parse().unwrap(),
+            api: server.url.clone(),
+            boot: reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build().unwrap(),
+            tls: server.http(),
+        });
+        let pid = server.pid();
+        let cpu0 = cpu_secs(pid);
+        let start = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..CONCURRENCY.min(n) {
+            let (t, next) = (target.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    machine(&t, i).await;
+                }
+            }));
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let cpu = cpu_secs(pid) - cpu0;
+        println!(
+            "| {n} | {wall:.1} s | {:.0} | {cpu:.1} s | {:.1} ms | {:.0} MiB |",
+            n as f64 / wall * 60.0,
+            cpu / n as f64 * 1000.0,
+            peak_rss_mib(pid)
+        );
+    }
+}
