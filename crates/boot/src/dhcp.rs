@@ -189,6 +189,51 @@ struct Engine {
     staged: Vec<(String, serde_json::Value, Expect)>,
     /// Replies of the batch, sent once its leases are durable.
     outbox: Vec<(Arc<UdpSocket>, Vec<u8>, SocketAddr)>,
+    /// Which machines boot from their disk: see [`BootTargets`].
+    targets: BootTargets,
+}
+
+/// What DHCP needs to know of machines: which MACs belong to a machine
+/// whose bootenv does not network-boot (`local`), so they get an address and
+/// no boot information. Kept current from the change stream.
+#[derive(Default)]
+struct BootTargets {
+    /// Bootenvs with `netboot: false`.
+    disk_envs: std::collections::HashSet<String>,
+    /// Machine id to (MACs, bootenv).
+    machines: HashMap<String, (Vec<[u8; 6]>, String)>,
+    by_mac: HashMap<[u8; 6], String>,
+}
+
+impl BootTargets {
+    fn set_machine(&mut self, id: &str, body: Option<&serde_json::Value>) {
+        if let Some((macs, _)) = self.machines.remove(id) {
+            for m in macs {
+                self.by_mac.remove(&m);
+            }
+        }
+        let Some(m) = body.and_then(|b| plinth_model::decode::<plinth_model::Machine>(b.clone()).ok()) else { return };
+        let macs: Vec<[u8; 6]> = m.macs.iter().map(|m| m.0).collect();
+        for mac in &macs {
+            self.by_mac.insert(*mac, id.to_owned());
+        }
+        self.machines.insert(id.to_owned(), (macs, m.bootenv.to_string()));
+    }
+
+    fn set_bootenv(&mut self, name: &str, body: Option<&serde_json::Value>) {
+        let netboot = body.and_then(|b| b.get("netboot")).and_then(|n| n.as_bool()).unwrap_or(true);
+        if netboot {
+            self.disk_envs.remove(name);
+        } else {
+            self.disk_envs.insert(name.to_owned());
+        }
+    }
+
+    /// Whether the client with `mac` is to network-boot.
+    fn netboot(&self, mac: Option<[u8; 6]>) -> bool {
+        let env = mac.and_then(|m| self.by_mac.get(&m)).and_then(|id| self.machines.get(id)).map(|(_, e)| e);
+        !env.is_some_and(|e| self.disk_envs.contains(e))
+    }
 }
 
 impl Engine {
@@ -208,15 +253,24 @@ impl Engine {
             let subnets = self.store.list_all(Kind::Subnet, vec![]).await?;
             let reservations = self.store.list_all(Kind::Reservation, vec![]).await?;
             let leases = self.store.list_all(Kind::Lease, vec![]).await?;
-            Ok::<_, plinth_store::StoreError>((subnets, reservations, leases))
+            let bootenvs = self.store.list_all(Kind::BootEnv, vec![]).await?;
+            let machines = self.store.list_all(Kind::Machine, vec![]).await?;
+            Ok::<_, plinth_store::StoreError>((subnets, reservations, leases, bootenvs, machines))
         };
-        let (subnets, reservations, leases) = match load.await {
+        let (subnets, reservations, leases, bootenvs, machines) = match load.await {
             Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, "dhcp: cannot load configuration; keeping the previous one");
                 return;
             }
         };
+        self.targets = BootTargets::default();
+        for r in bootenvs {
+            self.targets.set_bootenv(&r.key, Some(&r.body));
+        }
+        for r in machines {
+            self.targets.set_machine(&r.key, Some(&r.body));
+        }
         self.reservations.clear();
         for r in reservations {
             if let Ok(res) = plinth_model::decode::<Reservation>(r.body) {
@@ -444,6 +498,7 @@ impl Engine {
             requested_owner,
             free,
             now: now.max(0) as u64,
+            netboot: self.targets.netboot(mac),
         };
         let decision = server::decide(&m, &view, &facts);
         let subnet_name = s.subnet.name.to_string();
@@ -538,6 +593,7 @@ impl Engine {
             requested_owner: Owner::Other,
             free: None,
             now: now_secs().max(0) as u64,
+            netboot: self.targets.netboot(m.mac()),
         };
         let mac = m.mac().map(|b| plinth_model::MacAddr(b).to_string()).unwrap_or_default();
         match server::decide_proxy(m, &view, &facts, on_boot_port) {
@@ -730,6 +786,7 @@ pub async fn serve(
         log,
         staged: Vec::new(),
         outbox: Vec::new(),
+        targets: BootTargets::default(),
     };
     engine.reload().await;
     if engine.subnets.is_empty() {
@@ -754,6 +811,14 @@ pub async fn serve(
             }
             change = changes.recv() => match change {
                 Ok(c) if matches!(c.kind, Kind::Subnet | Kind::Reservation) => engine.reload().await,
+                Ok(c) if c.kind == Kind::Machine => {
+                    let body = (c.action != plinth_store::Action::Deleted).then_some(&c.object);
+                    engine.targets.set_machine(&c.key, body);
+                }
+                Ok(c) if c.kind == Kind::BootEnv => {
+                    let body = (c.action != plinth_store::Action::Deleted).then_some(&c.object);
+                    engine.targets.set_bootenv(&c.key, body);
+                }
                 Ok(c) if c.kind == Kind::Lease => {
                     // Our own writes are already indexed; another writer's
                     // (the API, a second server) needs a reload.
@@ -790,5 +855,32 @@ pub async fn serve(
     }
     for (_, l) in engine.listeners.drain() {
         l.tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn machines_in_a_disk_bootenv_do_not_netboot_and_changes_apply_at_once() {
+        let mut t = BootTargets::default();
+        let mac = [0x52, 0x54, 0, 0, 0, 1];
+        let machine = |bootenv: &str| json!({"id": "0b5e1c1e-0000-4000-8000-000000000001", "name": "m", "macs": ["52:54:00:00:00:01"], "bootenv": bootenv});
+        t.set_bootenv("local", Some(&json!({"name": "local", "netboot": false})));
+        t.set_bootenv("debian-12", Some(&json!({"name": "debian-12"})));
+        assert!(t.netboot(Some(mac)), "unknown machines network-boot");
+        t.set_machine("m1", Some(&machine("local")));
+        assert!(!t.netboot(Some(mac)));
+        assert!(t.netboot(Some([0x52, 0x54, 0, 0, 0, 2])) && t.netboot(None));
+        t.set_machine("m1", Some(&machine("debian-12")));
+        assert!(t.netboot(Some(mac)), "switched to an installer");
+        t.set_machine("m1", Some(&machine("local")));
+        t.set_bootenv("local", Some(&json!({"name": "local", "netboot": true})));
+        assert!(t.netboot(Some(mac)), "the bootenv itself changed");
+        t.set_bootenv("local", Some(&json!({"name": "local", "netboot": false})));
+        t.set_machine("m1", None);
+        assert!(t.netboot(Some(mac)), "deleted machines are unknown again");
     }
 }

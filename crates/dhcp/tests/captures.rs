@@ -34,6 +34,7 @@ fn offer_for(m: &Message) -> Message {
         requested_owner: Owner::Free,
         free: Some(Ipv4Addr::new(10, 77, 0, 100)),
         now: 0,
+        netboot: true,
     };
     match decide(m, &subnet, &facts) {
         Decision::Reply { message, .. } => *message,

@@ -338,6 +338,11 @@ object! {
         /// Architectures this bootenv supports.
         #[serde(default)]
         pub arches: Vec<Arch>,
+        /// Whether machines in this bootenv network-boot. `false` (the
+        /// `local` bootenv) makes DHCP give them an address and no boot
+        /// information, so their firmware boots the next device at once.
+        #[serde(default = "default_true")]
+        pub netboot: bool,
         /// Per-architecture and per-firmware differences (x86-64 BIOS,
         /// x86-64 UEFI, ARM64 UEFI); a client without a matching variant
         /// gets the defaults above.

@@ -81,6 +81,11 @@ pub struct Facts<'a> {
     pub free: Option<Ipv4Addr>,
     /// Seconds since the Unix epoch.
     pub now: u64,
+    /// Whether this client is to network-boot. `false` for a known machine
+    /// whose bootenv boots from its disk: it gets an address and no boot
+    /// information (and no proxyDHCP answer), so its firmware goes straight
+    /// on to the next boot device.
+    pub netboot: bool,
 }
 
 /// Lease states the shell records.
@@ -303,7 +308,9 @@ fn build(
         }
     }
     let next_server = reservation.and_then(|x| x.next_server).or(subnet.next_server).unwrap_or(facts.server_id);
-    add_boot(&mut r, m, subnet, facts, next_server, false);
+    if facts.netboot {
+        add_boot(&mut r, m, subnet, facts, next_server, false);
+    }
     if let Some(ra) = m.option(code::RELAY_AGENT) {
         r.set_option(code::RELAY_AGENT, ra.to_vec());
     }
@@ -355,6 +362,9 @@ pub fn decide_proxy(m: &Message, subnet: &SubnetView<'_>, facts: &Facts<'_>, boo
     let client = classify(m);
     if client.firmware.is_none() && !client.ipxe {
         return Decision::Ignore("not a network-boot client; the other DHCP server serves it");
+    }
+    if !facts.netboot {
+        return Decision::Ignore("the machine boots from its disk (its bootenv does not network-boot)");
     }
     let kind = match (m.message_type(), boot_server_port) {
         (Some(MessageType::Discover), false) => MessageType::Offer,

@@ -31,6 +31,7 @@ fn facts() -> Facts<'static> {
         requested_owner: Owner::Free,
         free: Some(Ipv4Addr::new(10, 0, 0, 100)),
         now: 1_000_000,
+        netboot: true,
     }
 }
 
@@ -228,6 +229,13 @@ fn pxe_clients_get_their_loader_and_ipxe_gets_its_script() {
         with_subnet(|s| reply(decide(&ipxe, s, &facts()))).0.file,
         b"http://10.0.0.1:8091/ipxe/52-54-00-12-34-56"
     );
+    // A machine that boots from its disk: an address, no boot information.
+    let local = Facts { netboot: false, ..facts() };
+    let (m, ..) = with_subnet(|s| reply(decide(&bios, s, &local)));
+    assert_eq!(m.yiaddr, Ipv4Addr::new(10, 0, 0, 100));
+    assert!(m.file.iter().all(|b| *b == 0) && m.option(code::BOOTFILE).is_none(), "{m:?}");
+    assert!(m.option(code::VENDOR_CLASS).is_none());
+    assert!(matches!(with_subnet(|s| decide_proxy(&bios, s, &local, false)), Decision::Ignore(_)));
 }
 
 #[test]
