@@ -244,9 +244,69 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
     Ok(Principal { user: stored.user, token: id, machine: None, join: stored.join })
 }
 
+/// Deletes tokens that can no longer be used: expired ones, and join
+/// tokens with no uses left. Returns how many. The server runs it every few
+/// minutes, so the join tokens each unknown machine's boot script mints and
+/// the sessions agents renew do not pile up.
+pub async fn sweep_tokens(store: &dyn Store) -> Result<usize, StoreError> {
+    let now = plinth_model::now();
+    let mut ops = Vec::new();
+    for r in store.list_all(Kind::Token, vec![]).await? {
+        let Ok(t) = plinth_model::decode::<Token>(r.body) else { continue };
+        if t.expires_at <= now || (t.join && t.uses_left == Some(0)) {
+            ops.push(plinth_store::WriteOp::Delete {
+                kind: Kind::Token,
+                key: r.key,
+                expect: plinth_store::Expect::Revision(r.revision),
+            });
+        }
+    }
+    let n = ops.len();
+    // In modest batches; a token used meanwhile (revision changed) stays
+    // for the next sweep.
+    for chunk in ops.chunks(500) {
+        if store.apply(chunk.to_vec()).await.is_err() {
+            for op in chunk {
+                let _ = store.apply(vec![op.clone()]).await;
+            }
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sweeping_removes_expired_and_used_up_tokens_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = plinth_store::SqliteStore::open(&dir.path().join("db")).unwrap();
+        let later = plinth_model::now() + chrono::Duration::hours(1);
+        let earlier = plinth_model::now() - chrono::Duration::seconds(1);
+        let mut put = |t: Token| {
+            let v = serde_json::to_value(&t).unwrap();
+            let key = t.id.to_string();
+            let store = &store;
+            async move { store.create(Kind::Token, &key, v).await.unwrap() }
+        };
+        let (live, _) = Token::mint(Name::known("admin"), String::new(), later, None);
+        let (expired, _) = Token::mint(Name::known("admin"), String::new(), earlier, None);
+        let (mut used_up, _) = Token::mint(Name::known("admin"), String::new(), later, None);
+        used_up.join = true;
+        used_up.uses_left = Some(0);
+        let (mut join_left, _) = Token::mint(Name::known("admin"), String::new(), later, None);
+        join_left.join = true;
+        join_left.uses_left = Some(2);
+        for t in [live.clone(), expired, used_up, join_left.clone()] {
+            put(t).await;
+        }
+        assert_eq!(sweep_tokens(&store).await.unwrap(), 2);
+        let left: Vec<String> = store.list_all(Kind::Token, vec![]).await.unwrap().into_iter().map(|r| r.key).collect();
+        let mut want = vec![live.id.to_string(), join_left.id.to_string()];
+        want.sort();
+        assert_eq!(left, want);
+    }
 
     #[test]
     fn passwords_verify_only_against_their_hash() {

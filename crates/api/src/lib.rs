@@ -19,7 +19,7 @@ mod openapi;
 mod params;
 pub mod tls;
 
-pub use auth::{BootstrapError, Principal, bootstrap, hash_password};
+pub use auth::{BootstrapError, Principal, bootstrap, hash_password, sweep_tokens};
 pub use error::ApiError;
 
 use axum::Router;

@@ -133,6 +133,19 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
+    // Unusable tokens (expired, join tokens used up) are removed every 10 minutes.
+    let sweep_store = state.store.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            every.tick().await;
+            match plinth_api::sweep_tokens(sweep_store.as_ref()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tokens = n, "removed expired and used-up tokens"),
+                Err(e) => tracing::warn!(error = %e, "cannot sweep tokens"),
+            }
+        }
+    });
 
     let mut http_port = 8091;
     if let Some(addr) = optional_addr(m, "http-addr")? {
