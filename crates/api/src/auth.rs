@@ -284,7 +284,7 @@ mod tests {
         let store = plinth_store::SqliteStore::open(&dir.path().join("db")).unwrap();
         let later = plinth_model::now() + chrono::Duration::hours(1);
         let earlier = plinth_model::now() - chrono::Duration::seconds(1);
-        let mut put = |t: Token| {
+        let put = |t: Token| {
             let v = serde_json::to_value(&t).unwrap();
             let key = t.id.to_string();
             let store = &store;
