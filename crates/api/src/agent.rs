@@ -245,7 +245,13 @@ pub async fn files(
     let view = crate::params::view_for(&state, &job.machine.to_string()).await?;
     let api =
         headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("https://{h}")).unwrap_or_default();
-    let provisioner = plinth_render::Provisioner { api, ca_pem: state.agent_ca.clone(), ..Default::default() };
+    // The agent already holds its session: a task has no token to mint, and
+    // the bootenv's own arguments (which may carry one) render with a
+    // placeholder.
+    let placeholder: plinth_render::TokenMinter =
+        std::sync::Arc::new(|| Ok(crate::params::TOKEN_PLACEHOLDER.to_owned()));
+    let hooks = plinth_render::Hooks { machine_token: Some(placeholder), join_token: None };
+    let provisioner = plinth_render::Provisioner { api, ca_pem: state.agent_ca.clone(), hooks, ..Default::default() };
     let rendered = tokio::task::spawn_blocking(move || view.render_task(&task, &provisioner))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?

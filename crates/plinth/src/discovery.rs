@@ -189,6 +189,8 @@ for m in $(cat /modules/order); do insmod "/modules/$m.ko" 2>/dev/null; done
 arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 api=$(arg plinth.api)
 join=$(arg plinth.join)
+machine=$(arg plinth.machine)
+token=$(arg plinth.token)
 echo "plinth-discovery: API $api"
 up=""
 for i in 1 2 3 4 5; do
@@ -200,9 +202,22 @@ for i in 1 2 3 4 5; do
 done
 [ -n "$up" ] || { echo "plinth-discovery: no DHCP answer on any NIC"; sleep 30; reboot -f; }
 echo "plinth-discovery: network up on $up"
+mkdir -p /run/plinth
+# A known machine's bootenv gives it its id and a machine token; an
+# unknown one gets a join token and registers.
+if [ -n "$machine" ] && [ -n "$token" ]; then
+  printf 'PLINTH_MACHINE=%s\nPLINTH_TOKEN=%s\n' "$machine" "$token" > /run/plinth/agent.env
+fi
 while true; do
-  /bin/plinth-agent join --endpoint "$api" --token "$join" --ca-cert /etc/plinth/ca.pem --state-dir /run/plinth \
-    --work-dir /var/lib/plinth-agent --reboot-command "reboot -f" --poweroff-command "poweroff -f"
+  if [ -f /run/plinth/agent.env ]; then
+    . /run/plinth/agent.env
+    /bin/plinth-agent run --endpoint "$api" --machine "$PLINTH_MACHINE" --token "$PLINTH_TOKEN" \
+      --ca-cert /etc/plinth/ca.pem --state-file /run/plinth/agent.env \
+      --work-dir /var/lib/plinth-agent --reboot-command "reboot -f" --poweroff-command "poweroff -f"
+  else
+    /bin/plinth-agent join --endpoint "$api" --token "$join" --ca-cert /etc/plinth/ca.pem --state-dir /run/plinth \
+      --work-dir /var/lib/plinth-agent --reboot-command "reboot -f" --poweroff-command "poweroff -f"
+  fi
   echo "plinth-discovery: the agent stopped; starting it again in 10 s"
   sleep 10
 done

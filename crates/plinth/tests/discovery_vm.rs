@@ -11,7 +11,7 @@ mod common;
 
 use common::netns::{self, Netns};
 use common::{Server, have, ok};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -35,15 +35,24 @@ fn lab_dir() -> Option<PathBuf> {
 
 #[test]
 fn an_unknown_bios_machine_is_discovered_inventoried_and_runs_its_workflow() {
-    discover(false, "52:54:00:d1:5c:01");
+    discover(false, "52:54:00:d1:5c:01", false);
 }
 
 #[test]
 fn an_unknown_uefi_machine_is_discovered_inventoried_and_runs_its_workflow() {
-    discover(true, "52:54:00:d1:5c:02");
+    discover(true, "52:54:00:d1:5c:02", false);
 }
 
-fn discover(uefi: bool, mac: &str) {
+/// Installs nothing, but goes the installer's way: a stage switches the
+/// bootenv, the agent reboots the VM, the machine PXE-boots that bootenv as a
+/// known machine (its id and a machine token on its command line) and the
+/// workflow resumes in the new boot.
+#[test]
+fn a_stage_switches_the_bootenv_the_vm_reboots_and_the_workflow_resumes() {
+    discover(false, "52:54:00:d1:5c:03", true);
+}
+
+fn discover(uefi: bool, mac: &str, two_boots: bool) {
     let Some(assets) = lab_dir() else { return };
     if !netns::available()
         || !have("qemu-system-x86_64")
@@ -87,56 +96,53 @@ fn discover(uefi: bool, mac: &str) {
     std::fs::write(&pw, common::PASSWORD).unwrap();
     ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
     let create = |kind: &str, v: Value| ok(server.cli(&[kind, "create", "--data", &v.to_string()], None));
+    let task = |name: &str, retries: u32, script: &str| {
+        create("tasks", json!({"name": name, "retries": retries, "templates": [{"name": "run", "contents": script}]}))
+    };
     create(
         "subnets",
-        serde_json::json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100",
+        json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100",
         "range_end": "10.77.0.199", "interface": "br0", "lease_secs": 600, "router": "10.77.0.1"}),
     );
-    create("params", serde_json::json!({"name": "root-disk-bytes", "schema": {"type": "integer"}}));
-    create(
-        "tasks",
-        serde_json::json!({"name": "report-disk", "templates": [{"name": "run", "contents":
-        "echo disks: $(ls /sys/block)\necho \"{\\\"params\\\": {\\\"root-disk-bytes\\\": $(( $(cat /sys/block/vda/size) * 512 ))}}\" > $PLINTH_RESULT\n"}]}),
+    create("params", json!({"name": "root-disk-bytes", "schema": {"type": "integer"}}));
+    create("params", json!({"name": "fresh-boot", "schema": {"type": "boolean"}}));
+    task(
+        "report-disk",
+        0,
+        "echo disks: $(ls /sys/block)\necho \"{\\\"params\\\": {\\\"root-disk-bytes\\\": $(( $(cat /sys/block/vda/size) * 512 ))}}\" > $PLINTH_RESULT\n",
     );
-    create(
-        "tasks",
-        serde_json::json!({"name": "flaky", "retries": 1, "templates": [{"name": "run", "contents":
-        "if [ -e /tmp/tried ]; then echo second try passes; else touch /tmp/tried; echo first try fails; exit 7; fi\n"}]}),
+    task(
+        "flaky",
+        1,
+        "if [ -e /tmp/tried ]; then echo second try passes; else touch /tmp/tried; echo first try fails; exit 7; fi\n",
     );
-    create(
-        "tasks",
-        serde_json::json!({"name": "done", "templates": [{"name": "run", "contents":
-        "echo all done; (sleep 3; poweroff -f) >/dev/null 2>&1 &\n"}]}),
+    task("done", 0, "echo all done; (sleep 3; poweroff -f) >/dev/null 2>&1 &\n");
+    // Two boots: the first leaves a mark in its RAM; after the switch, a task
+    // checks the mark is gone (a fresh boot) and reports so.
+    task("mark", 0, "touch /tmp/first-boot-was-here\n");
+    task(
+        "check-fresh",
+        0,
+        "if [ -e /tmp/first-boot-was-here ]; then f=false; else f=true; fi\necho \"{\\\"params\\\": {\\\"fresh-boot\\\": $f}}\" > $PLINTH_RESULT\n(sleep 3; poweroff -f) >/dev/null 2>&1 &\n",
     );
-    create("stages", serde_json::json!({"name": "inventory-check", "tasks": ["report-disk"]}));
-    create("stages", serde_json::json!({"name": "burn-in", "tasks": ["flaky", "done"]}));
-    create("workflows", serde_json::json!({"name": "disco", "stages": ["inventory-check", "burn-in"]}));
-    ok(server.cli(
-        &[
-            "profiles",
-            "patch",
-            "global",
-            "--data",
-            r#"{"params": {"discovery-workflow": "disco", "kernel-console": "console=ttyS0"}}"#,
-        ],
-        None,
-    ));
+    create("stages", json!({"name": "inventory-check", "tasks": ["report-disk"]}));
+    create("stages", json!({"name": "burn-in", "tasks": ["flaky", "done"]}));
+    create("stages", json!({"name": "first-boot", "tasks": ["mark"]}));
+    create("stages", json!({"name": "second-boot", "bootenv": "discovery", "tasks": ["check-fresh"]}));
+    create("workflows", json!({"name": "disco", "stages": ["inventory-check", "burn-in"]}));
+    create("workflows", json!({"name": "two-boots", "stages": ["first-boot", "second-boot"]}));
+    let workflow = if two_boots { "two-boots" } else { "disco" };
+    let global = json!({"params": {"discovery-workflow": workflow, "kernel-console": "console=ttyS0"}});
+    ok(server.cli(&["profiles", "patch", "global", "--data", &global.to_string()], None));
 
     let disk = dir.path().join("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(1 << 30).unwrap();
-    let mut qemu = ns.exec(&[
-        "timeout",
-        "400",
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-m",
-        "512",
-        "-nographic",
-        "-no-reboot",
-        "-boot",
-        "n",
-    ]);
+    let mut qemu =
+        ns.exec(&["timeout", "400", "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-boot", "n"]);
+    if !two_boots {
+        // A reboot would be a failure here: end the VM instead.
+        qemu.arg("-no-reboot");
+    }
     qemu.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
     if uefi {
         // OVMF's own PXE client loads ipxe.efi over TFTP; iPXE then runs as `efi`.
@@ -156,12 +162,15 @@ fn discover(uefi: bool, mac: &str) {
         .output()
         .unwrap();
     let console = String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::write(
+        std::env::temp_dir().join(format!("plinth-discovery-{}.log", mac.replace(':', ""))),
+        console.as_bytes(),
+    );
     let tail: String = console.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
 
-    let machines: Vec<Value> = serde_json::from_str(&ok(
-        server.cli(&["machines", "list", "-o", "json", "--filter", &format!("macs={mac}")], None)
-    ))
-    .unwrap();
+    let filter = format!("macs={mac}");
+    let machines: Vec<Value> =
+        serde_json::from_str(&ok(server.cli(&["machines", "list", "-o", "json", "--filter", &filter], None))).unwrap();
     assert_eq!(machines.len(), 1, "the VM registered itself; console tail:\n{tail}");
     let m = &machines[0];
     let inv = &m["inventory"];
@@ -172,7 +181,6 @@ fn discover(uefi: bool, mac: &str) {
     let driver = if uefi { "virtio_net" } else { "e1000" };
     assert!(inv["nics"].as_array().unwrap().iter().any(|n| n["mac"] == mac && n["driver"] == driver), "{inv}");
     assert_eq!(inv["boot_mode"], if uefi { "uefi" } else { "bios" });
-    assert_eq!(m["params"]["root-disk-bytes"], 1u64 << 30, "the task reported a value back");
     assert_eq!(m["workflow_state"], "complete", "console tail:\n{tail}");
 
     let id = m["id"].as_str().unwrap();
@@ -182,9 +190,35 @@ fn discover(uefi: bool, mac: &str) {
         .iter()
         .map(|e| format!("{} {}", e["service"].as_str().unwrap(), e["detail"].as_str().unwrap()))
         .collect();
+    let in_order = |order: &[&str]| {
+        let mut at = 0;
+        for want in order {
+            let found = lines[at..]
+                .iter()
+                .position(|l| l.contains(want))
+                .unwrap_or_else(|| panic!("`{want}` after #{at} in {lines:#?}"));
+            at += found + 1;
+        }
+    };
     let ipxe = format!("http GET /ipxe/{} 200", mac.replace(':', "-"));
+    if two_boots {
+        assert_eq!(m["params"]["fresh-boot"], true, "the second stage ran in a new boot");
+        assert_eq!(m["bootenv"], "discovery");
+        in_order(&[
+            "agent registered: a new machine",
+            "finished: task `mark`",
+            "stage `second-boot`, bootenv `discovery`: reboot",
+            ipxe.as_str(),
+            "http GET /files/discovery/vmlinuz 200",
+            "agent back from a reboot",
+            "finished: task `check-fresh`",
+            "workflow complete",
+        ]);
+        return;
+    }
+    assert_eq!(m["params"]["root-disk-bytes"], 1u64 << 30, "the task reported a value back");
     let loader = if uefi { "tftp sent ipxe.efi" } else { "dhcp " };
-    let order = [
+    in_order(&[
         "dhcp ",
         loader,
         ipxe.as_str(),
@@ -197,13 +231,5 @@ fn discover(uefi: bool, mac: &str) {
         "finished: task `flaky`, exit 0",
         "finished: task `done`, exit 0",
         "workflow complete",
-    ];
-    let mut at = 0;
-    for want in order {
-        let found = lines[at..]
-            .iter()
-            .position(|l| l.contains(want))
-            .unwrap_or_else(|| panic!("`{want}` after #{at} in {lines:#?}"));
-        at += found + 1;
-    }
+    ]);
 }
