@@ -375,106 +375,81 @@ async fn join(
     Ok((token, id))
 }
 
+/// The arguments `run` and `join` share: where the API is, how to trust it,
+/// and how jobs run on this machine.
+fn job_args(cmd: Command) -> Command {
+    cmd.arg(
+        Arg::new("endpoint")
+            .long("endpoint")
+            .env("PLINTH_ENDPOINT")
+            .required(true)
+            .help("API base URL, e.g. https://10.0.0.1:8092"),
+    )
+    .arg(
+        Arg::new("ca-cert")
+            .long("ca-cert")
+            .env("PLINTH_CA_CERT")
+            .value_parser(value_parser!(PathBuf))
+            .help("PEM file of the CA that signed the server's certificate"),
+    )
+    .arg(Arg::new("boot-id").long("boot-id").help("This boot's id [default: /proc/sys/kernel/random/boot_id]"))
+    .arg(
+        Arg::new("root")
+            .long("root")
+            .default_value("/")
+            .value_parser(value_parser!(PathBuf))
+            .help("Where task files are written (their paths are under it)"),
+    )
+    .arg(
+        Arg::new("work-dir")
+            .long("work-dir")
+            .default_value("/var/lib/plinth-agent")
+            .value_parser(value_parser!(PathBuf)),
+    )
+    .arg(Arg::new("reboot-command").long("reboot-command").default_value("reboot"))
+    .arg(Arg::new("poweroff-command").long("poweroff-command").default_value("poweroff"))
+    .arg(
+        Arg::new("once")
+            .long("once")
+            .action(ArgAction::SetTrue)
+            .help("Exit when there is nothing to do instead of waiting"),
+    )
+}
+
 fn command() -> Command {
-    let run =
-        Command::new("run")
-            .about("Report the inventory, then run the jobs Plinth hands out")
-            .arg(
-                Arg::new("endpoint")
-                    .long("endpoint")
-                    .env("PLINTH_ENDPOINT")
-                    .required(true)
-                    .help("API base URL, e.g. https://10.0.0.1:8092"),
-            )
-            .arg(
-                Arg::new("token")
-                    .long("token")
-                    .env("PLINTH_TOKEN")
-                    .required(true)
-                    .hide_env_values(true)
-                    .help("Machine token"),
-            )
-            .arg(Arg::new("machine").long("machine").env("PLINTH_MACHINE").required(true).help("This machine's id"))
-            .arg(
-                Arg::new("ca-cert")
-                    .long("ca-cert")
-                    .env("PLINTH_CA_CERT")
-                    .value_parser(value_parser!(PathBuf))
-                    .help("PEM file of the CA that signed the server's certificate"),
-            )
-            .arg(Arg::new("boot-id").long("boot-id").help("This boot's id [default: /proc/sys/kernel/random/boot_id]"))
-            .arg(Arg::new("state-file").long("state-file").value_parser(value_parser!(PathBuf)).help(
-                "Env file whose PLINTH_TOKEN line is kept current as the session is renewed (/etc/plinth/agent.env)",
-            ))
-            .arg(
-                Arg::new("root")
-                    .long("root")
-                    .default_value("/")
-                    .value_parser(value_parser!(PathBuf))
-                    .help("Where task files are written (their paths are under it)"),
-            )
-            .arg(
-                Arg::new("work-dir")
-                    .long("work-dir")
-                    .default_value("/var/lib/plinth-agent")
-                    .value_parser(value_parser!(PathBuf)),
-            )
-            .arg(Arg::new("reboot-command").long("reboot-command").default_value("reboot"))
-            .arg(Arg::new("poweroff-command").long("poweroff-command").default_value("poweroff"))
-            .arg(
-                Arg::new("once")
-                    .long("once")
-                    .action(ArgAction::SetTrue)
-                    .help("Exit when there is nothing to do instead of waiting"),
-            );
-    let join = Command::new("join")
-        .about("Register this machine with a join token (a cloud VM, an existing server), then run its jobs")
-        .arg(Arg::new("endpoint").long("endpoint").env("PLINTH_ENDPOINT").required(true).help("API base URL"))
+    let run = job_args(Command::new("run").about("Report the inventory, then run the jobs Plinth hands out"))
         .arg(
             Arg::new("token")
                 .long("token")
-                .env("PLINTH_JOIN_TOKEN")
+                .env("PLINTH_TOKEN")
                 .required(true)
                 .hide_env_values(true)
-                .help("Join token"),
+                .help("Machine token"),
         )
-        .arg(
-            Arg::new("ca-cert")
-                .long("ca-cert")
-                .env("PLINTH_CA_CERT")
-                .value_parser(value_parser!(PathBuf))
-                .help("PEM file of the server's CA"),
-        )
-        .arg(Arg::new("name").long("name").help("Name for a new Machine [default: from the first MAC]"))
-        .arg(
-            Arg::new("state-dir")
-                .long("state-dir")
-                .default_value("/etc/plinth")
-                .value_parser(value_parser!(PathBuf))
-                .help("Where the machine token is kept (agent.env, mode 0600)"),
-        )
-        .arg(Arg::new("boot-id").long("boot-id").help("This boot's id [default: /proc/sys/kernel/random/boot_id]"))
-        .arg(
-            Arg::new("root")
-                .long("root")
-                .default_value("/")
-                .value_parser(value_parser!(PathBuf))
-                .help("Where task files are written"),
-        )
-        .arg(
-            Arg::new("work-dir")
-                .long("work-dir")
-                .default_value("/var/lib/plinth-agent")
-                .value_parser(value_parser!(PathBuf)),
-        )
-        .arg(Arg::new("reboot-command").long("reboot-command").default_value("reboot"))
-        .arg(Arg::new("poweroff-command").long("poweroff-command").default_value("poweroff"))
-        .arg(
-            Arg::new("once")
-                .long("once")
-                .action(ArgAction::SetTrue)
-                .help("Exit when there is nothing to do instead of waiting"),
-        );
+        .arg(Arg::new("machine").long("machine").env("PLINTH_MACHINE").required(true).help("This machine's id"))
+        .arg(Arg::new("state-file").long("state-file").value_parser(value_parser!(PathBuf)).help(
+            "Env file whose PLINTH_TOKEN line is kept current as the session is renewed (/etc/plinth/agent.env)",
+        ));
+    let join = job_args(
+        Command::new("join")
+            .about("Register this machine with a join token (a cloud VM, an existing server), then run its jobs"),
+    )
+    .arg(
+        Arg::new("token")
+            .long("token")
+            .env("PLINTH_JOIN_TOKEN")
+            .required(true)
+            .hide_env_values(true)
+            .help("Join token"),
+    )
+    .arg(Arg::new("name").long("name").help("Name for a new Machine [default: from the first MAC]"))
+    .arg(
+        Arg::new("state-dir")
+            .long("state-dir")
+            .default_value("/etc/plinth")
+            .value_parser(value_parser!(PathBuf))
+            .help("Where the machine token is kept (agent.env, mode 0600)"),
+    );
     Command::new("plinth-agent")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Plinth's agent: runs a machine's workflow jobs")

@@ -279,6 +279,23 @@ pub async fn inventory(
     if !inv.is_object() {
         return Err(ApiError::BadRequest("the inventory must be a JSON object".into()));
     }
+    let m = update_machine(&state, id, |m| m.inventory = inv.clone()).await?;
+    let gib = inv["memory_bytes"].as_u64().map(|b| b as f64 / (1u64 << 30) as f64).unwrap_or(0.0);
+    let detail = format!(
+        "agent reported inventory: {} CPUs, {gib:.1} GiB, {} disks, {} NICs, {} boot",
+        inv["cpu"]["count"].as_u64().unwrap_or(0),
+        inv["disks"].as_array().map_or(0, Vec::len),
+        inv["nics"].as_array().map_or(0, Vec::len),
+        inv["boot_mode"].as_str().unwrap_or("?")
+    );
+    let _ = state.store.append_boot_events(vec![plinth_model::BootEvent::about(&m, "agent", detail)]).await;
+    Ok(Json(machine_json(&m)?))
+}
+
+/// Applies `change` to the stored machine, conditioned on the revision it
+/// read, so a concurrent write (the workflow engine's) is never overwritten;
+/// a lost race is retried from a fresh read.
+async fn update_machine(state: &AppState, id: MachineId, change: impl Fn(&mut Machine)) -> Result<Machine, ApiError> {
     for _ in 0..20 {
         let record = state
             .store
@@ -286,39 +303,36 @@ pub async fn inventory(
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("machines `{id}` not found")))?;
         let mut m: Machine = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-        m.inventory = inv.clone();
+        change(&mut m);
         let body = serde_json::to_value(&m).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (_, body) =
+            plinth_model::normalize(Kind::Machine, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         match state
             .store
             .put(Kind::Machine, &id.to_string(), body, plinth_store::Expect::Revision(record.revision))
             .await
         {
-            Ok(_) => {
-                let gib = inv["memory_bytes"].as_u64().map(|b| b as f64 / (1u64 << 30) as f64).unwrap_or(0.0);
-                let detail = format!(
-                    "agent reported inventory: {} CPUs, {gib:.1} GiB, {} disks, {} NICs, {} boot",
-                    inv["cpu"]["count"].as_u64().unwrap_or(0),
-                    inv["disks"].as_array().map_or(0, Vec::len),
-                    inv["nics"].as_array().map_or(0, Vec::len),
-                    inv["boot_mode"].as_str().unwrap_or("?")
-                );
-                let event = plinth_model::BootEvent {
-                    id: 0,
-                    at: plinth_model::now(),
-                    mac: m.macs.first().copied(),
-                    address: None,
-                    machine: Some(m.id),
-                    service: "agent".into(),
-                    detail,
-                };
-                let _ = state.store.append_boot_events(vec![event]).await;
-                return Ok(Json(machine_json(&m)?));
-            }
+            Ok(_) => return Ok(m),
             Err(plinth_store::StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(ApiError::Conflict("the machine kept changing; try again".into()))
+}
+
+/// Issues a machine token (the server's default lifetime) and stores it;
+/// returns the bearer string and its expiry.
+async fn issue_machine_token(
+    state: &AppState,
+    machine: &Machine,
+    description: String,
+) -> Result<(String, chrono::DateTime<chrono::Utc>), ApiError> {
+    let expires_at = plinth_model::now()
+        + chrono::Duration::from_std(state.default_token_ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (token, bearer) = plinth_model::Token::mint(Name::known("machine"), description, expires_at, Some(machine.id));
+    let v = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.store.create(Kind::Token, &token.id.to_string(), v).await?;
+    Ok((bearer, expires_at))
 }
 
 /// `GET /api/v1/machines/{id}/timeline`: everything recorded about a
@@ -553,18 +567,18 @@ pub async fn whoami(
         }
     };
     let (machine, created, score) = match matched {
-        Some((mut m, score)) => {
-            for mac in &macs {
-                if !m.macs.contains(mac) {
-                    m.macs.push(*mac);
+        Some((m, score)) => {
+            let m = update_machine(&state, m.id, |m| {
+                for mac in &macs {
+                    if !m.macs.contains(mac) {
+                        m.macs.push(*mac);
+                    }
                 }
-            }
-            if let Some(inv) = &req.inventory {
-                m.inventory = inv.clone();
-            }
-            let v = serde_json::to_value(&m).map_err(|e| ApiError::Internal(e.to_string()))?;
-            let (_, v) = plinth_model::normalize(Kind::Machine, v).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            state.store.put(Kind::Machine, &m.id.to_string(), v, plinth_store::Expect::Any).await?;
+                if let Some(inv) = &req.inventory {
+                    m.inventory = inv.clone();
+                }
+            })
+            .await?;
             (m, false, score)
         }
         None => {
@@ -585,35 +599,20 @@ pub async fn whoami(
             (m, true, 0)
         }
     };
-    let event = plinth_model::BootEvent {
-        id: 0,
-        at: plinth_model::now(),
-        mac: machine.macs.first().copied(),
-        address: None,
-        machine: Some(machine.id),
-        service: "agent".into(),
-        detail: if created {
-            "registered: a new machine".to_owned()
-        } else {
-            format!("registered: matched an existing machine (score {score})")
-        },
+    let detail = if created {
+        "registered: a new machine".to_owned()
+    } else {
+        format!("registered: matched an existing machine (score {score})")
     };
+    let event = plinth_model::BootEvent::about(&machine, "agent", detail);
     let _ = state.store.append_boot_events(vec![event]).await;
     let machine = match join.as_ref().and_then(|t| t.join_workflow.clone()) {
         Some(wf) if created => Engine::new(state.store.clone()).assign(machine.id, &wf).await?,
         _ => machine,
     };
     // The agent's token: scoped to this machine.
-    let expires_at = plinth_model::now()
-        + chrono::Duration::from_std(state.default_token_ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (token, bearer) = plinth_model::Token::mint(
-        Name::known("machine"),
-        format!("agent session for {}, from whoami", machine.name),
-        expires_at,
-        Some(machine.id),
-    );
-    let v = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.store.create(Kind::Token, &token.id.to_string(), v).await?;
+    let (bearer, expires_at) =
+        issue_machine_token(&state, &machine, format!("agent session for {}, from whoami", machine.name)).await?;
     Ok(Json(json!({"machine": machine_json(&machine)?, "created": created, "score": score, "token": bearer,
         "expires_at": expires_at})))
 }
@@ -637,15 +636,6 @@ pub async fn session(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("machines `{id}` not found")))?;
     let m: Machine = plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let expires_at = plinth_model::now()
-        + chrono::Duration::from_std(state.default_token_ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (token, bearer) = plinth_model::Token::mint(
-        Name::known("machine"),
-        format!("agent session for {}", m.name),
-        expires_at,
-        Some(m.id),
-    );
-    let v = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.store.create(Kind::Token, &token.id.to_string(), v).await?;
+    let (bearer, expires_at) = issue_machine_token(&state, &m, format!("agent session for {}", m.name)).await?;
     Ok(Json(json!({"token": bearer, "expires_at": expires_at})))
 }

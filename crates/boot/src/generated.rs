@@ -86,6 +86,19 @@ pub struct RenderedFiles {
     ca_pem: String,
 }
 
+/// Stores a freshly minted token from a blocking render.
+fn store_token(
+    handle: &tokio::runtime::Handle,
+    store: &dyn plinth_store::Store,
+    token: &plinth_model::Token,
+) -> Result<(), String> {
+    let body = serde_json::to_value(token).map_err(|e| e.to_string())?;
+    handle
+        .block_on(plinth_store::StoreExt::create(store, plinth_model::Kind::Token, &token.id.to_string(), body))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The stored template that answers `ipxe/<mac>` for machines Plinth does
 /// not know (after the file root's `ipxe/default.ipxe`).
 pub const DEFAULT_IPXE_TEMPLATE: &str = "ipxe-default";
@@ -132,15 +145,7 @@ impl RenderedFiles {
                 expires,
                 Some(machine),
             );
-            let body = serde_json::to_value(&token).map_err(|e| e.to_string())?;
-            handle
-                .block_on(plinth_store::StoreExt::create(
-                    store.as_ref(),
-                    plinth_model::Kind::Token,
-                    &token.id.to_string(),
-                    body,
-                ))
-                .map_err(|e| e.to_string())?;
+            store_token(&handle, store.as_ref(), &token)?;
             Ok(bearer)
         })
     }
@@ -161,15 +166,7 @@ impl RenderedFiles {
             token.join = true;
             token.uses_left = Some(1);
             token.join_workflow = workflow.as_deref().and_then(|w| w.parse().ok());
-            let body = serde_json::to_value(&token).map_err(|e| e.to_string())?;
-            handle
-                .block_on(plinth_store::StoreExt::create(
-                    store.as_ref(),
-                    plinth_model::Kind::Token,
-                    &token.id.to_string(),
-                    body,
-                ))
-                .map_err(|e| e.to_string())?;
+            store_token(&handle, store.as_ref(), &token)?;
             Ok(bearer)
         })
     }

@@ -91,16 +91,7 @@ impl Engine {
     /// Records a step of the machine's workflow in its timeline. A failure
     /// to record is not a failure of the step.
     async fn note(&self, m: &Machine, detail: String) {
-        let event = plinth_model::BootEvent {
-            id: 0,
-            at: plinth_model::now(),
-            mac: m.macs.first().copied(),
-            address: None,
-            machine: Some(m.id),
-            service: "workflow".into(),
-            detail,
-        };
-        let _ = self.store.append_boot_events(vec![event]).await;
+        let _ = self.store.append_boot_events(vec![plinth_model::BootEvent::about(m, "workflow", detail)]).await;
     }
 
     async fn get<T: plinth_model::Object>(&self, kind: Kind, key: &str) -> Result<(T, u64), EngineError> {

@@ -1081,3 +1081,19 @@ pub struct BootEvent {
     /// What happened, for humans.
     pub detail: String,
 }
+
+impl BootEvent {
+    /// An event about a known machine (workflow, agent), found in its
+    /// timeline by its id and first MAC.
+    pub fn about(machine: &Machine, service: &str, detail: String) -> BootEvent {
+        BootEvent {
+            id: 0,
+            at: crate::now(),
+            mac: machine.macs.first().copied(),
+            address: None,
+            machine: Some(machine.id),
+            service: service.to_owned(),
+            detail,
+        }
+    }
+}

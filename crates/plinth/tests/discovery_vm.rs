@@ -9,29 +9,10 @@
 
 mod common;
 
-use common::netns::{self, Netns};
-use common::{Server, have, ok};
+use common::lab;
+use common::{Server, ok};
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-fn lab_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PLINTH_LAB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/lab"));
-    let ready =
-        dir.join("vmlinuz").is_file() && dir.join("plinth-agent").is_file() && dir.join("kernel/lib/modules").is_dir();
-    if !ready {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "VM assets missing in {}: .ci/run runs scripts/lab-assets.sh",
-            dir.display()
-        );
-        eprintln!("SKIPPED: run scripts/lab-assets.sh to prepare {}", dir.display());
-        return None;
-    }
-    Some(dir)
-}
 
 #[test]
 fn an_unknown_bios_machine_is_discovered_inventoried_and_runs_its_workflow() {
@@ -53,21 +34,11 @@ fn a_stage_switches_the_bootenv_the_vm_reboots_and_the_workflow_resumes() {
 }
 
 fn discover(uefi: bool, mac: &str, two_boots: bool) {
-    let Some(assets) = lab_dir() else { return };
-    if !netns::available()
-        || !have("qemu-system-x86_64")
-        || !have("/usr/lib/ipxe/undionly.kpxe")
-        || (uefi && !have("/usr/share/ovmf/OVMF.fd"))
-    {
+    let Some(assets) = lab::assets(&["vmlinuz", "plinth-agent", "kernel/lib/modules"]) else { return };
+    if !lab::can_boot(uefi) {
         return;
     }
-    let ns = Netns::new("disc");
-    ns.ip(&["link", "add", "br0", "type", "bridge"]);
-    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "br0"]);
-    ns.ip(&["link", "set", "br0", "up"]);
-    ns.ip(&["tuntap", "add", "tap0", "mode", "tap"]);
-    ns.ip(&["link", "set", "tap0", "master", "br0"]);
-    ns.ip(&["link", "set", "tap0", "up"]);
+    let ns = lab::bridge("disc");
     let dir = tempfile::tempdir().unwrap();
     let prefix = ns.prefix();
     let server = Server::start_with(

@@ -7,49 +7,22 @@
 
 mod common;
 
+use common::lab;
 use common::netns::{self, Netns};
 use common::{Server, have, ok};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn lab_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PLINTH_LAB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/lab"));
-    let ready = dir.join("vmlinuz").is_file() && dir.join("initrd.img").is_file();
-    if !ready {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "VM assets missing in {}: .ci/run runs scripts/lab-assets.sh",
-            dir.display()
-        );
-        eprintln!("SKIPPED: run scripts/lab-assets.sh to prepare {}", dir.display());
-        return None;
-    }
-    Some(dir)
-}
 
 fn log_has(server: &Server, needle: &str) -> bool {
     server.log.lock().unwrap().iter().any(|l| l.contains(needle))
 }
 
 fn boot(uefi: bool, proxy: bool, mac: &str) {
-    let Some(assets) = lab_dir() else { return };
-    if !netns::available()
-        || !have("qemu-system-x86_64")
-        || !have("/usr/lib/ipxe/undionly.kpxe")
-        || (uefi && !have("/usr/share/ovmf/OVMF.fd"))
-    {
+    let Some(assets) = lab::assets(&["vmlinuz", "initrd.img"]) else { return };
+    if !lab::can_boot(uefi) {
         return;
     }
-    let ns = Netns::new("vm");
-    ns.ip(&["link", "add", "br0", "type", "bridge"]);
-    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "br0"]);
-    ns.ip(&["link", "set", "br0", "up"]);
-    ns.ip(&["tuntap", "add", "tap0", "mode", "tap"]);
-    ns.ip(&["link", "set", "tap0", "master", "br0"]);
-    ns.ip(&["link", "set", "tap0", "up"]);
+    let ns = lab::bridge("vm");
 
     let dir = tempfile::tempdir().unwrap();
     let prefix = ns.prefix();

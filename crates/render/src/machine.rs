@@ -302,24 +302,24 @@ impl MachineView {
         b.templates
             .iter()
             .map(|t| {
-                let path = match &t.path {
-                    Some(p) => Some(
-                        crate::render(
-                            self.templates.clone(),
-                            Source::Inline(p),
-                            &ctx,
-                            params.clone(),
-                            &Hooks::default(),
-                        )?
-                        .trim()
-                        .trim_start_matches('/')
-                        .to_owned(),
-                    ),
-                    None => None,
-                };
+                let path = self.entry_path(t, &ctx, &params)?.map(|p| p.trim_start_matches('/').to_owned());
                 Ok((t.name.clone(), path))
             })
             .collect()
+    }
+
+    /// The path a file entry appears at, rendered (paths render without
+    /// hooks: no token is ever minted for a path), or `None` when it has none.
+    fn entry_path(
+        &self,
+        t: &plinth_model::TemplateRef,
+        ctx: &Value,
+        params: &Arc<BTreeMap<String, Value>>,
+    ) -> Result<Option<String>, crate::RenderError> {
+        let Some(p) = &t.path else { return Ok(None) };
+        let rendered =
+            crate::render(self.templates.clone(), Source::Inline(p), ctx, params.clone(), &Hooks::default())?;
+        Ok(Some(rendered.trim().to_owned()))
     }
 
     /// A task's templates rendered for this machine, in order: scripts to
@@ -350,25 +350,8 @@ impl MachineView {
         task.templates
             .iter()
             .map(|t| {
-                let path = match &t.path {
-                    Some(p) => Some(
-                        crate::render(
-                            self.templates.clone(),
-                            Source::Inline(p),
-                            &ctx,
-                            params.clone(),
-                            &Hooks::default(),
-                        )?
-                        .trim()
-                        .to_owned(),
-                    ),
-                    None => None,
-                };
-                let source = match (&t.template, &t.contents) {
-                    (Some(name), _) => Source::Named(name.as_str()),
-                    (None, Some(text)) => Source::Inline(text),
-                    (None, None) => Source::Inline(""),
-                };
+                let path = self.entry_path(t, &ctx, &params)?;
+                let source = entry_source(t).unwrap_or(Source::Inline(""));
                 let text = crate::render(self.templates.clone(), source, &ctx, params.clone(), &provisioner.hooks)
                     .map_err(|e| crate::RenderError {
                         template: format!("task `{}` {}: {}", task.name, t.name, e.template),
@@ -395,22 +378,26 @@ impl MachineView {
             // A file without a path is reached by its name (the iPXE entry
             // script is the one named `ipxe`). Paths render without hooks.
             let matches = match &t.path {
-                Some(p) => {
-                    crate::render(self.templates.clone(), Source::Inline(p), &ctx, params.clone(), &Hooks::default())
-                        .is_ok_and(|r| r.trim().trim_start_matches('/') == wanted)
-                }
+                Some(_) => self
+                    .entry_path(t, &ctx, &params)
+                    .is_ok_and(|p| p.as_deref().map(|p| p.trim_start_matches('/')) == Some(wanted)),
                 None => t.name == wanted,
             };
             if !matches {
                 continue;
             }
-            let source = match (&t.template, &t.contents) {
-                (Some(name), _) => Source::Named(name.as_str()),
-                (None, Some(text)) => Source::Inline(text),
-                (None, None) => continue,
-            };
+            let Some(source) = entry_source(t) else { continue };
             return Some(crate::render(self.templates.clone(), source, &ctx, params, &provisioner.hooks));
         }
         None
+    }
+}
+
+/// What a file entry renders: a stored template by name, or its inline text.
+fn entry_source(t: &plinth_model::TemplateRef) -> Option<Source<'_>> {
+    match (&t.template, &t.contents) {
+        (Some(name), _) => Some(Source::Named(name.as_str())),
+        (None, Some(text)) => Some(Source::Inline(text)),
+        (None, None) => None,
     }
 }

@@ -49,6 +49,27 @@ pub struct Hooks {
     pub join_token: Option<TokenMinter>,
 }
 
+/// Adds `name()`, which returns the token `hook` mints (once per render),
+/// or fails with `unavailable` when the render has no such hook.
+fn add_token_function(
+    env: &mut Environment<'static>,
+    name: &'static str,
+    hook: Option<TokenMinter>,
+    unavailable: &'static str,
+) {
+    let minted = Arc::new(std::sync::OnceLock::<String>::new());
+    env.add_function(name, move || -> Result<String, Error> {
+        let Some(mint) = &hook else {
+            return Err(Error::new(ErrorKind::InvalidOperation, unavailable));
+        };
+        if let Some(t) = minted.get() {
+            return Ok(t.clone());
+        }
+        let t = mint().map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("{name}(): {e}")))?;
+        Ok(minted.get_or_init(|| t).clone())
+    });
+}
+
 /// Builds the sandboxed environment over `templates`.
 fn environment(
     templates: Arc<HashMap<String, String>>,
@@ -69,38 +90,20 @@ fn environment(
             )),
         }
     });
-    // The agent's machine token: only through this explicit call, minted
-    // once per render however often the template calls it.
-    let minter = hooks.machine_token.clone();
-    let minted = Arc::new(std::sync::OnceLock::<String>::new());
-    env.add_function("machine_token", move || -> Result<String, Error> {
-        let Some(mint) = &minter else {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "machine_token() is only available when the machine itself fetches the file",
-            ));
-        };
-        if let Some(t) = minted.get() {
-            return Ok(t.clone());
-        }
-        let t = mint().map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("machine_token(): {e}")))?;
-        Ok(minted.get_or_init(|| t).clone())
-    });
-    let joiner = hooks.join_token.clone();
-    let joined = Arc::new(std::sync::OnceLock::<String>::new());
-    env.add_function("join_token", move || -> Result<String, Error> {
-        let Some(mint) = &joiner else {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "join_token() is only available in the script for machines Plinth does not know yet",
-            ));
-        };
-        if let Some(t) = joined.get() {
-            return Ok(t.clone());
-        }
-        let t = mint().map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("join_token(): {e}")))?;
-        Ok(joined.get_or_init(|| t).clone())
-    });
+    // Tokens: only through these explicit calls, each minted at most once
+    // per render however often the template calls it.
+    add_token_function(
+        &mut env,
+        "machine_token",
+        hooks.machine_token.clone(),
+        "machine_token() is only available when the machine itself fetches the file",
+    );
+    add_token_function(
+        &mut env,
+        "join_token",
+        hooks.join_token.clone(),
+        "join_token() is only available in the script for machines Plinth does not know yet",
+    );
     env.add_filter("url_host", |v: String| -> Result<String, Error> {
         let rest = v.split_once("://").map_or(v.as_str(), |(_, r)| r);
         Ok(rest.split(['/', '?', '#']).next().unwrap_or_default().to_owned())

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod lab;
 pub mod netns;
 
 /// Whether `tool` (a command or a file path) is installed. In CI a missing
