@@ -186,9 +186,12 @@ pub async fn finish(
     if req.reason.len() > 4096 {
         return Err(ApiError::field("reason", "at most 4096 bytes"));
     }
-    let params = json!({"params": req.params});
-    crate::crud::check_param_values(&state, Kind::Machine, &job.machine.to_string(), &params).await?;
-    let outcome = Outcome { exit_code: req.exit_code, reason: req.reason, params: req.params };
+    // Checked, and secure values sealed, as if written through the API.
+    let mut params = json!({"params": req.params});
+    crate::secure::prepare_params(&state, Kind::Machine, &job.machine.to_string(), &mut params, None).await?;
+    let params: plinth_model::ParamValues =
+        serde_json::from_value(params["params"].take()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let outcome = Outcome { exit_code: req.exit_code, reason: req.reason, params };
     Ok(Json(Engine::new(state.store.clone()).finish(job.machine, job.id, outcome).await?))
 }
 
@@ -250,12 +253,31 @@ pub async fn files(
     // placeholder.
     let placeholder: plinth_render::TokenMinter =
         std::sync::Arc::new(|| Ok(crate::params::TOKEN_PLACEHOLDER.to_owned()));
-    let hooks = plinth_render::Hooks { machine_token: Some(placeholder), join_token: None };
+    // Secure values reach only the machine's own agent.
+    let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let secure_param = if principal.machine == Some(job.machine) {
+        view.secure_params(state.keyring.clone(), read.clone())
+    } else {
+        view.secure_placeholders()
+    };
+    let hooks =
+        plinth_render::Hooks { machine_token: Some(placeholder), join_token: None, secure_param: Some(secure_param) };
     let provisioner = plinth_render::Provisioner { api, ca_pem: state.agent_ca.clone(), hooks, ..Default::default() };
+    let task_name = task.name.to_string();
     let rendered = tokio::task::spawn_blocking(move || view.render_task(&task, &provisioner))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let read: Vec<String> = read.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+    if !read.is_empty() {
+        crate::secure::audit_read(
+            &state,
+            principal.actor(),
+            job.machine,
+            format!("secure params {} rendered into task `{task_name}` of job {}", read.join(", "), job.id),
+        )
+        .await?;
+    }
     Ok(Json(Value::Array(
         rendered
             .into_iter()

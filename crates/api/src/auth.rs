@@ -38,6 +38,16 @@ pub struct Principal {
     pub join: bool,
 }
 
+impl Principal {
+    /// How the audit log names this caller.
+    pub fn actor(&self) -> String {
+        match self.machine {
+            Some(m) => format!("machine:{m}"),
+            None => format!("user:{}", self.user),
+        }
+    }
+}
+
 /// Whether a machine token for `machine` may make this request: it reads its
 /// own machine and that machine's resolved params, asks for its next job,
 /// and works on jobs (each job route then checks the job is its machine's).

@@ -9,16 +9,12 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use plinth_model::{Kind, Param};
+use plinth_model::Kind;
 use plinth_store::{Expect, Filter, ListQuery, Record, StoreExt, WriteOp};
 use serde_json::{Value, json};
 
 /// Default page size of list calls.
 pub const DEFAULT_PAGE: usize = 100;
-
-/// Fields the store and server own; a client may send them back unchanged
-/// (they are ignored) but never set server-only secrets.
-const SERVER_ONLY: &[(Kind, &str)] = &[(Kind::User, "password_hash"), (Kind::Token, "secret_hash")];
 
 pub(crate) fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
     Kind::from_plural(kind).ok_or_else(|| {
@@ -27,13 +23,13 @@ pub(crate) fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
     })
 }
 
-/// Removes server-only fields before an object leaves the server.
+/// Removes server-only fields and hides sealed (secure) values before an
+/// object leaves the server.
 pub(crate) fn redact(kind: Kind, body: &mut Value) {
+    crate::secure::redact_sealed(body);
     if let Value::Object(map) = body {
-        for (k, field) in SERVER_ONLY {
-            if *k == kind {
-                map.remove(*field);
-            }
+        for field in kind.server_only_fields() {
+            map.remove(*field);
         }
     }
 }
@@ -105,8 +101,8 @@ fn check_writable(kind: Kind) -> Result<(), ApiError> {
 
 /// Rejects client attempts to set server-only fields.
 fn refuse_server_only(kind: Kind, body: &Value) -> Result<(), ApiError> {
-    for (k, field) in SERVER_ONLY {
-        if *k == kind && body.get(*field).is_some() {
+    for field in kind.server_only_fields() {
+        if body.get(*field).is_some() {
             return Err(ApiError::field(*field, format!("{kind}: field `{field}` is managed by the server")));
         }
     }
@@ -125,7 +121,7 @@ async fn prepare(
     let password =
         (kind == Kind::User).then(|| body.get("password").and_then(Value::as_str).map(str::to_owned)).flatten();
     let (key, mut value) = plinth_model::normalize(kind, body)?;
-    check_param_values(state, kind, &key, &value).await?;
+    crate::secure::prepare_params(state, kind, &key, &mut value, previous).await?;
     if kind == Kind::User {
         let hash = match password {
             Some(pw) => Some(
@@ -140,31 +136,6 @@ async fn prepare(
         }
     }
     Ok((key, value))
-}
-
-/// Every param value in `params` must belong to a defined param and satisfy
-/// its schema.
-pub(crate) async fn check_param_values(state: &AppState, kind: Kind, key: &str, body: &Value) -> Result<(), ApiError> {
-    if !matches!(kind, Kind::Machine | Kind::Profile | Kind::Stage | Kind::Workflow) {
-        return Ok(());
-    }
-    let Some(Value::Object(params)) = body.get("params") else { return Ok(()) };
-    for (name, value) in params {
-        let field = format!("params.{name}");
-        let Some(record) = state.store.get(Kind::Param, name).await? else {
-            return Err(ApiError::field(
-                field,
-                format!(
-                    "{kind} `{key}`: param `{name}` is not defined; define it first (POST /api/v1/params) so its values can be typed"
-                ),
-            ));
-        };
-        let param: Param = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-        if let Err(why) = param.check_value(value) {
-            return Err(ApiError::field(field, format!("param `{name}` on {kind} `{key}`: {why}")));
-        }
-    }
-    Ok(())
 }
 
 /// Splits a list call's query into paging and field filters, typing each
@@ -298,6 +269,7 @@ fn not_found(kind: Kind, key: &str) -> ApiError {
 pub async fn create(
     State(state): State<AppState>,
     Path(kind): Path<String>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -305,8 +277,36 @@ pub async fn create(
     check_writable(kind)?;
     let body = read_json(&headers, body).await?;
     let (key, value) = prepare(&state, kind, body, None).await?;
-    let record = state.store.create(kind, &key, value).await?;
+    let record = audited_put(&state, &principal, kind, &key, value, Expect::Absent).await?;
+    after_write(&state, &record).await;
     Ok(object_response(StatusCode::CREATED, record))
+}
+
+/// Writes one object, recording the change in the audit log.
+pub(crate) async fn audited_put(
+    state: &AppState,
+    principal: &Principal,
+    kind: Kind,
+    key: &str,
+    body: Value,
+    expect: Expect,
+) -> Result<Record, ApiError> {
+    let op = WriteOp::Put { kind, key: key.to_owned(), body, expect };
+    let change = state.store.apply_audited(vec![op], principal.actor()).await?.into_iter().next();
+    let c = change.ok_or_else(|| ApiError::Internal("a write returned no change".into()))?;
+    Ok(Record { kind: c.kind, key: c.key, revision: c.revision, body: c.object })
+}
+
+/// What follows a write: a param written secure has its existing plain
+/// values sealed at once.
+async fn after_write(state: &AppState, record: &Record) {
+    if record.kind == Kind::Param && record.body.get("secure") == Some(&Value::Bool(true)) {
+        match crate::secure::reseal_all(state.store.as_ref(), &state.keyring).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(param = %record.key, sealed = n, "sealed the values of a param made secure"),
+            Err(e) => tracing::error!(param = %record.key, error = %e, "cannot seal the values of a param made secure"),
+        }
+    }
 }
 
 /// Puts the key from the URL into a body that lacks it, and refuses a body
@@ -347,6 +347,7 @@ fn precondition(client: Option<Expect>, read: &Record) -> Result<Expect, ApiErro
 pub async fn replace(
     State(state): State<AppState>,
     Path((kind, key)): Path<(String, String)>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -358,7 +359,8 @@ pub async fn replace(
     let current = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
     let expect = precondition(expect, &current)?;
     let (_, value) = prepare(&state, kind, body, Some(&current.body)).await?;
-    let record = state.store.put(kind, &key, value, expect).await?;
+    let record = audited_put(&state, &principal, kind, &key, value, expect).await?;
+    after_write(&state, &record).await;
     Ok(object_response(StatusCode::OK, record))
 }
 
@@ -366,6 +368,7 @@ pub async fn replace(
 pub async fn patch(
     State(state): State<AppState>,
     Path((kind, key)): Path<(String, String)>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -385,7 +388,8 @@ pub async fn patch(
     plinth_model::merge_patch(&mut merged, &patch);
     key_from_path(kind, &key, &mut merged)?;
     let (_, value) = prepare(&state, kind, merged, Some(&current.body)).await?;
-    let record = state.store.put(kind, &key, value, expect).await?;
+    let record = audited_put(&state, &principal, kind, &key, value, expect).await?;
+    after_write(&state, &record).await;
     Ok(object_response(StatusCode::OK, record))
 }
 
@@ -414,7 +418,7 @@ pub async fn delete(
             ops.push(WriteOp::Delete { kind: Kind::Token, key: t.key, expect: Expect::Any });
         }
     }
-    let changes = state.store.apply(ops).await?;
+    let changes = state.store.apply_audited(ops, principal.actor()).await?;
     let first = changes.into_iter().next().ok_or_else(|| ApiError::Internal("delete returned no change".into()))?;
     let mut body = first.object;
     redact(kind, &mut body);

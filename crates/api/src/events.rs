@@ -84,3 +84,46 @@ pub async fn boot_events(
     let next = (items.len() == limit).then(|| items.last().map(|e| e.id)).flatten();
     Ok(axum::Json(json!({"items": items, "next": next})))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    kind: Option<String>,
+    key: Option<String>,
+    actor: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/audit`: the audit log in order, filtered by `kind`, `key`,
+/// `actor`, after a sequence number. Objects are shown as everywhere else:
+/// server-only fields removed, secure values as `<secure>`.
+pub async fn audit(
+    State(state): State<AppState>,
+    Query(q): Query<AuditParams>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let kind = q.kind.as_deref().map(parse_kind).transpose()?;
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > plinth_store::MAX_PAGE {
+        return Err(ApiError::field("limit", format!("expected 1 to {}", plinth_store::MAX_PAGE)));
+    }
+    let query = plinth_store::AuditQuery {
+        kind: kind.map(|k| k.plural().to_owned()),
+        key: q.key,
+        actor: q.actor,
+        after: q.after,
+        limit,
+    };
+    let mut items = state.store.audit(&query).await?;
+    for e in &mut items {
+        let kind = Kind::from_plural(&e.kind);
+        for body in [&mut e.before, &mut e.after].into_iter().flatten() {
+            match kind {
+                Some(k) => redact(k, body),
+                None => crate::secure::redact_sealed(body),
+            }
+        }
+    }
+    let next = (items.len() == limit).then(|| items.last().map(|e| e.seq)).flatten();
+    Ok(axum::Json(json!({"items": items, "next": next})))
+}

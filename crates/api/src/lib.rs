@@ -17,10 +17,12 @@ mod error;
 mod events;
 mod openapi;
 mod params;
+mod secure;
 pub mod tls;
 
 pub use auth::{BootstrapError, Principal, bootstrap, hash_password, sweep_tokens};
 pub use error::ApiError;
+pub use secure::{reseal_all, sealed_under_old_keys};
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -41,6 +43,8 @@ pub struct AppState {
     pub default_token_ttl: Duration,
     /// PEM of the CA agents are given (`provisioner.ca_pem`), empty for none.
     pub agent_ca: String,
+    /// Seals and opens secure param values.
+    pub keyring: Arc<plinth_secrets::Keyring>,
 }
 
 /// The API's router, with authentication applied to every route but
@@ -51,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/info", get(info))
         .route("/api/v1/events", get(events::stream))
         .route("/api/v1/boot-events", get(events::boot_events))
+        .route("/api/v1/audit", get(events::audit))
         .route("/api/v1/machines/{id}/params", get(params::machine_params))
         .route("/api/v1/render", post(params::render))
         .route("/api/v1/machines/{id}/workflow", post(agent::assign))

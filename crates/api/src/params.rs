@@ -15,8 +15,7 @@ pub struct ParamsQuery {
     explain: bool,
 }
 
-/// Shown instead of a secure value.
-const REDACTED: &str = "<secure>";
+use plinth_secrets::REDACTED;
 
 /// Loads a machine and what rendering for it reads.
 pub(crate) async fn view_for(state: &AppState, id: &str) -> Result<plinth_render::MachineView, ApiError> {
@@ -126,6 +125,7 @@ pub async fn render(
         hooks: plinth_render::Hooks {
             machine_token: Some(std::sync::Arc::new(|| Ok(TOKEN_PLACEHOLDER.to_owned()))),
             join_token: Some(std::sync::Arc::new(|| Ok("<join-token>".to_owned()))),
+            secure_param: Some(view.secure_placeholders()),
         },
     };
     let field = if req.template.is_some() {

@@ -84,6 +84,7 @@ pub struct RenderedFiles {
     api_port: u16,
     token_ttl: std::time::Duration,
     ca_pem: String,
+    keyring: std::sync::Arc<plinth_secrets::Keyring>,
 }
 
 /// Stores a freshly minted token from a blocking render.
@@ -113,9 +114,56 @@ impl RenderedFiles {
         api_port: u16,
         token_ttl: std::time::Duration,
         ca_pem: String,
+        keyring: std::sync::Arc<plinth_secrets::Keyring>,
     ) -> RenderedFiles {
         let shared = plinth_render::SharedCache::new(store.clone());
-        RenderedFiles { store, shared, fallback: IpxeScripts::new(root), api_port, token_ttl, ca_pem }
+        RenderedFiles { store, shared, fallback: IpxeScripts::new(root), api_port, token_ttl, ca_pem, keyring }
+    }
+
+    /// Records secure values rendered into a boot file in the audit log;
+    /// `None` (the file is not served) when that cannot be recorded.
+    async fn audit_secure_read(
+        &self,
+        machine: plinth_model::MachineId,
+        request: &FileRequest<'_>,
+        read: &std::sync::Mutex<std::collections::BTreeSet<String>>,
+    ) -> Option<()> {
+        let names: Vec<String> = read.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        if names.is_empty() {
+            return Some(());
+        }
+        let client = request.client.map(|c| c.to_string()).unwrap_or_default();
+        let detail =
+            format!("secure params {} rendered into boot file `{}`", names.join(", "), request.path.escape_debug());
+        let entry = plinth_model::AuditEntry::secure_read(format!("address:{client}"), machine, detail);
+        match self.store.append_audit(vec![entry]).await {
+            Ok(()) => Some(()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a secure read in the audit log; not serving the file");
+                None
+            }
+        }
+    }
+
+    /// `secure_param()` for a file `view`'s machine asked for: the values
+    /// when the request comes from the address the machine holds a lease
+    /// on, else an error naming why (the file is then not served).
+    fn secure_params(
+        &self,
+        view: &plinth_render::MachineView,
+        request: &FileRequest<'_>,
+        read: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    ) -> plinth_render::SecureParams {
+        let leased = view.lease.as_ref().map(|l| l.address);
+        if leased.is_some() && request.client == leased {
+            return view.secure_params(self.keyring.clone(), read);
+        }
+        let machine = view.machine.name.to_string();
+        std::sync::Arc::new(move |_: &str| {
+            Err(format!(
+                "the file holds a secure value; it is served only to machine `{machine}` from the address it leased"
+            ))
+        })
     }
 
     fn provisioner(&self, request: &FileRequest<'_>) -> plinth_render::Provisioner {
@@ -240,13 +288,19 @@ impl Generated for RenderedFiles {
                 Ok(view) => {
                     let mut provisioner = self.provisioner(request);
                     provisioner.hooks.machine_token = Some(self.minter(view.machine.id));
+                    let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+                    provisioner.hooks.secure_param = Some(self.secure_params(&view, request, read.clone()));
+                    let id = view.machine.id;
                     // The iPXE entry script is the bootenv file named `ipxe`.
                     let path =
                         if ipxe_path_mac(request.path).is_some() { "ipxe".to_owned() } else { request.path.to_owned() };
                     let rendered =
                         tokio::task::spawn_blocking(move || view.render_path(&path, &provisioner)).await.ok().flatten();
                     match rendered {
-                        Some(Ok(text)) => return Some(text.into_bytes()),
+                        Some(Ok(text)) => {
+                            self.audit_secure_read(id, request, &read).await?;
+                            return Some(text.into_bytes());
+                        }
                         Some(Err(e)) => {
                             tracing::warn!(machine = %name, path = %request.path.escape_debug(), error = %e, "cannot render boot file");
                             return None;

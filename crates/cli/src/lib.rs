@@ -89,6 +89,20 @@ pub fn augment(cmd: Command) -> Command {
                 .arg(Arg::new("limit").long("limit").value_parser(value_parser!(usize)).default_value("1000")),
         )
         .subcommand(
+            Command::new("audit")
+                .about("Show the audit log (changes and secure-value reads), oldest first")
+                .arg(Arg::new("kind").long("kind").help("Only this kind's (plural, e.g. machines)"))
+                .arg(Arg::new("key").long("key").help("Only this object's"))
+                .arg(Arg::new("actor").long("actor").help("Only this actor's (user:NAME, machine:ID, server)"))
+                .arg(
+                    Arg::new("after")
+                        .long("after")
+                        .value_parser(value_parser!(u64))
+                        .help("Only after this sequence number"),
+                )
+                .arg(Arg::new("limit").long("limit").value_parser(value_parser!(usize)).default_value("1000")),
+        )
+        .subcommand(
             Command::new("completions")
                 .about("Print a shell completion script")
                 .arg(Arg::new("shell").required(true).value_parser(value_parser!(clap_complete::Shell))),
@@ -323,6 +337,24 @@ async fn run_inner(
             let items = reply.body.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
             Ok(match format {
                 Format::Table => output::table(&["id", "at", "mac", "address", "service", "detail"], &items),
+                other => output::one(&Value::Array(items), other),
+            })
+        }
+        "audit" => {
+            let c = client(global, &cfg, true)?;
+            let mut q = vec![format!("limit={}", sub.get_one::<usize>("limit").copied().unwrap_or(1000))];
+            for name in ["kind", "key", "actor"] {
+                if let Some(v) = sub.get_one::<String>(name) {
+                    q.push(format!("{name}={}", encode_key(v)));
+                }
+            }
+            if let Some(a) = sub.get_one::<u64>("after") {
+                q.push(format!("after={a}"));
+            }
+            let reply = c.call(Method::GET, &format!("/api/v1/audit?{}", q.join("&")), None, None).await?;
+            let items = reply.body.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            Ok(match format {
+                Format::Table => output::table(&["seq", "at", "actor", "action", "kind", "key", "detail"], &items),
                 other => output::one(&Value::Array(items), other),
             })
         }

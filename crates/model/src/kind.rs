@@ -81,6 +81,16 @@ impl Kind {
         !matches!(self, Kind::Token)
     }
 
+    /// Fields only the server sees (secrets' hashes): never returned, never
+    /// set by a client, never copied into the audit log.
+    pub fn server_only_fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::User => &["password_hash"],
+            Kind::Token => &["secret_hash"],
+            _ => &[],
+        }
+    }
+
     /// Columns the CLI shows in a table, as top-level field names.
     pub fn table_columns(self) -> &'static [&'static str] {
         match self {

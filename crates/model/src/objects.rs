@@ -460,7 +460,13 @@ impl Param {
             .iter_errors(value)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                if at.is_empty() { e.to_string() } else { format!("at {at}: {e}") }
+                // A secure value must not leak through an error message.
+                let what = if self.secure {
+                    "the value does not fit the param's schema (not shown: the param is secure)".to_owned()
+                } else {
+                    e.to_string()
+                };
+                if at.is_empty() { what } else { format!("at {at}: {what}") }
             })
             .collect();
         if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
@@ -1093,6 +1099,53 @@ impl BootEvent {
             address: None,
             machine: Some(machine.id),
             service: service.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// One entry of the audit log: a change to an object, or an access to
+/// secure values. Appended by the server, never edited or deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditEntry {
+    /// Sequence number assigned by the store (0 before it is stored).
+    #[serde(default)]
+    pub seq: u64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who: `user:<name>`, `machine:<id>`, or `server` for the server's own
+    /// changes (built-in content, re-sealing).
+    pub actor: String,
+    /// `created`, `updated`, `deleted`, or `secure-read`.
+    pub action: String,
+    /// The kind (plural), e.g. `machines`.
+    pub kind: String,
+    /// The object's key.
+    pub key: String,
+    /// The object before the change (server-only fields removed; secure
+    /// values sealed, shown as `<secure>`).
+    #[serde(default)]
+    pub before: Option<Value>,
+    /// The object after the change.
+    #[serde(default)]
+    pub after: Option<Value>,
+    /// More, for humans (for `secure-read`: which params, where, to whom).
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl AuditEntry {
+    /// An entry saying `actor` had secure values of `machine` rendered.
+    pub fn secure_read(actor: String, machine: MachineId, detail: String) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            at: crate::now(),
+            actor,
+            action: "secure-read".into(),
+            kind: Kind::Machine.plural().into(),
+            key: machine.to_string(),
+            before: None,
+            after: None,
             detail,
         }
     }

@@ -138,6 +138,26 @@ fn command() -> Command {
                     .help("Comma-separated module names [default: common NICs and disks]"),
             ),
     );
+    let data_dir_arg = || {
+        Arg::new("data-dir")
+            .long("data-dir")
+            .env("PLINTH_DATA_DIR")
+            .value_parser(value_parser!(PathBuf))
+            .help("The server's data dir [default: ./plinth-data]")
+    };
+    let secrets = Command::new("secrets")
+        .about("Manage the keys that seal secure param values (in <data-dir>/secret.keys)")
+        .subcommand_required(true)
+        .subcommand(
+            Command::new("rotate")
+                .about("Add a new sealing key; the server re-seals every secure value under it at its next start")
+                .arg(data_dir_arg()),
+        )
+        .subcommand(
+            Command::new("prune")
+                .about("Drop every key but the current one (after a restart has re-sealed under it)")
+                .arg(data_dir_arg()),
+        );
     let root = Command::new("plinth")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Provisioning for bare metal and cloud machines")
@@ -145,7 +165,8 @@ fn command() -> Command {
         .arg_required_else_help(true)
         .subcommand(serve)
         .subcommand(bootloaders)
-        .subcommand(discovery);
+        .subcommand(discovery)
+        .subcommand(secrets);
     plinth_cli::augment(root)
 }
 
@@ -190,6 +211,19 @@ fn main() -> ExitCode {
             None => ExitCode::from(2),
         };
     }
+    if name == "secrets" {
+        return match sub.subcommand().map(|(action, m)| secrets(&runtime, action, m)) {
+            Some(Ok(text)) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Some(Err(e)) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+            None => ExitCode::from(2),
+        };
+    }
     if name == "serve" {
         return match runtime.block_on(serve::run(sub)) {
             Ok(()) => ExitCode::SUCCESS,
@@ -201,6 +235,48 @@ fn main() -> ExitCode {
         };
     }
     ExitCode::from(runtime.block_on(plinth_cli::run(name, sub, &matches, &mut root)))
+}
+
+/// `plinth secrets rotate|prune`: edits the keyring file in place.
+fn secrets(runtime: &tokio::runtime::Runtime, action: &str, m: &clap::ArgMatches) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let dir = m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data"));
+    let path = dir.join(serve::KEYRING_FILE);
+    if std::env::var(plinth_secrets::KEYS_ENV).is_ok_and(|v| !v.trim().is_empty()) {
+        anyhow::bail!("the keys come from {}; rotate them where that value is kept", plinth_secrets::KEYS_ENV);
+    }
+    // Loading checks the file (mode, format) before it is changed.
+    let before = plinth_secrets::Keyring::load_or_create(&path).context("cannot load the keyring")?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    if action == "prune" {
+        let db = dir.join("plinth.db");
+        let old = runtime.block_on(async {
+            let store = plinth_store::SqliteStore::open(&db)?;
+            plinth_api::sealed_under_old_keys(&store, &before).await
+        })?;
+        if old > 0 {
+            anyhow::bail!(
+                "{old} secure values are still sealed under an older key; restart the server (it re-seals them), then prune"
+            );
+        }
+    }
+    let new = match action {
+        "rotate" => plinth_secrets::rotated(&text)?,
+        _ => format!(
+            "{}\n",
+            text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or_default()
+        ),
+    };
+    plinth_secrets::write_private(&path, &new).with_context(|| format!("cannot write {}", path.display()))?;
+    let after = plinth_secrets::Keyring::load_or_create(&path)?;
+    Ok(match action {
+        "rotate" => format!(
+            "new sealing key {}; keys {} still open older values. Restart the server to re-seal, then run `plinth secrets prune`.",
+            after.key_ids()[0],
+            before.key_ids().join(", ")
+        ),
+        _ => format!("kept key {}; dropped {}", after.key_ids()[0], before.key_ids()[1..].join(", ")),
+    })
 }
 
 #[cfg(test)]

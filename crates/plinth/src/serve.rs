@@ -42,6 +42,9 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The keyring file in the data dir (see `plinth_secrets`).
+pub const KEYRING_FILE: &str = "secret.keys";
+
 /// Runs the server.
 pub async fn run(m: &ArgMatches) -> Result<()> {
     init_logging(m.get_one::<String>("log-format").map(String::as_str).unwrap_or("text"));
@@ -60,6 +63,15 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
     plinth_api::bootstrap(store.as_ref(), &data_dir, std::env::var("PLINTH_ADMIN_PASSWORD").ok())
         .await
         .context("cannot prepare the store")?;
+    // Secure param values are sealed under this keyring; values sealed under
+    // an older key (after `plinth secrets rotate`) are re-sealed now.
+    let keyring = Arc::new(
+        plinth_secrets::Keyring::load_or_create(&data_dir.join(KEYRING_FILE)).context("cannot load the secret keys")?,
+    );
+    let resealed = plinth_api::reseal_all(store.as_ref(), &keyring).await.context("cannot re-seal secure values")?;
+    if resealed > 0 {
+        tracing::info!(values = resealed, key = %keyring.key_ids()[0], "sealed secure values under the current key");
+    }
     let added = plinth_content::install_missing(store.as_ref()).await.context("cannot install the built-in content")?;
     if added > 0 {
         tracing::info!(objects = added, "installed built-in templates, params and bootenvs");
@@ -107,6 +119,7 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         agent_ca: agent_ca.clone(),
         store,
         default_token_ttl: Duration::from_secs(m.get_one::<u64>("token-ttl").copied().unwrap_or(86_400)),
+        keyring: keyring.clone(),
     };
     tracing::info!(service = "api", url = %format!("https://{bound}"), "listening");
 
@@ -122,6 +135,7 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         bound.port(),
         Duration::from_secs(m.get_one::<u64>("machine-token-ttl").copied().unwrap_or(3600)),
         agent_ca,
+        keyring,
     ));
 
     // One shutdown signal fans out to every listener.

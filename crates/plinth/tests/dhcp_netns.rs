@@ -176,7 +176,14 @@ fn dhclient_gets_a_lease_and_a_reservation_wins() {
     let script = out.path().join("dhclient-script");
     // dhclient runs its script with a clean environment: the path is baked in.
     let body = "#!/bin/sh\ncase \"$reason\" in BOUND|RENEW|REBOOT) ip addr add \"$new_ip_address/$new_subnet_mask\" dev \"$interface\";; esac\n";
-    std::fs::write(&script, format!("{body}env > \"{0}/.partial.$$\"\nmv \"{0}/.partial.$$\" \"{0}/$reason.$(date +%s%N)\"\n", out.path().display())).unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "{body}env > \"{0}/.partial.$$\"\nmv \"{0}/.partial.$$\" \"{0}/$reason.$(date +%s%N)\"\n",
+            out.path().display()
+        ),
+    )
+    .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let lf = out.path().join("leases");
     let pf = out.path().join("pid");

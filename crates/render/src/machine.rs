@@ -183,6 +183,44 @@ impl MachineView {
         self.params.iter().filter(|(_, r)| !r.secure).map(|(k, r)| (k.to_string(), r.value.clone())).collect()
     }
 
+    /// `secure_param()` for this machine: each secure param's value, opened
+    /// with `keyring`. Only a caller that has established the request comes
+    /// from this machine (or has the claim to read its secrets) passes this.
+    /// The names of the params read are added to `read`, for the audit log.
+    pub fn secure_params(
+        &self,
+        keyring: Arc<plinth_secrets::Keyring>,
+        read: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    ) -> crate::SecureParams {
+        let secure: BTreeMap<String, Value> =
+            self.params.iter().filter(|(_, r)| r.secure).map(|(k, r)| (k.to_string(), r.value.clone())).collect();
+        let machine = self.machine.name.to_string();
+        Arc::new(move |name: &str| {
+            let value = secure.get(name).ok_or_else(|| format!("machine `{machine}` has no secure param `{name}`"))?;
+            read.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
+            if plinth_secrets::is_sealed(value) {
+                keyring.open(name, value).map_err(|e| e.to_string())
+            } else {
+                Ok(value.clone())
+            }
+        })
+    }
+
+    /// `secure_param()` in a debugging render: the placeholder `<secure>`
+    /// for each secure param the machine has.
+    pub fn secure_placeholders(&self) -> crate::SecureParams {
+        let names: std::collections::BTreeSet<String> =
+            self.params.iter().filter(|(_, r)| r.secure).map(|(k, _)| k.to_string()).collect();
+        let machine = self.machine.name.to_string();
+        Arc::new(move |name: &str| {
+            if names.contains(name) {
+                Ok(Value::String(plinth_secrets::REDACTED.into()))
+            } else {
+                Err(format!("machine `{machine}` has no secure param `{name}`"))
+            }
+        })
+    }
+
     /// What an installer needs to configure the machine's network, every key
     /// present (null or empty when unknown): `hostname`, `domain` (the
     /// subnet's, else param `domain`), `fqdn`, `address` (the lease's, else

@@ -123,12 +123,16 @@ pub fn resolve(l: &Layers<'_>) -> Result<BTreeMap<ParamName, Resolved>, ResolveE
     let mut out: BTreeMap<ParamName, Resolved> = BTreeMap::new();
     for (layer, values) in layers {
         for (name, value) in values {
-            if let Some(param) = l.params.get(&name)
+            // A sealed value was checked when it was written; it is opened
+            // only where it is rendered.
+            let sealed = plinth_secrets::is_sealed(&value);
+            if !sealed
+                && let Some(param) = l.params.get(&name)
                 && let Err(why) = param.check_value(&value)
             {
                 return Err(ResolveError::Invalid { param: name.to_string(), from: describe(&layer), why });
             }
-            let secure = l.params.get(&name).is_some_and(|p| p.secure);
+            let secure = sealed || l.params.get(&name).is_some_and(|p| p.secure);
             match out.get_mut(&name) {
                 Some(r) => r.shadows.push((layer.clone(), value)),
                 None => {

@@ -47,7 +47,13 @@ pub struct Hooks {
     /// Backs `join_token()`: a single-use token an unknown machine's
     /// discovery agent registers with.
     pub join_token: Option<TokenMinter>,
+    /// Backs `secure_param(name)`: a secure param's value, given only when
+    /// the machine itself asks (or a placeholder, in a debugging render).
+    pub secure_param: Option<SecureParams>,
 }
+
+/// Gives a secure param's plain value for the machine being rendered for.
+pub type SecureParams = Arc<dyn Fn(&str) -> Result<Value, String> + Send + Sync>;
 
 /// Adds `name()`, which returns the token `hook` mints (once per render),
 /// or fails with `unavailable` when the render has no such hook.
@@ -86,7 +92,7 @@ fn environment(
             (None, Some(d)) => Ok(d),
             (None, None) => Err(Error::new(
                 ErrorKind::UndefinedError,
-                format!("param `{name}` has no value for this machine (set it, give it a schema default, or call param(\"{name}\", default))"),
+                format!("param `{name}` has no value for this machine (set it, give it a schema default, or call param(\"{name}\", default); a secure param is read with secure_param(\"{name}\"))"),
             )),
         }
     });
@@ -104,6 +110,20 @@ fn environment(
         hooks.join_token.clone(),
         "join_token() is only available in the script for machines Plinth does not know yet",
     );
+    // Secure values: only through this explicit call, and only when the
+    // caller supplied them for this machine.
+    let secure = hooks.secure_param.clone();
+    env.add_function("secure_param", move |name: String| -> Result<JValue, Error> {
+        let Some(get) = &secure else {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "secure_param() is only available in files and tasks the machine itself fetches",
+            ));
+        };
+        get(&name)
+            .map(|v| JValue::from(minijinja::value::Serde(v)))
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("secure_param(\"{name}\"): {e}")))
+    });
     env.add_filter("url_host", |v: String| -> Result<String, Error> {
         let rest = v.split_once("://").map_or(v.as_str(), |(_, r)| r);
         Ok(rest.split(['/', '?', '#']).next().unwrap_or_default().to_owned())
@@ -253,6 +273,24 @@ mod tests {
         }
         let e = run(&[], Source::Inline("{{ machine_token() }}"), &[]).unwrap_err();
         assert!(e.message.contains("only available when the machine itself"), "{e}");
+        // Nor a secure value: only through a hook the caller supplies.
+        let e = run(&[], Source::Inline("{{ secure_param('root-password') }}"), &[]).unwrap_err();
+        assert!(e.message.contains("only available in files and tasks the machine itself fetches"), "{e}");
+    }
+
+    #[test]
+    fn secure_values_come_only_from_the_hook_and_param_does_not_give_them() {
+        let hooks = Hooks {
+            secure_param: Some(Arc::new(|name: &str| {
+                if name == "root-password" { Ok(json!("s3cret")) } else { Err(format!("no secure param `{name}`")) }
+            })),
+            ..Hooks::default()
+        };
+        let r = |text: &str| render(Arc::default(), Source::Inline(text), &json!({}), Arc::default(), &hooks);
+        assert_eq!(r("{{ secure_param('root-password') }}").unwrap(), "s3cret");
+        assert!(r("{{ secure_param('other') }}").unwrap_err().message.contains("no secure param `other`"));
+        let e = r("{{ param('root-password') }}").unwrap_err();
+        assert!(e.message.contains("secure_param(\"root-password\")"), "{e}");
     }
 
     #[test]
@@ -265,6 +303,7 @@ mod tests {
                 Ok("plt_x.y".to_owned())
             })),
             join_token: None,
+            secure_param: None,
         };
         let out = render(
             Arc::default(),

@@ -27,6 +27,7 @@ macro_rules! conformance_tests {
             boot_events_append_in_order_and_filter_by_mac,
             filters_follow_updates_and_deletes,
             job_logs_keep_order_and_ignore_resent_chunks,
+            audited_writes_record_before_and_after_with_the_change,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {
@@ -304,4 +305,53 @@ pub async fn job_logs_keep_order_and_ignore_resent_chunks(s: Arc<dyn Store>) {
     assert!(s.append_job_log(other, 0, "elsewhere".into()).await.unwrap());
     assert_eq!(s.job_log(job).await.unwrap(), "one\ntwo\n");
     assert_eq!(s.job_log(plinth_model::JobId::generate()).await.unwrap(), "");
+}
+
+pub async fn audited_writes_record_before_and_after_with_the_change(s: Arc<dyn Store>) {
+    use crate::AuditQuery;
+    let put = |key: &str, body: Value, expect| WriteOp::Put { kind: Kind::User, key: key.into(), body, expect };
+    s.apply_audited(vec![put("u", json!({"name": "u", "password_hash": "h1"}), Expect::Absent)], "user:admin".into())
+        .await
+        .unwrap();
+    s.apply_audited(
+        vec![put("u", json!({"name": "u", "description": "d", "password_hash": "h2"}), Expect::Revision(1))],
+        "user:bob".into(),
+    )
+    .await
+    .unwrap();
+    // A failed batch leaves no audit entry.
+    let failed = s.apply_audited(vec![put("u", json!({"name": "u"}), Expect::Revision(9))], "user:admin".into()).await;
+    assert!(failed.is_err());
+    // Unaudited writes leave none either.
+    s.apply(vec![put("v", json!({"name": "v"}), Expect::Absent)]).await.unwrap();
+    s.apply_audited(
+        vec![WriteOp::Delete { kind: Kind::User, key: "u".into(), expect: Expect::Any }],
+        "user:admin".into(),
+    )
+    .await
+    .unwrap();
+    let all = s.audit(&AuditQuery { limit: 100, ..Default::default() }).await.unwrap();
+    let summary: Vec<(&str, &str, &str)> =
+        all.iter().map(|e| (e.actor.as_str(), e.action.as_str(), e.key.as_str())).collect();
+    assert_eq!(summary, [("user:admin", "created", "u"), ("user:bob", "updated", "u"), ("user:admin", "deleted", "u")]);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(all[1].before.as_ref().unwrap()["description"], Value::Null);
+    assert_eq!(all[1].after.as_ref().unwrap()["description"], "d");
+    assert!(all[2].after.is_none() && all[2].before.as_ref().unwrap()["name"] == "u");
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains("h1") && !text.contains("h2"), "server-only fields are not kept: {text}");
+    let bob = s.audit(&AuditQuery { actor: Some("user:bob".into()), limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(bob.len(), 1);
+    let later = s.audit(&AuditQuery { after: Some(all[0].seq), limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(later.iter().map(|e| e.seq).collect::<Vec<_>>(), [all[1].seq]);
+    s.append_audit(vec![plinth_model::AuditEntry::secure_read(
+        "address:10.0.0.9".into(),
+        plinth_model::MachineId::generate(),
+        "x".into(),
+    )])
+    .await
+    .unwrap();
+    let reads = s.audit(&AuditQuery { kind: Some("machines".into()), limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].action, "secure-read");
 }

@@ -168,6 +168,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// A job's log: its chunks in `seq` order, joined, and the bytes stored.
     async fn job_log(&self, job: plinth_model::JobId) -> Result<String, StoreError>;
+
+    /// Like [`Store::apply`], and records each change in the audit log (by
+    /// `actor`, with the object before and after) in the same transaction.
+    async fn apply_audited(&self, ops: Vec<WriteOp>, actor: String) -> Result<Vec<Change>, StoreError>;
+
+    /// Appends audit entries that are not changes (secure-value reads).
+    async fn append_audit(&self, entries: Vec<plinth_model::AuditEntry>) -> Result<(), StoreError>;
+
+    /// Audit entries in sequence order.
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<plinth_model::AuditEntry>, StoreError>;
+}
+
+/// An audit log query; every field given must match.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AuditQuery {
+    /// Kind, plural (`machines`).
+    pub kind: Option<String>,
+    pub key: Option<String>,
+    /// `user:<name>`, `machine:<id>` or `server`.
+    pub actor: Option<String>,
+    /// Only entries with a larger sequence number.
+    pub after: Option<u64>,
+    /// At most this many (capped at [`MAX_PAGE`]).
+    pub limit: usize,
 }
 
 /// A boot event query.

@@ -57,6 +57,21 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     "ALTER TABLE boot_events ADD COLUMN machine TEXT;
     CREATE INDEX boot_events_machine ON boot_events (machine, id);",
+    "CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_object ON audit (kind, key, seq);
+    CREATE INDEX audit_actor ON audit (actor, seq);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
 ];
 
 /// Top-level fields whose text values (or arrays of text) are kept in the
@@ -159,6 +174,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Overwrite deleted content, so an old value (say, of a param made
+    // secure later) does not linger in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 
@@ -169,6 +187,18 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        // A new database is readable by its owner only; SQLite gives its WAL
+        // and shared-memory files the same mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", path.display())))?;
         }
         let mut writer =
             Connection::open(path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
@@ -299,7 +329,63 @@ fn check_expect(kind: Kind, key: &str, expect: Expect, current: Option<u64>) -> 
     }
 }
 
-fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>) -> Result<Vec<Change>, StoreError> {
+/// An object as the audit log keeps it: without server-only fields.
+fn audit_body(kind: Kind, body: &Value) -> Option<String> {
+    let mut b = body.clone();
+    if let Value::Object(m) = &mut b {
+        for f in kind.server_only_fields() {
+            m.remove(*f);
+        }
+    }
+    serde_json::to_string(&b).ok()
+}
+
+fn insert_audit(tx: &rusqlite::Transaction<'_>, e: &plinth_model::AuditEntry) -> Result<(), StoreError> {
+    let at = serde_json::to_value(e.at).map_err(backend)?;
+    let text = |v: &Option<Value>| v.as_ref().and_then(|v| serde_json::to_string(v).ok());
+    tx.prepare_cached(
+        "INSERT INTO audit (at, actor, action, kind, key, before, after, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .map_err(backend)?
+    .execute(params![
+        at.as_str().unwrap_or_default(),
+        e.actor,
+        e.action,
+        e.kind,
+        e.key,
+        text(&e.before),
+        text(&e.after),
+        e.detail
+    ])
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Records a change in the audit log, in the change's transaction.
+fn audit_change(
+    tx: &rusqlite::Transaction<'_>,
+    actor: &str,
+    action: Action,
+    kind: Kind,
+    key: &str,
+    before: Option<&Value>,
+    after: Option<String>,
+) -> Result<(), StoreError> {
+    let entry = plinth_model::AuditEntry {
+        seq: 0,
+        at: plinth_model::now(),
+        actor: actor.to_owned(),
+        action: action.as_str().to_owned(),
+        kind: kind.plural().to_owned(),
+        key: key.to_owned(),
+        before: before.and_then(|b| audit_body(kind, b)).and_then(|t| serde_json::from_str(&t).ok()),
+        after: after.and_then(|t| serde_json::from_str(&t).ok()),
+        detail: String::new(),
+    };
+    insert_audit(tx, &entry)
+}
+
+fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>, actor: Option<&str>) -> Result<Vec<Change>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
     let now = serde_json::to_value(plinth_model::now()).map_err(backend)?;
     let now_text = now.as_str().unwrap_or_default().to_owned();
@@ -307,14 +393,15 @@ fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>) -> Result<Vec<Change>, S
     for op in ops {
         match op {
             WriteOp::Put { kind, key, mut body, expect } => {
-                let current: Option<(u64, String)> = tx
+                let current: Option<(u64, String, String)> = tx
                     .query_row(
-                        "SELECT revision, created_at FROM objects WHERE kind = ?1 AND key = ?2",
+                        "SELECT revision, created_at, body FROM objects WHERE kind = ?1 AND key = ?2",
                         params![kind.plural(), key],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()
                     .map_err(backend)?;
+                let before = current.as_ref().map(|c| c.2.clone());
                 check_expect(kind, &key, expect, current.as_ref().map(|c| c.0))?;
                 let Some(map) = body.as_object_mut() else {
                     return Err(StoreError::Query(format!("{kind} `{key}`: body is not a JSON object")));
@@ -334,6 +421,10 @@ fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>) -> Result<Vec<Change>, S
                 .map_err(backend)?;
                 index_object(&tx, kind, &key, Some(&body))?;
                 let action = if revision == 1 { Action::Created } else { Action::Updated };
+                if let Some(actor) = actor {
+                    let before = before.and_then(|b| serde_json::from_str::<Value>(&b).ok());
+                    audit_change(&tx, actor, action, kind, &key, before.as_ref(), audit_body(kind, &body))?;
+                }
                 changes.push(Change { kind, action, key, revision, object: body });
             }
             WriteOp::Delete { kind, key, expect } => {
@@ -353,12 +444,32 @@ fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>) -> Result<Vec<Change>, S
                 tx.execute("DELETE FROM objects WHERE kind = ?1 AND key = ?2", params![kind.plural(), key])
                     .map_err(backend)?;
                 index_object(&tx, kind, &key, None)?;
+                if let Some(actor) = actor {
+                    audit_change(&tx, actor, Action::Deleted, kind, &key, Some(&object), None)?;
+                }
                 changes.push(Change { kind, action: Action::Deleted, key, revision, object });
             }
         }
     }
     tx.commit().map_err(backend)?;
     Ok(changes)
+}
+
+impl SqliteStore {
+    async fn apply_as(&self, ops: Vec<WriteOp>, actor: Option<String>) -> Result<Vec<Change>, StoreError> {
+        let inner = self.inner.clone();
+        let changes = tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
+            apply_sync(&mut conn, ops, actor.as_deref())
+        })
+        .await
+        .map_err(backend)??;
+        for c in &changes {
+            // No subscribers is fine: nobody is watching.
+            let _ = self.inner.events.send(c.clone());
+        }
+        Ok(changes)
+    }
 }
 
 #[async_trait]
@@ -425,18 +536,63 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<Change>, StoreError> {
+        self.apply_as(ops, None).await
+    }
+
+    async fn apply_audited(&self, ops: Vec<WriteOp>, actor: String) -> Result<Vec<Change>, StoreError> {
+        self.apply_as(ops, Some(actor)).await
+    }
+
+    async fn append_audit(&self, entries: Vec<plinth_model::AuditEntry>) -> Result<(), StoreError> {
         let inner = self.inner.clone();
-        let changes = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock().map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
-            apply_sync(&mut conn, ops)
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            for e in &entries {
+                insert_audit(&tx, e)?;
+            }
+            tx.commit().map_err(backend)
         })
         .await
-        .map_err(backend)??;
-        for c in &changes {
-            // No subscribers is fine: nobody is watching.
-            let _ = self.inner.events.send(c.clone());
-        }
-        Ok(changes)
+        .map_err(backend)?
+    }
+
+    async fn audit(&self, query: &crate::AuditQuery) -> Result<Vec<plinth_model::AuditEntry>, StoreError> {
+        let q = query.clone();
+        let limit = q.limit.clamp(1, MAX_PAGE) as i64;
+        self.with_reader(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, at, actor, action, kind, key, before, after, detail FROM audit
+                     WHERE seq > ?1 AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR key = ?3) AND (?4 IS NULL OR actor = ?4)
+                     ORDER BY seq LIMIT ?5",
+                )
+                .map_err(backend)?;
+            type Row = (i64, String, String, String, String, String, Option<String>, Option<String>, String);
+            let rows = stmt
+                .query_map(params![q.after.unwrap_or(0) as i64, q.kind, q.key, q.actor, limit], |r| -> rusqlite::Result<Row> {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, at, actor, action, kind, key, before, after, detail) = row.map_err(backend)?;
+                let json = |t: Option<String>| t.and_then(|t| serde_json::from_str(&t).ok());
+                out.push(plinth_model::AuditEntry {
+                    seq: seq as u64,
+                    at: serde_json::from_value(Value::String(at)).map_err(backend)?,
+                    actor,
+                    action,
+                    kind,
+                    key,
+                    before: json(before),
+                    after: json(after),
+                    detail,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Change> {

@@ -49,11 +49,35 @@ async fn a_database_from_before_the_lookup_index_is_indexed_on_open() {
     }
     // Back to schema version 2, as a database written before the index.
     let c = rusqlite::Connection::open(&path).unwrap();
-    c.execute_batch("DROP TABLE lookup; DROP TABLE lookup_fields; DROP TABLE job_logs; DROP INDEX boot_events_machine; ALTER TABLE boot_events DROP COLUMN machine; PRAGMA user_version = 2;")
+    c.execute_batch("DROP TABLE lookup; DROP TABLE lookup_fields; DROP TABLE job_logs; DROP INDEX boot_events_machine; ALTER TABLE boot_events DROP COLUMN machine; DROP TABLE audit; PRAGMA user_version = 2;")
         .unwrap();
     drop(c);
     let s = SqliteStore::open(&path).unwrap();
     let f = plinth_store::Filter { path: vec!["macs".into()], value: json!("52:54:00:00:00:0a") };
     let found = s.list_all(Kind::Machine, vec![f]).await.unwrap();
     assert_eq!(found.len(), 1);
+}
+
+#[tokio::test]
+async fn the_audit_table_refuses_updates_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plinth.db");
+    let s = SqliteStore::open(&path).unwrap();
+    let op = plinth_store::WriteOp::Put {
+        kind: Kind::Template,
+        key: "t".into(),
+        body: json!({"contents": "x"}),
+        expect: plinth_store::Expect::Absent,
+    };
+    s.apply_audited(vec![op], "user:admin".into()).await.unwrap();
+    drop(s);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    for sql in ["UPDATE audit SET actor = 'user:mallory'", "DELETE FROM audit"] {
+        let e = c.execute(sql, []).unwrap_err().to_string();
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    let n: i64 = c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "owner-only database");
 }
