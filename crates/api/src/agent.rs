@@ -255,7 +255,10 @@ pub async fn files(
         std::sync::Arc::new(|| Ok(crate::params::TOKEN_PLACEHOLDER.to_owned()));
     // Secure values reach only the machine's own agent.
     let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-    let secure_param = if principal.machine == Some(job.machine) {
+    // Or to a user with an explicit claim to read them.
+    let secure_param = if principal.machine == Some(job.machine)
+        || (principal.machine.is_none() && principal.may("secure", "read", Some(&job.machine.to_string())))
+    {
         view.secure_params(state.keyring.clone(), read.clone())
     } else {
         view.secure_placeholders()

@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use plinth_model::{Kind, Name, Token, TokenId, User};
+use plinth_model::{Claim, Kind, Name, Token, TokenId, User};
 use plinth_store::{Store, StoreError, StoreExt};
 use serde::Deserialize;
 use serde_json::json;
@@ -36,9 +36,20 @@ pub struct Principal {
     pub machine: Option<plinth_model::MachineId>,
     /// A join token: it may only register machines.
     pub join: bool,
+    /// What the user's roles allow (empty for machine and join tokens).
+    pub claims: std::sync::Arc<Vec<Claim>>,
+    /// When the token is restricted, what it allows (within `claims`).
+    pub token_claims: Option<std::sync::Arc<Vec<Claim>>>,
 }
 
 impl Principal {
+    /// Whether this user (and token) may do `action` on `kind` (object
+    /// `name`, when the request is about one).
+    pub fn may(&self, kind: &str, action: &str, name: Option<&str>) -> bool {
+        self.claims.iter().any(|c| c.allows(kind, action, name))
+            && self.token_claims.as_ref().is_none_or(|t| t.iter().any(|c| c.allows(kind, action, name)))
+    }
+
     /// How the audit log names this caller.
     pub fn actor(&self) -> String {
         match self.machine {
@@ -65,6 +76,64 @@ fn machine_may(machine: plinth_model::MachineId, method: &axum::http::Method, pa
                 || matches!(job_route, Some("start" | "finish" | "log"))
         }
         _ => false,
+    }
+}
+
+/// The built-in roles: `admin` may do everything; `operator` everything but
+/// users, roles, other tokens and secure values; `viewer` may read (no
+/// secure values, no tokens).
+pub fn builtin_roles() -> Vec<(&'static str, &'static str, Vec<Claim>)> {
+    let objects = |skip: &[Kind], action: &str| -> Vec<Claim> {
+        Kind::ALL.iter().filter(|k| !skip.contains(k)).map(|k| Claim::new(k.plural(), action)).collect()
+    };
+    let mut operator = objects(&[Kind::User, Kind::Role, Kind::Token], "*");
+    operator.extend(
+        [("events", "read"), ("boot-events", "read"), ("audit", "read"), ("render", "read"), ("join-tokens", "create")]
+            .map(|(k, a)| Claim::new(k, a)),
+    );
+    let mut viewer = objects(&[Kind::Token], "read");
+    viewer.extend(
+        [("events", "read"), ("boot-events", "read"), ("audit", "read"), ("render", "read")]
+            .map(|(k, a)| Claim::new(k, a)),
+    );
+    vec![
+        ("admin", "Everything (built in).", vec![Claim::new("*", "*")]),
+        ("operator", "Everything but users, roles, tokens and secure values (built in).", operator),
+        ("viewer", "Read everything but tokens; no secure values (built in).", viewer),
+    ]
+}
+
+/// Whether `name` is a built-in role (which cannot be changed or deleted).
+pub fn is_builtin_role(name: &str) -> bool {
+    builtin_roles().iter().any(|(n, _, _)| *n == name)
+}
+
+/// What a request needs: `(kind, action, object)`, or `None` when any
+/// authenticated caller may make it. Paths are `/api/v1/...`.
+pub fn requirement(method: &axum::http::Method, path: &str) -> Option<(String, &'static str, Option<String>)> {
+    use axum::http::Method;
+    let rest = path.strip_prefix("/api/v1/").unwrap_or(path);
+    let seg: Vec<&str> = rest.split('/').collect();
+    let write = |m: &Method| match *m {
+        Method::POST => "create",
+        Method::PUT | Method::PATCH => "update",
+        Method::DELETE => "delete",
+        _ => "read",
+    };
+    let own = |kind: &str, action: &'static str, key: &str| Some((kind.to_owned(), action, Some(key.to_owned())));
+    match seg.as_slice() {
+        ["info"] | ["openapi.json"] => None,
+        [extra @ ("events" | "boot-events" | "audit")] => Some(((*extra).to_owned(), "read", None)),
+        ["render"] => Some(("render".into(), "read", None)),
+        ["join-tokens"] => Some(("join-tokens".into(), "create", None)),
+        ["machines", "whoami"] => Some(("machines".into(), "create", None)),
+        ["machines", id, "params" | "timeline"] => own("machines", "read", id),
+        ["machines", id, _] => own("machines", "update", id),
+        ["jobs", id, _] if *method == Method::GET => own("jobs", "read", id),
+        ["jobs", id, _] => own("jobs", "update", id),
+        [kind] => Some(((*kind).to_owned(), write(method), None)),
+        [kind, key] => Some(((*kind).to_owned(), write(method), Some((*key).to_owned()))),
+        _ => Some(("*".into(), "*", None)),
     }
 }
 
@@ -115,6 +184,21 @@ pub async fn bootstrap(
             Err(e) => return Err(e.into()),
         }
     }
+    for (name, description, claims) in builtin_roles() {
+        let body = json!({"name": name, "description": description, "claims": claims});
+        let (key, body) = plinth_model::normalize(Kind::Role, body).map_err(ApiError::from)?;
+        match store.get(Kind::Role, name).await? {
+            None => match store.create(Kind::Role, &key, body).await {
+                Ok(_) | Err(StoreError::Exists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            },
+            // A newer Plinth may give a built-in role more claims.
+            Some(r) if r.body.get("claims") != body.get("claims") => {
+                store.put(Kind::Role, &key, body, plinth_store::Expect::Revision(r.revision)).await?;
+            }
+            Some(_) => {}
+        }
+    }
     if store.get(Kind::User, "admin").await?.is_some() {
         return Ok(());
     }
@@ -154,6 +238,9 @@ struct TokenRequest {
     ttl_secs: Option<u64>,
     #[serde(default)]
     description: String,
+    /// Restrict the token to these claims (each within the user's).
+    #[serde(default)]
+    claims: Option<Vec<Claim>>,
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Result<(String, String), ApiError> {
@@ -202,7 +289,25 @@ pub async fn mint_token(State(state): State<AppState>, headers: HeaderMap, body:
     let expires_at =
         plinth_model::now() + chrono::Duration::from_std(ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = username.parse().map_err(ApiError::BadRequest)?;
-    let (token, bearer) = Token::mint(user, req.description, expires_at, None);
+    if let Some(wanted) = &req.claims {
+        let have = user_claims(&state, &user).await?;
+        for (i, c) in wanted.iter().enumerate() {
+            let valid = plinth_model::normalize(Kind::Role, json!({"name": "check", "claims": [c]}));
+            if let Err(e) = valid {
+                return Err(ApiError::field(format!("claims[{i}]"), e.to_string()));
+            }
+            if !have.iter().any(|h| h.covers(c)) {
+                return Err(ApiError::Forbidden(format!(
+                    "claims[{i}] ({} {}{}) is more than user `{user}` may do; a token carries a subset of its user's claims",
+                    c.action,
+                    c.kind,
+                    c.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default()
+                )));
+            }
+        }
+    }
+    let (mut token, bearer) = Token::mint(user, req.description, expires_at, None);
+    token.claims = req.claims;
     let id = token.id;
     let body = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
     state.store.create(Kind::Token, &id.to_string(), body).await?;
@@ -222,6 +327,18 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
         return Err(ApiError::Forbidden(
             "a join token may only register a machine (POST /api/v1/machines/whoami)".into(),
         ));
+    }
+    if principal.machine.is_none()
+        && !principal.join
+        && let Some((kind, action, name)) = requirement(req.method(), req.uri().path())
+        && !principal.may(&kind, action, name.as_deref())
+        && !may_by_machine_name(&state, &principal, &kind, action, name.as_deref()).await
+    {
+        return Err(ApiError::Forbidden(format!(
+            "user `{}` may not {action} {kind}{}: no role (or token restriction) of theirs claims it",
+            principal.user,
+            name.map(|n| format!(" `{}`", n.escape_debug())).unwrap_or_default()
+        )));
     }
     req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
@@ -244,14 +361,56 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
     if let Some(machine) = stored.machine {
         // A machine token lives as long as its machine.
         state.store.get(Kind::Machine, &machine.to_string()).await?.ok_or_else(invalid)?;
-        return Ok(Principal { user: stored.user, token: id, machine: Some(machine), join: false });
+        return Ok(Principal {
+            user: stored.user,
+            token: id,
+            machine: Some(machine),
+            join: false,
+            claims: Default::default(),
+            token_claims: None,
+        });
     }
     if stored.join && stored.uses_left == Some(0) {
         return Err(invalid());
     }
-    let user = state.store.get(Kind::User, stored.user.as_str()).await?.ok_or_else(invalid)?;
-    let _: User = plinth_model::decode(user.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Principal { user: stored.user, token: id, machine: None, join: stored.join })
+    let claims = user_claims(state, &stored.user).await?;
+    let token_claims = stored.claims.map(std::sync::Arc::new);
+    Ok(Principal {
+        user: stored.user,
+        token: id,
+        machine: None,
+        join: stored.join,
+        claims: claims.into(),
+        token_claims,
+    })
+}
+
+/// Machines are keyed by id, but a site names them: a claim's pattern
+/// (`web-*`) also matches the machine's name.
+async fn may_by_machine_name(state: &AppState, p: &Principal, kind: &str, action: &str, key: Option<&str>) -> bool {
+    let Some(key) = key.filter(|_| kind == "machines") else { return false };
+    let Ok(Some(r)) = state.store.get(Kind::Machine, key).await else { return false };
+    r.body.get("name").and_then(|n| n.as_str()).is_some_and(|name| p.may(kind, action, Some(name)))
+}
+
+/// The claims of every role `user` has (a role that no longer exists gives
+/// nothing). Fails as unauthorized when the user is gone.
+async fn user_claims(state: &AppState, user: &Name) -> Result<Vec<Claim>, ApiError> {
+    let record = state
+        .store
+        .get(Kind::User, user.as_str())
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("invalid, expired or revoked token".into()))?;
+    let user: User = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut claims = Vec::new();
+    for role in &user.roles {
+        if let Some(r) = state.store.get(Kind::Role, role.as_str()).await? {
+            let role: plinth_model::Role =
+                plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            claims.extend(role.claims);
+        }
+    }
+    Ok(claims)
 }
 
 /// Deletes tokens that can no longer be used: expired ones, and join

@@ -99,6 +99,16 @@ fn check_writable(kind: Kind) -> Result<(), ApiError> {
     if kind.writable_via_api() { Ok(()) } else { Err(ApiError::MethodNotAllowed) }
 }
 
+/// Built-in roles are the server's: they cannot be changed or deleted.
+fn check_not_builtin(kind: Kind, key: &str) -> Result<(), ApiError> {
+    if kind == Kind::Role && crate::auth::is_builtin_role(key) {
+        return Err(ApiError::Conflict(format!(
+            "role `{key}` is built in and cannot be changed or deleted; make a role of your own"
+        )));
+    }
+    Ok(())
+}
+
 /// Rejects client attempts to set server-only fields.
 fn refuse_server_only(kind: Kind, body: &Value) -> Result<(), ApiError> {
     for field in kind.server_only_fields() {
@@ -122,6 +132,15 @@ async fn prepare(
         (kind == Kind::User).then(|| body.get("password").and_then(Value::as_str).map(str::to_owned)).flatten();
     let (key, mut value) = plinth_model::normalize(kind, body)?;
     crate::secure::prepare_params(state, kind, &key, &mut value, previous).await?;
+    if kind == Kind::User
+        && let Some(Value::Array(roles)) = value.get("roles")
+    {
+        for role in roles.iter().filter_map(Value::as_str) {
+            if state.store.get(Kind::Role, role).await?.is_none() {
+                return Err(ApiError::field("roles", format!("users `{key}`: role `{role}` does not exist")));
+            }
+        }
+    }
     if kind == Kind::User {
         let hash = match password {
             Some(pw) => Some(
@@ -353,6 +372,7 @@ pub async fn replace(
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
     check_writable(kind)?;
+    check_not_builtin(kind, &key)?;
     let expect = if_match(&headers)?;
     let mut body = read_json(&headers, body).await?;
     key_from_path(kind, &key, &mut body)?;
@@ -374,6 +394,7 @@ pub async fn patch(
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
     check_writable(kind)?;
+    check_not_builtin(kind, &key)?;
     let expect = if_match(&headers)?;
     let patch = read_json(&headers, body).await?;
     if !patch.is_object() {
@@ -410,6 +431,18 @@ pub async fn delete(
     }
     if kind == Kind::User && key == principal.user.as_str() {
         return Err(ApiError::Conflict("you cannot delete the user you are logged in as".into()));
+    }
+    check_not_builtin(kind, &key)?;
+    if kind == Kind::Role {
+        let filter = Filter { path: vec!["roles".into()], value: Value::String(key.clone()) };
+        let users: Vec<String> =
+            state.store.list_all(Kind::User, vec![filter]).await?.into_iter().map(|r| r.key).collect();
+        if !users.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "role `{key}` is given to users {}; take it from them first",
+                users.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
+            )));
+        }
     }
     let mut ops = vec![WriteOp::Delete { kind, key: key.clone(), expect }];
     if kind == Kind::User {

@@ -130,6 +130,17 @@ pub fn build() -> Value {
         "responses": merge(json!({"200": {"description": "a page of boot events", "content": {"application/json": {"schema": {"type": "object",
             "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/BootEvent"}}, "next": {"type": ["integer", "null"]}}}}}}}),
             error_responses(&["400", "401"]))}}));
+    add_schema(&mut schemas, "AuditEntry", schemars::schema_for!(plinth_model::AuditEntry).to_value());
+    paths.insert("/api/v1/audit".into(), json!({"get": {
+        "operationId": "audit", "tags": ["events"], "summary": "The audit log: every change through the API (who, when, before and after) and every secure-value read, oldest first",
+        "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string"}, "description": "only this kind's (plural)"},
+                       {"name": "key", "in": "query", "schema": {"type": "string"}, "description": "only this object's"},
+                       {"name": "actor", "in": "query", "schema": {"type": "string"}, "description": "`user:NAME`, `machine:ID`, `address:IP`"},
+                       {"name": "after", "in": "query", "schema": {"type": "integer"}, "description": "`next` of the previous page"},
+                       {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": plinth_store::MAX_PAGE}}],
+        "responses": merge(json!({"200": {"description": "a page of audit entries", "content": {"application/json": {"schema": {"type": "object",
+            "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}, "next": {"type": ["integer", "null"]}}}}}}}),
+            error_responses(&["400", "401", "403"]))}}));
     paths.insert("/api/v1/machines/{id}/params".into(), json!({"get": {
         "operationId": "machine_params", "tags": ["machines"], "summary": "A machine's resolved params; with explain, where each value came from",
         "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
@@ -216,10 +227,21 @@ pub fn build() -> Value {
         "detail": {"type": "string", "description": "what was wrong and what to do"},
         "field": {"type": "string", "description": "the offending field, when one is to blame"}}}),
     );
+    // Every route but the login checks claims, so every one may answer 403.
+    for (path, ops) in paths.iter_mut() {
+        if path == "/api/v1/auth/token" {
+            continue;
+        }
+        for op in ops.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            if let Some(Value::Object(r)) = op.get_mut("responses") {
+                r.entry("403").or_insert_with(|| json!({"$ref": "#/components/responses/403"}));
+            }
+        }
+    }
     let responses: Map<String, Value> = [
         ("400", "invalid request: bad JSON, wrong types, unknown fields, failed validation"),
         ("401", "missing, invalid or expired credentials"),
-        ("403", "the credentials do not allow this (a machine token outside its machine)"),
+        ("403", "the credentials do not allow this: no role of the user (or the token's restriction) claims it, or a machine token outside its machine"),
         ("404", "no such object or kind"),
         ("409", "the key is taken, or the object cannot be deleted"),
         ("412", "If-Match names a stale revision"),

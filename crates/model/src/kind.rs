@@ -18,12 +18,13 @@ pub enum Kind {
     Reservation,
     Lease,
     User,
+    Role,
     Token,
 }
 
 impl Kind {
     /// All kinds, in the order the API documents them.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Machine,
         Kind::BootEnv,
         Kind::Template,
@@ -37,6 +38,7 @@ impl Kind {
         Kind::Reservation,
         Kind::Lease,
         Kind::User,
+        Kind::Role,
         Kind::Token,
     ];
 
@@ -56,6 +58,7 @@ impl Kind {
             Kind::Reservation => "reservations",
             Kind::Lease => "leases",
             Kind::User => "users",
+            Kind::Role => "roles",
             Kind::Token => "tokens",
         }
     }
@@ -108,6 +111,7 @@ impl Kind {
             Kind::Lease => &["address", "mac", "state", "expires_at"],
             Kind::User => &["name", "roles", "description"],
             Kind::Token => &["id", "user", "expires_at", "description"],
+            Kind::Role => &["name", "description"],
         }
     }
 }

@@ -95,6 +95,7 @@ pub fn normalize(kind: Kind, body: Value) -> Result<(String, Value), ValidationE
         Kind::Lease => typed::<Lease>(body),
         Kind::User => typed::<User>(body),
         Kind::Token => typed::<Token>(body),
+        Kind::Role => typed::<Role>(body),
     }
 }
 
@@ -118,6 +119,7 @@ pub fn schema_of(kind: Kind) -> Value {
         Kind::Lease => s::<Lease>(),
         Kind::User => s::<User>(),
         Kind::Token => s::<Token>(),
+        Kind::Role => s::<Role>(),
     }
 }
 

@@ -979,6 +979,130 @@ impl User {
     }
 }
 
+/// One permission: an action on objects of a kind, optionally only those
+/// whose key matches a pattern (`*` matches any run of characters).
+///
+/// Kinds are the API's plurals (`machines`, `users`, ...) plus `events`,
+/// `boot-events`, `audit`, `render`, `join-tokens` and `secure` (reading
+/// secure values: `secure` `read` lets a user's render of a machine's task
+/// show them). Actions are `read`, `create`, `update`, `delete`. `*` as the
+/// kind or action matches every one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Claim {
+    /// A kind (plural), or `*`.
+    pub kind: String,
+    /// `read`, `create`, `update`, `delete`, or `*`.
+    pub action: String,
+    /// Only objects whose key matches this pattern; every object when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Kinds a claim may name besides the object kinds.
+pub const CLAIM_KINDS_EXTRA: [&str; 6] = ["events", "boot-events", "audit", "render", "join-tokens", "secure"];
+/// Actions a claim may name.
+pub const CLAIM_ACTIONS: [&str; 4] = ["read", "create", "update", "delete"];
+
+/// Whether `text` matches `pattern`, where `*` matches any run of
+/// characters. Linear backtracking to the last star: no blow-up on
+/// patterns like `a*a*a*a*b`.
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+impl Claim {
+    /// A claim on `kind` and `action`, for every object.
+    pub fn new(kind: &str, action: &str) -> Claim {
+        Claim { kind: kind.into(), action: action.into(), name: None }
+    }
+
+    /// Whether this claim allows `action` on `kind` (object `name`, if the
+    /// request is about one).
+    pub fn allows(&self, kind: &str, action: &str, name: Option<&str>) -> bool {
+        (self.kind == "*" || self.kind == kind)
+            && (self.action == "*" || self.action == action)
+            && match (&self.name, name) {
+                (None, _) => true,
+                (Some(p), Some(n)) => glob(p, n),
+                (Some(_), None) => false,
+            }
+    }
+
+    /// Whether everything `other` allows, this claim allows too.
+    pub fn covers(&self, other: &Claim) -> bool {
+        (self.kind == "*" || self.kind == other.kind)
+            && (self.action == "*" || self.action == other.action)
+            && match (&self.name, &other.name) {
+                (None, _) => true,
+                (Some(p), Some(n)) => p == n || (!n.contains('*') && glob(p, n)),
+                (Some(_), None) => false,
+            }
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let kind_ok = self.kind == "*"
+            || Kind::from_plural(&self.kind).is_some()
+            || CLAIM_KINDS_EXTRA.contains(&self.kind.as_str());
+        if !kind_ok {
+            return Err(format!(
+                "unknown kind `{}` (a plural like `machines`, one of {}, or `*`)",
+                self.kind,
+                CLAIM_KINDS_EXTRA.join(", ")
+            ));
+        }
+        if self.action != "*" && !CLAIM_ACTIONS.contains(&self.action.as_str()) {
+            return Err(format!("unknown action `{}` (one of {}, or `*`)", self.action, CLAIM_ACTIONS.join(", ")));
+        }
+        if self.name.as_ref().is_some_and(|n| n.is_empty() || n.len() > 256) {
+            return Err("`name` must be 1 to 256 characters".into());
+        }
+        Ok(())
+    }
+}
+
+object! {
+    /// A named set of claims users are given. `admin`, `operator` and
+    /// `viewer` are built in.
+    pub struct Role : Role, key = name {
+        /// Its name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// What it allows.
+        #[serde(default)]
+        pub claims: Vec<Claim>,
+    }
+}
+
+impl Role {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        for (i, c) in self.claims.iter().enumerate() {
+            c.check().map_err(|e| self.invalid(&format!("claims[{i}]"), e))?;
+        }
+        Ok(())
+    }
+}
+
 object! {
     /// An API token. The secret is shown once, at creation; only its hash is kept.
     pub struct Token : Token, key = id {
@@ -1011,11 +1135,18 @@ object! {
         /// Profiles given to a machine created with this join token.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub join_profiles: Vec<Name>,
+        /// When set, the token may do only this (within what its user's
+        /// roles allow); otherwise everything its user may.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub claims: Option<Vec<Claim>>,
     }
 }
 
 impl Token {
     fn check_fields(&self) -> Result<(), ValidationError> {
+        for (i, c) in self.claims.iter().flatten().enumerate() {
+            c.check().map_err(|e| self.invalid(&format!("claims[{i}]"), e))?;
+        }
         Ok(())
     }
 
@@ -1041,6 +1172,7 @@ impl Token {
             uses_left: None,
             join_workflow: None,
             join_profiles: Vec::new(),
+            claims: None,
             meta: Default::default(),
             revision: 0,
             created_at: None,

@@ -113,3 +113,31 @@ fn minted_tokens_match_only_their_own_secret() {
     let (other, _) = Token::mint(Name::known("admin"), String::new(), now(), None);
     assert_ne!(other.secret_hash, t.secret_hash);
 }
+
+#[test]
+fn claims_match_kind_action_and_name_patterns() {
+    use crate::objects::glob;
+    let c = Claim { kind: "machines".into(), action: "*".into(), name: Some("web-*".into()) };
+    assert!(c.allows("machines", "update", Some("web-7")));
+    assert!(!c.allows("machines", "update", Some("db-1")));
+    assert!(!c.allows("machines", "read", None), "a named claim does not cover the whole collection");
+    assert!(!c.allows("profiles", "read", Some("web-7")));
+    let all = Claim::new("*", "*");
+    assert!(all.allows("users", "delete", Some("x")) && all.covers(&c));
+    assert!(c.covers(&Claim { kind: "machines".into(), action: "read".into(), name: Some("web-1".into()) }));
+    assert!(!c.covers(&Claim::new("machines", "read")));
+    assert!(!Claim::new("machines", "read").covers(&Claim::new("machines", "*")));
+    assert!(glob("a*b*c", "aXXbYc") && !glob("a*b", "ab-") && glob("*", "") && glob("x", "x") && !glob("x", "xy"));
+    assert!(glob("*-db-*", "rack1-db-07") && !glob("*-db-*", "rack1-web-07"));
+    // No blow-up on a hostile pattern.
+    let long = "a".repeat(5000);
+    let start = std::time::Instant::now();
+    assert!(!glob(&format!("{}b", "a*".repeat(100)), &long));
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    assert!(Claim::new("nonsense", "read").check().is_err());
+    assert!(Claim::new("audit", "fly").check().is_err());
+    assert!(Claim::new("secure", "read").check().is_ok());
+    let role =
+        normalize(Kind::Role, serde_json::json!({"name": "r", "claims": [{"kind": "machines", "action": "eat"}]}));
+    assert!(role.unwrap_err().to_string().contains("unknown action"));
+}
