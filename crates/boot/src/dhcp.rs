@@ -54,6 +54,8 @@ struct SubnetState {
     pool: Pool,
     options: Vec<(u8, Vec<u8>)>,
     boot: BootFiles,
+    /// When new clients were last offered an address (the last minute's).
+    new_clients: std::collections::VecDeque<i64>,
 }
 
 impl SubnetState {
@@ -307,7 +309,7 @@ impl Engine {
             }
             let options = subnet_options(&s);
             let boot = BootFiles::with_overrides(&s.boot_files);
-            self.subnets.push(SubnetState { subnet: s, pool, options, boot });
+            self.subnets.push(SubnetState { subnet: s, pool, options, boot, new_clients: Default::default() });
         }
         let held: Vec<Ipv4Addr> = self
             .leases
@@ -476,11 +478,12 @@ impl Engine {
             .filter(|ip| subnet_cidr.contains(*ip) && self.owner(*ip, &client, mac, now) != Owner::Other)
             .or_else(|| self.offers.iter().find(|(_, (who, exp))| who == &client && *exp > now).map(|(ip, _)| *ip));
         let has_reservation = mac.is_some_and(|m| self.reservations.contains_key(&m));
-        let free = if kind == Some(MessageType::Discover) && !has_reservation && current.is_none() {
-            self.next_free(si, now)
-        } else {
-            None
-        };
+        let new_client = kind == Some(MessageType::Discover) && !has_reservation && current.is_none();
+        if new_client && let Some(why) = self.starved(si, now) {
+            tracing::warn!(subnet = %self.subnets[si].subnet.name, mac = ?mac.map(plinth_model::MacAddr), why, "dhcp: new client not answered");
+            return;
+        }
+        let free = if new_client { self.next_free(si, now) } else { None };
         let reservation = mac.and_then(|m| self.reservations.get(&m));
         let http_base = format!("http://{server_id}:{}", self.config.http_port);
         let s = &self.subnets[si];
@@ -618,6 +621,32 @@ impl Engine {
             Decision::Ignore(why) => tracing::debug!(%mac, why, "dhcp: proxy ignored"),
             _ => {}
         }
+    }
+
+    /// Why subnet `si` takes no new client now (its starvation guards), or
+    /// `None` when it does; a `None` counts the client against the rate.
+    fn starved(&mut self, si: usize, now: i64) -> Option<&'static str> {
+        let s = &self.subnets[si];
+        let cap = s.subnet.max_pending_offers as usize;
+        if cap > 0 {
+            let cidr = s.subnet.cidr;
+            let pending = self.offers.iter().filter(|(ip, (_, exp))| *exp > now && cidr.contains(**ip)).count();
+            if pending >= cap {
+                return Some("max_pending_offers reached (possible starvation attempt)");
+            }
+        }
+        let s = &mut self.subnets[si];
+        let rate = s.subnet.new_clients_per_minute as usize;
+        if rate > 0 {
+            while s.new_clients.front().is_some_and(|t| *t <= now - 60) {
+                s.new_clients.pop_front();
+            }
+            if s.new_clients.len() >= rate {
+                return Some("new_clients_per_minute reached (possible starvation attempt)");
+            }
+            s.new_clients.push_back(now);
+        }
+        None
     }
 
     fn next_free(&mut self, si: usize, now: i64) -> Option<Ipv4Addr> {

@@ -805,7 +805,20 @@ object! {
         /// with `{http}`, `{server}` and `{mac}` expanded.
         #[serde(default)]
         pub boot_files: BTreeMap<String, String>,
+        /// Starvation guard: at most this many offers not yet requested at
+        /// once; beyond it, clients with no lease or reservation are not
+        /// answered until offers are taken or expire. 0 means no limit.
+        #[serde(default = "default_max_pending_offers")]
+        pub max_pending_offers: u32,
+        /// Starvation guard: at most this many new clients (no lease or
+        /// reservation) are offered an address per minute. 0 means no limit.
+        #[serde(default)]
+        pub new_clients_per_minute: u32,
     }
+}
+
+fn default_max_pending_offers() -> u32 {
+    256
 }
 
 /// Keys of [`Subnet::boot_files`].

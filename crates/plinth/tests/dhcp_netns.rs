@@ -255,3 +255,50 @@ fn relayed_requests_get_leases_from_the_giaddr_subnet() {
         assert!(lease["address"].as_str().unwrap().starts_with("10.88.0."), "{lease}");
     }
 }
+
+/// perfdhcp's count of `received packets` (OFFERs, with `-i`).
+fn received(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("received packets: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count in perfdhcp output: {text}"))
+}
+
+#[test]
+fn starvation_guards_cap_pending_offers_and_new_clients_per_minute() {
+    if !netns::available() || !have("perfdhcp") {
+        return;
+    }
+    let mut capped = lab_subnet();
+    capped["max_pending_offers"] = serde_json::json!(5);
+    let lab = lab(&[capped]);
+    // perfdhcp sends from an address of its own (the server still sees
+    // broadcast DISCOVERs from the spoofed MACs).
+    lab.cli.ip(&["addr", "add", "10.77.0.2/24", "dev", "vc0"]);
+    // 60 spoofed MACs that DISCOVER and never REQUEST.
+    let flood = |lab: &Lab| {
+        let o = lab
+            .cli
+            .exec(&[
+                "timeout", "30", "perfdhcp", "-4", "-l", "vc0", "-i", "-r", "60", "-n", "60", "-R", "60", "-p", "4",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    let text = flood(&lab);
+    assert_eq!(received(&text), 5, "offers stop at max_pending_offers: {text}");
+    assert!(leases(&lab).is_empty(), "offers are not leases");
+    assert!(lab.server.log.lock().unwrap().iter().any(|l| l.contains("max_pending_offers reached")));
+
+    drop(lab);
+
+    // The rate guard instead, on a fresh server: 7 new clients a minute.
+    let mut rated = lab_subnet();
+    rated["max_pending_offers"] = serde_json::json!(0);
+    rated["new_clients_per_minute"] = serde_json::json!(7);
+    let lab = self::lab(&[rated]);
+    lab.cli.ip(&["addr", "add", "10.77.0.2/24", "dev", "vc0"]);
+    let text = flood(&lab);
+    assert_eq!(received(&text), 7, "offers stop at new_clients_per_minute: {text}");
+}
