@@ -253,9 +253,78 @@ fn basic_credentials(headers: &HeaderMap) -> Result<(String, String), ApiError> 
     Ok((user.to_owned(), pass.to_owned()))
 }
 
+/// Failed logins allowed per client address, and per user name, within
+/// [`LOGIN_WINDOW`]; beyond them logins are refused (429) until the window
+/// passes, whether or not the password is right.
+pub const LOGIN_FAILURES: u32 = 10;
+/// See [`LOGIN_FAILURES`].
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+/// Most addresses and names the limiter remembers; beyond it the oldest
+/// windows are forgotten, so a spray of addresses cannot exhaust memory.
+const LOGIN_TRACKED: usize = 65_536;
+
+/// Counts failed logins by client address and by user name.
+#[derive(Default)]
+pub struct LoginLimiter {
+    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+}
+
+impl LoginLimiter {
+    /// Seconds until `keys` may try again, if any is over the limit.
+    fn blocked(&self, keys: &[String]) -> Option<u64> {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .filter_map(|k| map.get(k))
+            .filter(|(n, since)| *n >= LOGIN_FAILURES && since.elapsed() < LOGIN_WINDOW)
+            .map(|(_, since)| LOGIN_WINDOW.saturating_sub(since.elapsed()).as_secs().max(1))
+            .max()
+    }
+
+    fn failed(&self, keys: &[String]) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= LOGIN_TRACKED {
+            map.retain(|_, (_, since)| since.elapsed() < LOGIN_WINDOW);
+            if map.len() >= LOGIN_TRACKED {
+                map.clear();
+            }
+        }
+        for k in keys {
+            let e = map.entry(k.clone()).or_insert((0, std::time::Instant::now()));
+            if e.1.elapsed() >= LOGIN_WINDOW {
+                *e = (0, std::time::Instant::now());
+            }
+            e.0 += 1;
+        }
+    }
+
+    fn succeeded(&self, user_key: &str) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(user_key);
+    }
+}
+
+/// The client's address, when the server knows it.
+pub struct PeerAddr(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(PeerAddr(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
 /// `POST /api/v1/auth/token`: HTTP basic credentials in, a bearer token out.
-pub async fn mint_token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn mint_token(
+    State(state): State<AppState>,
+    PeerAddr(peer): PeerAddr,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let (username, password) = basic_credentials(&headers)?;
+    let keys = vec![format!("addr:{}", peer.map(|p| p.to_string()).unwrap_or_default()), format!("user:{username}")];
+    if let Some(secs) = state.logins.blocked(&keys) {
+        tracing::warn!(user = %username.escape_debug(), address = %keys[0], "login refused: too many failures");
+        return Err(ApiError::TooManyRequests(secs));
+    }
     let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TokenRequest::default()
     } else {
@@ -283,9 +352,11 @@ pub async fn mint_token(State(state): State<AppState>, headers: HeaderMap, body:
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     if !ok {
-        tracing::warn!(user = %username.escape_debug(), "failed login");
+        tracing::warn!(user = %username.escape_debug(), address = %keys[0], "failed login");
+        state.logins.failed(&keys);
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     }
+    state.logins.succeeded(&keys[1]);
     let expires_at =
         plinth_model::now() + chrono::Duration::from_std(ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = username.parse().map_err(ApiError::BadRequest)?;

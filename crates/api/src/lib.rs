@@ -20,7 +20,7 @@ mod params;
 mod secure;
 pub mod tls;
 
-pub use auth::{BootstrapError, Principal, bootstrap, hash_password, sweep_tokens};
+pub use auth::{BootstrapError, LoginLimiter, Principal, bootstrap, hash_password, sweep_tokens};
 pub use error::ApiError;
 pub use secure::{reseal_all, sealed_under_old_keys};
 
@@ -33,6 +33,11 @@ use std::time::Duration;
 
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// A client must send its request headers within this time.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a request may take to be answered (the agent's long poll waits
+/// at most 60 s). An event stream, once answered, is not limited.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -45,6 +50,8 @@ pub struct AppState {
     pub agent_ca: String,
     /// Seals and opens secure param values.
     pub keyring: Arc<plinth_secrets::Keyring>,
+    /// Failed logins, for rate limiting.
+    pub logins: Arc<auth::LoginLimiter>,
 }
 
 /// The API's router, with authentication applied to every route but
@@ -76,9 +83,20 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/auth/token", post(auth::mint_token))
         .merge(protected)
+        .layer(axum::middleware::from_fn(time_limit))
         .fallback(|| async { ApiError::NotFound("no such route; see /api/v1/openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+}
+
+/// Answers 503 when a request takes longer than [`REQUEST_TIMEOUT`].
+async fn time_limit(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::Unavailable(format!("the request took longer than {} s", REQUEST_TIMEOUT.as_secs()))
+            .into_response(),
+    }
 }
 
 async fn info() -> axum::Json<serde_json::Value> {
@@ -101,8 +119,8 @@ pub async fn serve(
     });
     listener.set_nonblocking(true)?;
     let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-    axum_server::from_tcp_rustls(listener, config)
-        .handle(handle)
-        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .await
+    let mut server = axum_server::from_tcp_rustls(listener, config);
+    // Headers must arrive promptly (the TLS handshake has its own 10 s limit).
+    server.http_builder().http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    server.handle(handle).serve(router(state).into_make_service_with_connect_info::<SocketAddr>()).await
 }

@@ -120,6 +120,7 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         store,
         default_token_ttl: Duration::from_secs(m.get_one::<u64>("token-ttl").copied().unwrap_or(86_400)),
         keyring: keyring.clone(),
+        logins: Default::default(),
     };
     tracing::info!(service = "api", url = %format!("https://{bound}"), "listening");
 
