@@ -20,6 +20,8 @@ pub struct TftpConfig {
     pub limits: Limits,
     /// Concurrent transfers; requests beyond it get "server busy".
     pub max_transfers: usize,
+    /// Concurrent transfers to one client address; beyond it, "busy".
+    pub max_transfers_per_client: usize,
     /// Largest file served in netascii mode (converted in memory).
     pub max_netascii: u64,
     /// Port of the boot HTTP server, for `provisioner.http` in rendered files.
@@ -28,7 +30,13 @@ pub struct TftpConfig {
 
 impl Default for TftpConfig {
     fn default() -> TftpConfig {
-        TftpConfig { limits: Limits::default(), max_transfers: 1024, max_netascii: 16 * 1024 * 1024, http_port: 8091 }
+        TftpConfig {
+            limits: Limits::default(),
+            max_transfers: 1024,
+            max_transfers_per_client: 32,
+            max_netascii: 16 * 1024 * 1024,
+            http_port: 8091,
+        }
     }
 }
 
@@ -76,6 +84,7 @@ pub async fn serve(
     let local_ip = socket.local_addr()?.ip();
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_transfers));
+    let per_client: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Default::default();
     let mut buf = vec![0u8; 65536];
     tokio::pin!(shutdown);
     loop {
@@ -102,6 +111,22 @@ pub async fn serve(
                     reply(Packet::error(ErrorCode::NotDefined, "server busy, retry later")).await;
                     continue;
                 };
+                let admitted = {
+                    let mut counts = per_client.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = counts.entry(peer.ip()).or_insert(0);
+                    let ok = *n < config.max_transfers_per_client;
+                    if ok {
+                        *n += 1;
+                    }
+                    ok
+                };
+                if !admitted {
+                    tracing::warn!(%peer, "tftp: too many transfers to one client, refusing");
+                    reply(Packet::error(ErrorCode::NotDefined, "too many transfers from this address, retry later"))
+                        .await;
+                    continue;
+                }
+                let per_client = per_client.clone();
                 let request = Request {
                     peer,
                     filename: filename.to_vec(),
@@ -110,7 +135,15 @@ pub async fn serve(
                 };
                 let (root, config, log, generated) = (root.clone(), config.clone(), log.clone(), generated.clone());
                 tokio::spawn(async move {
+                    let ip = request.peer.ip();
                     run_transfer(local_ip, request, &root, generated.as_ref(), &config, &log).await;
+                    let mut counts = per_client.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(n) = counts.get_mut(&ip) {
+                        *n -= 1;
+                        if *n == 0 {
+                            counts.remove(&ip);
+                        }
+                    }
                     drop(permit);
                 });
             }

@@ -302,3 +302,122 @@ fn starvation_guards_cap_pending_offers_and_new_clients_per_minute() {
     let text = flood(&lab);
     assert_eq!(received(&text), 7, "offers stop at new_clients_per_minute: {text}");
 }
+
+/// A BOOTREQUEST header (236 bytes) for `mac`, then the magic cookie and
+/// `options` as given (raw, possibly malformed).
+fn bootp(op: u8, hlen: u8, mac: [u8; 6], cookie: &[u8], options: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 236];
+    p[0] = op;
+    p[1] = 1;
+    p[2] = hlen;
+    p[4..8].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    p[28..34].copy_from_slice(&mac);
+    p.extend_from_slice(cookie);
+    p.extend_from_slice(options);
+    p
+}
+
+#[test]
+fn malformed_dhcp_packets_are_ignored_and_the_server_keeps_serving() {
+    if !netns::available() || !have("udhcpc") || !have("python3") {
+        return;
+    }
+    let lab = lab(&[lab_subnet()]);
+    lab.cli.ip(&["addr", "add", "10.77.0.2/24", "dev", "vc0"]);
+    const COOKIE: [u8; 4] = [99, 130, 83, 99];
+    let mac = [0x52, 0x54, 0x00, 0xbb, 0x00, 0x01];
+    let mut packets: Vec<Vec<u8>> = Vec::new();
+    // Truncated and random.
+    for len in [0usize, 1, 2, 4, 8, 16, 64, 128, 200, 235, 236, 239] {
+        packets.push((0..len).map(|i| (i * 37 % 251) as u8).collect());
+    }
+    // Header without, or with a wrong, magic cookie.
+    packets.push(bootp(1, 6, mac, &[], &[]));
+    packets.push(bootp(1, 6, mac, &[1, 2, 3, 4], &[53, 1, 1, 255]));
+    packets.push(bootp(1, 6, mac, &COOKIE[..3], &[]));
+    // Options that run past the end, lie about their length, or never end.
+    for opts in [
+        &[53u8][..],
+        &[53, 1],
+        &[53, 200, 1],
+        &[53, 0, 255],
+        &[53, 1, 0, 255],
+        &[53, 1, 9, 255],
+        &[53, 1, 255, 255],
+        &[53, 1, 1, 50, 4, 10, 77],
+        &[53, 1, 1, 61, 255],
+        &[53, 1, 1, 55, 250, 1, 2, 3],
+        &[53, 1, 1, 12, 0, 255],
+        &[53, 1, 3, 50, 3, 10, 77, 0, 255],
+        &[53, 1, 3, 54, 2, 10, 77, 255],
+        &[53, 1, 1, 52, 1, 3, 255],
+        &[53, 1, 1, 82, 3, 1, 10, 0, 255],
+        &[0, 0, 0, 0, 0, 0],
+        &[255],
+        &[53, 1, 2, 255],
+        &[53, 1, 5, 255],
+        &[53, 1, 6, 255],
+    ] {
+        packets.push(bootp(1, 6, mac, &COOKIE, opts));
+    }
+    // Odd hardware lengths, replies sent as requests, and every message
+    // type with no MAC at all.
+    for hlen in [0u8, 1, 5, 7, 16, 17, 255] {
+        packets.push(bootp(1, hlen, mac, &COOKIE, &[53, 1, 1, 255]));
+    }
+    for op in [0u8, 2, 3, 255] {
+        packets.push(bootp(op, 6, mac, &COOKIE, &[53, 1, 1, 255]));
+    }
+    for t in 0u8..=20 {
+        packets.push(bootp(1, 0, [0; 6], &COOKIE, &[53, 1, t, 255]));
+    }
+    // Overlong: a full frame of options.
+    let mut long = vec![53, 1, 1];
+    while long.len() < 1200 {
+        long.extend_from_slice(&[60, 255]);
+        long.extend(std::iter::repeat_n(b'x', 255));
+    }
+    packets.push(bootp(1, 6, mac, &COOKIE, &long));
+    assert!(packets.len() >= 60, "{}", packets.len());
+    // Last, a well-formed DISCOVER: proof the garbage reached the server.
+    packets.push(bootp(1, 6, [0x52, 0x54, 0x00, 0xcc, 0x00, 0x01], &COOKIE, &[53, 1, 1, 255]));
+
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("packets");
+    let mut blob = Vec::new();
+    for p in &packets {
+        blob.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        blob.extend_from_slice(p);
+    }
+    std::fs::write(&file, blob).unwrap();
+    let sender = r#"
+import socket, struct, sys
+data = open(sys.argv[1], "rb").read()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.77.0.2", 68))
+i = 0
+while i < len(data):
+    (n,) = struct.unpack(">I", data[i:i + 4])
+    s.sendto(data[i + 4:i + 4 + n], ("10.77.0.1", 67))
+    i += 4 + n
+"#;
+    let o = lab.cli.exec(&["timeout", "20", "python3", "-c", sender, file.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    let offered = || lab.server.log.lock().unwrap().iter().any(|l| l.contains("52:54:00:cc:00:01"));
+    wait_for("the canary DISCOVER answered", Duration::from_secs(5), offered);
+    assert!(leases(&lab).is_empty(), "nothing was leased to malformed requests");
+    assert!(lab.server.log.lock().unwrap().iter().all(|l| !l.contains("panicked")));
+    // Still serving: a real client gets a lease.
+    lab.cli.ip(&["addr", "flush", "dev", "vc0"]);
+    let st = lab
+        .cli
+        .exec(&["timeout", "30", "udhcpc", "-f", "-q", "-n", "-i", "vc0", "-t", "5", "-T", "1", "-s", "/bin/true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "udhcpc got a lease after the garbage");
+    assert_eq!(leases(&lab).len(), 1);
+}

@@ -16,4 +16,6 @@ pub use machine::{
     LoadError, MachineView, Provisioner, SHARED_KINDS, Shared, SharedCache, load, load_shared, load_with,
 };
 pub use params::{Layer, Layers, ResolveError, Resolved, resolve};
-pub use template::{FUEL, Hooks, INLINE, MAX_OUTPUT, RenderError, SecureParams, Source, TokenMinter, render};
+pub use template::{
+    FUEL, Hooks, INLINE, MAX_OUTPUT, RenderError, SecureParams, Source, TokenMinter, check_syntax, render,
+};

@@ -171,6 +171,17 @@ pub enum Source<'a> {
 
 /// Renders `source` with `context` (a JSON object) and `params` (for
 /// `param(name)`), where `templates` are every stored template by name.
+/// Checks that `text` parses as a template (syntax only: names it uses are
+/// resolved when it renders). `what` names it in the error.
+pub fn check_syntax(what: &str, text: &str) -> Result<(), RenderError> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    match env.template_from_named_str(INLINE, text) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(RenderError { template: what.to_owned(), ..convert(&e) }),
+    }
+}
+
 pub fn render(
     templates: Arc<HashMap<String, String>>,
     source: Source<'_>,
