@@ -59,6 +59,7 @@ struct AssignRequest {
 /// `POST /api/v1/machines/{id}/workflow`: start a workflow on a machine.
 pub async fn assign(
     State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     b: axum::body::Body,
@@ -66,13 +67,43 @@ pub async fn assign(
     let req: AssignRequest = body(&headers, b).await?;
     let wf: Name = req.workflow.parse().map_err(|e: String| ApiError::field("workflow", e))?;
     let m = Engine::new(state.store.clone()).assign(machine_id(&id)?, &wf).await?;
-    Ok(Json(machine_json(&m)?))
+    let out = machine_json(&m)?;
+    audit_action(&state, &principal, &m, &out, format!("workflow `{wf}` started")).await?;
+    Ok(Json(out))
 }
 
 /// `POST /api/v1/machines/{id}/resume`: go on after a failure or a pause.
-pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn resume(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let m = Engine::new(state.store.clone()).resume(machine_id(&id)?).await?;
-    Ok(Json(machine_json(&m)?))
+    let out = machine_json(&m)?;
+    audit_action(&state, &principal, &m, &out, "workflow resumed".into()).await?;
+    Ok(Json(out))
+}
+
+/// Records an operator's action on a machine (the engine made the change).
+async fn audit_action(
+    state: &AppState,
+    principal: &Principal,
+    m: &Machine,
+    after: &Value,
+    detail: String,
+) -> Result<(), ApiError> {
+    let entry = plinth_model::AuditEntry {
+        seq: 0,
+        at: plinth_model::now(),
+        actor: principal.actor(),
+        action: "updated".into(),
+        kind: Kind::Machine.plural().into(),
+        key: m.id.to_string(),
+        before: None,
+        after: Some(after.clone()),
+        detail,
+    };
+    Ok(state.store.append_audit(vec![entry]).await?)
 }
 
 fn machine_json(m: &Machine) -> Result<Value, ApiError> {

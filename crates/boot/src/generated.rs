@@ -22,12 +22,15 @@ pub struct FileRequest<'a> {
     pub arch: Option<plinth_model::Arch>,
     /// Firmware the client says it runs (iPXE `${platform}`).
     pub firmware: Option<plinth_model::Firmware>,
+    /// A machine token in the path (`/t/<token>/...`): the file is for the
+    /// token's machine, and the request is known to come from it.
+    pub token: Option<&'a str>,
 }
 
 impl<'a> FileRequest<'a> {
     /// A request for `path` with nothing else known.
     pub fn new(path: &'a str) -> FileRequest<'a> {
-        FileRequest { path, client: None, mac: None, http_base: None, arch: None, firmware: None }
+        FileRequest { path, client: None, mac: None, http_base: None, arch: None, firmware: None, token: None }
     }
 }
 
@@ -133,9 +136,16 @@ impl RenderedFiles {
             return Some(());
         }
         let client = request.client.map(|c| c.to_string()).unwrap_or_default();
-        let detail =
-            format!("secure params {} rendered into boot file `{}`", names.join(", "), request.path.escape_debug());
-        let entry = plinth_model::AuditEntry::secure_read(format!("address:{client}"), machine, detail);
+        let (actor, how) = match request.token {
+            Some(_) => (format!("machine:{machine}"), format!("with its token, from {client}")),
+            None => (format!("address:{client}"), "from its leased address".to_owned()),
+        };
+        let detail = format!(
+            "secure params {} rendered into boot file `{}` {how}",
+            names.join(", "),
+            request.path.escape_debug()
+        );
+        let entry = plinth_model::AuditEntry::secure_read(actor, machine, detail);
         match self.store.append_audit(vec![entry]).await {
             Ok(()) => Some(()),
             Err(e) => {
@@ -155,13 +165,14 @@ impl RenderedFiles {
         read: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     ) -> plinth_render::SecureParams {
         let leased = view.lease.as_ref().map(|l| l.address);
-        if leased.is_some() && request.client == leased {
+        // `lookup` only renders for the token's own machine.
+        if request.token.is_some() || (leased.is_some() && request.client == leased) {
             return view.secure_params(self.keyring.clone(), read);
         }
         let machine = view.machine.name.to_string();
         std::sync::Arc::new(move |_: &str| {
             Err(format!(
-                "the file holds a secure value; it is served only to machine `{machine}` from the address it leased"
+                "the file holds a secure value; it is served only to machine `{machine}`, from the address it leased or with its token in the path (/t/<token>/...)"
             ))
         })
     }
@@ -257,9 +268,26 @@ impl RenderedFiles {
         }
     }
 
+    /// The machine a valid, unexpired machine token belongs to.
+    async fn token_machine(&self, bearer: &str) -> Option<plinth_model::Machine> {
+        use plinth_model::Kind;
+        let (id, secret) = bearer.strip_prefix("plt_")?.split_once('.')?;
+        let id: plinth_model::TokenId = id.parse().ok()?;
+        let record = self.store.get(Kind::Token, &id.to_string()).await.ok()??;
+        let token: plinth_model::Token = plinth_model::decode(record.body).ok()?;
+        if !token.secret_matches(secret) || token.expires_at <= plinth_model::now() {
+            return None;
+        }
+        let machine = self.store.get(Kind::Machine, &token.machine?.to_string()).await.ok()??;
+        plinth_model::decode(machine.body).ok()
+    }
+
     async fn machine_of(&self, request: &FileRequest<'_>) -> Option<plinth_model::Machine> {
         use plinth_model::Kind;
         use plinth_store::StoreExt;
+        if let Some(bearer) = request.token {
+            return self.token_machine(bearer).await;
+        }
         let mac = match request.mac.or_else(|| ipxe_path_mac(request.path)) {
             Some(m) => m,
             None => {
@@ -310,6 +338,10 @@ impl Generated for RenderedFiles {
                 }
                 Err(e) => tracing::warn!(machine = %name, error = %e, "cannot load what the machine's boot files need"),
             }
+        }
+        if request.token.is_some() {
+            // A bad token gets nothing, not another machine's or the default file.
+            return None;
         }
         match self.fallback.lookup(request).await {
             Some(found) => Some(found),

@@ -30,6 +30,7 @@ pub fn router(root: FileRoot, generated: Arc<dyn Generated>, log: BootLog) -> Ro
         .route("/files/{*path}", axum::routing::get(file))
         .route("/ipxe/{mac}", axum::routing::get(ipxe_script))
         .route("/machines/{mac}/{*path}", axum::routing::get(machine_file))
+        .route("/t/{token}/{*path}", axum::routing::get(token_file))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(axum::middleware::from_fn_with_state(log, log_request))
         .with_state(HttpState { root, generated })
@@ -69,7 +70,11 @@ async fn log_request(
     let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let client = peer.map(|ip| ip.to_string()).unwrap_or_default();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // A token in the path is a credential: never logged.
+    let path = match req.uri().path().strip_prefix("/t/") {
+        Some(rest) => format!("/t/<token>/{}", rest.split_once('/').map_or("", |(_, p)| p)),
+        None => req.uri().path().to_owned(),
+    };
     let resp = next.run(req).await;
     tracing::info!(%client, %method, path = %path.escape_debug(), status = resp.status().as_u16(), "http boot request");
     let v4 = match peer {
@@ -349,6 +354,65 @@ async fn machine_file(
         .await
 }
 
+/// `GET /t/<machine-token>/<path>`: a file of the bootenv of the machine the
+/// token belongs to. The token proves the request comes from that machine,
+/// so a file holding secure values is served wherever the machine is (no
+/// lease needed: proxyDHCP sites, or addresses Plinth did not hand out).
+async fn token_file(
+    State(state): State<HttpState>,
+    axum::extract::Path((token, path)): axum::extract::Path<(String, String)>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    host: Option<HostHeader>,
+    uri: Uri,
+) -> Response {
+    let Ok(clean) = FileRoot::clean(path.as_bytes()) else { return plain(StatusCode::FORBIDDEN, "refused path") };
+    let query = uri.query().map(str::to_owned);
+    let path = clean.to_string_lossy();
+    let request = file_request(&path, None, Some(&token), connect, host, query.as_deref());
+    generated_answer(&state, &request, "no such file for the machine of that token").await
+}
+
+/// What a client asked for, from the parts of its request.
+fn file_request<'a>(
+    path: &'a str,
+    mac: Option<plinth_model::MacAddr>,
+    token: Option<&'a str>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    host: Option<HostHeader>,
+    query: Option<&str>,
+) -> FileRequest<'a> {
+    let client = connect.and_then(|c| match c.0.0.ip() {
+        std::net::IpAddr::V4(v4) => Some(v4),
+        std::net::IpAddr::V6(_) => None,
+    });
+    let http_base = host.map(|h| format!("http://{}", h.0));
+    // iPXE tells what it runs as in the query: `?platform=${platform}&buildarch=${buildarch}`.
+    let mut arch = None;
+    let mut firmware = None;
+    for (k, v) in query.unwrap_or_default().split('&').filter_map(|kv| kv.split_once('=')) {
+        match k {
+            "platform" => firmware = plinth_model::Firmware::from_ipxe_platform(v),
+            "buildarch" => arch = plinth_model::Arch::from_ipxe_buildarch(v),
+            _ => {}
+        }
+    }
+    FileRequest { path, client, mac, http_base, arch, firmware, token }
+}
+
+/// Answers with the generated file `request` names, never cacheable by
+/// anything in between, or 404 with `missing`.
+async fn generated_answer(state: &HttpState, request: &FileRequest<'_>, missing: &str) -> Response {
+    match state.generated.lookup(request).await {
+        Some(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+            body,
+        )
+            .into_response(),
+        None => plain(StatusCode::NOT_FOUND, missing),
+    }
+}
+
 /// Answers with a generated file for `mac`, never cacheable by anything in
 /// between, or 404 with `missing`.
 async fn generated_response(
@@ -360,31 +424,8 @@ async fn generated_response(
     query: Option<String>,
     missing: &str,
 ) -> Response {
-    let client = connect.and_then(|c| match c.0.0.ip() {
-        std::net::IpAddr::V4(v4) => Some(v4),
-        std::net::IpAddr::V6(_) => None,
-    });
-    let http_base = host.map(|h| format!("http://{}", h.0));
-    // iPXE tells what it runs as in the query: `?platform=${platform}&buildarch=${buildarch}`.
-    let mut arch = None;
-    let mut firmware = None;
-    for (k, v) in query.as_deref().unwrap_or_default().split('&').filter_map(|kv| kv.split_once('=')) {
-        match k {
-            "platform" => firmware = plinth_model::Firmware::from_ipxe_platform(v),
-            "buildarch" => arch = plinth_model::Arch::from_ipxe_buildarch(v),
-            _ => {}
-        }
-    }
-    let request = FileRequest { path, client, mac: Some(mac), http_base, arch, firmware };
-    match state.generated.lookup(&request).await {
-        Some(body) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
-            body,
-        )
-            .into_response(),
-        None => plain(StatusCode::NOT_FOUND, missing),
-    }
+    let request = file_request(path, Some(mac), None, connect, host, query.as_deref());
+    generated_answer(state, &request, missing).await
 }
 
 async fn file(State(state): State<HttpState>, method: Method, headers: HeaderMap, uri: Uri) -> Response {

@@ -83,9 +83,11 @@ async fn secure_values_are_sealed_redacted_everywhere_and_rendered_only_for_thei
     created(
         &api,
         "/api/v1/bootenvs",
-        json!({"name": "with-secret", "templates": [{"name": "creds", "template": "creds", "path": "creds.txt"}]}),
+        json!({"name": "with-secret", "templates": [{"name": "creds", "template": "creds", "path": "creds.txt"},
+            {"name": "tok", "template": "tok", "path": "tok.txt"}]}),
     )
     .await;
+    created(&api, "/api/v1/templates", json!({"name": "tok", "contents": "{{ machine_token() }}"})).await;
 
     // A value that does not fit is refused without being echoed.
     let r = api.post("/api/v1/machines", json!({"name": "bad", "params": {"bmc-password": "short-pw"}})).await;
@@ -212,6 +214,38 @@ async fn secure_values_are_sealed_redacted_everywhere_and_rendered_only_for_thei
     let (status, _, text) = fetch(&format!("{http}/machines/52-54-00-99-00-02/creds.txt")).await;
     assert_eq!(status, 404);
     assert!(!text.contains(OTHER));
+    // With its machine token in the path, a machine gets its own file from
+    // any address; the token decides which machine's file it is.
+    let (status, _, token) = fetch(&format!("{http}/machines/52-54-00-99-00-02/tok.txt")).await;
+    assert!(status == 200 && token.starts_with("plt_"), "{token}");
+    let (status, cache, text) = fetch(&format!("{http}/t/{token}/creds.txt")).await;
+    assert_eq!(
+        (status, text.as_str(), cache.as_deref()),
+        (200, format!("password={OTHER}").as_str(), Some("no-store"))
+    );
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    for bad in [forged.as_str(), "plt_nope.nope", "garbage", "%2e%2e"] {
+        let (status, _, text) = fetch(&format!("{http}/t/{bad}/creds.txt")).await;
+        assert_eq!(status, 404, "{bad}: {text}");
+        assert!(!text.contains(OTHER) && !text.contains(SECRET));
+    }
+    let other_id = other["id"].as_str().unwrap();
+    let audit = api.get(&format!("/api/v1/audit?kind=machines&key={other_id}")).await;
+    let read = audit.body["items"].as_array().unwrap().iter().find(|e| e["action"] == "secure-read").cloned();
+    assert_eq!(read.map(|r| r["actor"].clone()), Some(json!(format!("machine:{other_id}"))), "{}", audit.body);
+    // The token is a credential: it is in no log or boot event.
+    // (Boot events are written in batches.)
+    let mut boot_events = String::new();
+    for _ in 0..50 {
+        boot_events = api.get("/api/v1/boot-events").await.body.to_string();
+        if boot_events.contains("/t/<token>/creds.txt") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(boot_events.contains("/t/<token>/creds.txt"), "{boot_events}");
+    assert!(!boot_events.contains(&token) && !server.log.lock().unwrap().join("\n").contains(&token));
+
     // The read is in the audit log, by the address, without the value.
     let audit = api.get(&format!("/api/v1/audit?kind=machines&key={id}")).await;
     let reads: Vec<&Value> =
