@@ -99,6 +99,53 @@ fn check_writable(kind: Kind) -> Result<(), ApiError> {
     if kind.writable_via_api() { Ok(()) } else { Err(ApiError::MethodNotAllowed) }
 }
 
+/// Query of the write routes: `?override=true` changes an object a content
+/// pack installed, making it the site's override.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WriteQuery {
+    #[serde(default, rename = "override")]
+    override_: Option<bool>,
+}
+
+impl WriteQuery {
+    fn override_pack(&self) -> bool {
+        self.override_.unwrap_or(false)
+    }
+}
+
+fn meta_str<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
+    body.get("meta").and_then(|m| m.get(field)).and_then(Value::as_str)
+}
+
+/// The content-pack layering rules for a write of `body` over `previous`:
+/// a pack's object changes only as an explicit override (recorded in
+/// `meta.override`); an override stays one; nobody else sets these marks.
+fn pack_layer(kind: Kind, previous: Option<&Value>, override_pack: bool, body: &mut Value) -> Result<(), ApiError> {
+    let pack = previous.and_then(|p| meta_str(p, "pack")).map(str::to_owned);
+    let kept = previous.and_then(|p| meta_str(p, "override")).map(str::to_owned);
+    if let Some(p) = &pack
+        && !override_pack
+    {
+        let version = previous.and_then(|b| meta_str(b, "pack_version")).unwrap_or_default();
+        return Err(ApiError::Conflict(format!(
+            "{kind} `{}` belongs to content pack `{p}` {version}; change it in the pack, or override it here with `?override=true` (upgrades then leave it alone and report it)",
+            previous.and_then(|b| b.get(kind.key_field())).and_then(Value::as_str).unwrap_or_default()
+        )));
+    }
+    let Value::Object(m) = body else { return Ok(()) };
+    let meta = m.entry("meta").or_insert_with(|| serde_json::json!({}));
+    if let Value::Object(meta) = meta {
+        meta.remove("pack");
+        meta.remove("pack_version");
+        meta.remove("override");
+        if let Some(o) = pack.or(kept) {
+            meta.insert("override".into(), Value::String(o));
+        }
+    }
+    Ok(())
+}
+
 /// Built-in roles are the server's: they cannot be changed or deleted.
 fn check_not_builtin(kind: Kind, key: &str) -> Result<(), ApiError> {
     if kind == Kind::Role && crate::auth::is_builtin_role(key) {
@@ -124,10 +171,12 @@ fn refuse_server_only(kind: Kind, body: &Value) -> Result<(), ApiError> {
 async fn prepare(
     state: &AppState,
     kind: Kind,
-    body: Value,
+    mut body: Value,
     previous: Option<&Value>,
+    override_pack: bool,
 ) -> Result<(String, Value), ApiError> {
     refuse_server_only(kind, &body)?;
+    pack_layer(kind, previous, override_pack, &mut body)?;
     let password =
         (kind == Kind::User).then(|| body.get("password").and_then(Value::as_str).map(str::to_owned)).flatten();
     let (key, mut value) = plinth_model::normalize(kind, body)?;
@@ -296,7 +345,7 @@ pub async fn create(
     let kind = parse_kind(&kind)?;
     check_writable(kind)?;
     let body = read_json(&headers, body).await?;
-    let (key, value) = prepare(&state, kind, body, None).await?;
+    let (key, value) = prepare(&state, kind, body, None, false).await?;
     let record = audited_put(&state, &principal, kind, &key, value, Expect::Absent).await?;
     after_write(&state, &record).await;
     Ok(object_response(StatusCode::CREATED, record))
@@ -408,6 +457,7 @@ fn precondition(client: Option<Expect>, read: &Record) -> Result<Expect, ApiErro
 pub async fn replace(
     State(state): State<AppState>,
     Path((kind, key)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
@@ -420,7 +470,7 @@ pub async fn replace(
     key_from_path(kind, &key, &mut body)?;
     let current = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
     let expect = precondition(expect, &current)?;
-    let (_, value) = prepare(&state, kind, body, Some(&current.body)).await?;
+    let (_, value) = prepare(&state, kind, body, Some(&current.body), q.override_pack()).await?;
     let record = audited_put(&state, &principal, kind, &key, value, expect).await?;
     after_write(&state, &record).await;
     Ok(object_response(StatusCode::OK, record))
@@ -430,6 +480,7 @@ pub async fn replace(
 pub async fn patch(
     State(state): State<AppState>,
     Path((kind, key)): Path<(String, String)>,
+    Query(q): Query<WriteQuery>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
@@ -450,7 +501,7 @@ pub async fn patch(
     redact(kind, &mut merged);
     plinth_model::merge_patch(&mut merged, &patch);
     key_from_path(kind, &key, &mut merged)?;
-    let (_, value) = prepare(&state, kind, merged, Some(&current.body)).await?;
+    let (_, value) = prepare(&state, kind, merged, Some(&current.body), q.override_pack()).await?;
     let record = audited_put(&state, &principal, kind, &key, value, expect).await?;
     after_write(&state, &record).await;
     Ok(object_response(StatusCode::OK, record))
@@ -475,6 +526,13 @@ pub async fn delete(
         return Err(ApiError::Conflict("you cannot delete the user you are logged in as".into()));
     }
     check_not_builtin(kind, &key)?;
+    if let Some(current) = state.store.get(kind, &key).await?
+        && let Some(p) = meta_str(&current.body, "pack")
+    {
+        return Err(ApiError::Conflict(format!(
+            "{kind} `{key}` belongs to content pack `{p}`; remove the pack (`plinth content remove {p}`), or override the object first"
+        )));
+    }
     if kind == Kind::Role {
         let filter = Filter { path: vec!["roles".into()], value: Value::String(key.clone()) };
         let users: Vec<String> =

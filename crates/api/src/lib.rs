@@ -12,6 +12,7 @@
 
 mod agent;
 mod auth;
+mod content;
 mod crud;
 mod error;
 mod events;
@@ -77,6 +78,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/finish", post(agent::finish))
         .route("/api/v1/jobs/{id}/log", get(agent::log).post(agent::append_log))
         .route("/api/v1/jobs/{id}/files", get(agent::files))
+        .route("/api/v1/contents/plan", post(content::plan))
+        .route("/api/v1/contents/install", post(content::install))
+        .route("/api/v1/contents/{name}/rollback", post(content::rollback))
+        .route(
+            "/api/v1/contents/{name}",
+            get(content::show).delete(content::remove).put(content::not_writable).patch(content::not_writable),
+        )
         .route("/api/v1/{kind}", get(crud::list).post(crud::create))
         .route("/api/v1/{kind}/{key}", get(crud::show).put(crud::replace).patch(crud::patch).delete(crud::delete))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));

@@ -141,6 +141,36 @@ pub fn build() -> Value {
         "responses": merge(json!({"200": {"description": "a page of audit entries", "content": {"application/json": {"schema": {"type": "object",
             "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}, "next": {"type": ["integer", "null"]}}}}}}}),
             error_responses(&["400", "401", "403"]))}}));
+    let bundle = json!({"description": "a pack bundle (`plinth content bundle DIR`): {format, manifest, objects}", "required": true,
+        "content": {"application/json": {"schema": {"type": "object"}}}});
+    let plan_resp = |what: &str| {
+        json!({"200": {"description": what, "content": {"application/json": {"schema": {"type": "object",
+        "description": "{pack, from, to, objects, errors, warnings, schema_violations, machines: [{id, name, files: [{file, diff}], errors, workflow_affected}], machines_checked}"}}}}})
+    };
+    let force = json!([{"name": "force", "in": "query", "schema": {"type": "boolean"}, "description": "apply even if the plan has errors"}]);
+    let name_param = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    paths.insert("/api/v1/contents/plan".into(), json!({"post": {"operationId": "plan_content", "tags": ["contents"],
+        "summary": "What installing or upgrading to a pack would change: objects, overrides, schema violations, and per-machine diffs of every rendered file",
+        "requestBody": bundle, "responses": merge(plan_resp("the plan"), error_responses(&["400", "401", "403", "413"]))}}));
+    paths.insert("/api/v1/contents/install".into(), json!({"post": {"operationId": "install_content", "tags": ["contents"],
+        "summary": "Install or upgrade a pack in one transaction; refused (409) when the plan has errors, unless forced",
+        "parameters": force, "requestBody": bundle,
+        "responses": merge(plan_resp("the plan, applied"), error_responses(&["400", "401", "403", "409", "413"]))}}));
+    paths.insert(
+        "/api/v1/contents/{name}/rollback".into(),
+        json!({"post": {"operationId": "rollback_content", "tags": ["contents"],
+        "summary": "Restore the version the installed pack replaced, in one transaction",
+        "parameters": [name_param.clone(), force[0].clone()],
+        "responses": merge(plan_resp("the plan, applied"), error_responses(&["401", "403", "404", "409"]))}}),
+    );
+    let item = format!("/api/v1/{}/{{key}}", Kind::Content.plural());
+    paths.remove(&item);
+    paths.insert("/api/v1/contents/{name}".into(), json!({
+        "get": {"operationId": "show_content", "tags": ["contents"], "summary": "An installed pack, with its bundle", "parameters": [name_param.clone()],
+            "responses": merge(json!({"200": {"description": "the pack", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Content"}}}}}), error_responses(&["401", "403", "404"]))},
+        "delete": {"operationId": "remove_content", "tags": ["contents"], "summary": "Remove the pack and its objects (not the site's overrides), in one transaction; refused while they are in use",
+            "parameters": [name_param, force[0].clone()],
+            "responses": merge(plan_resp("the plan, applied"), error_responses(&["401", "403", "404", "409"]))}}));
     paths.insert("/api/v1/machines/{id}/params".into(), json!({"get": {
         "operationId": "machine_params", "tags": ["machines"], "summary": "A machine's resolved params; with explain, where each value came from",
         "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},

@@ -88,6 +88,44 @@ pub fn augment(cmd: Command) -> Command {
                 .arg(Arg::new("mac").long("mac").help("Only this machine's (MAC address)"))
                 .arg(Arg::new("limit").long("limit").value_parser(value_parser!(usize)).default_value("1000")),
         )
+        .subcommand({
+            let src = || Arg::new("pack").required(true).help("A pack directory or bundle file");
+            let force =
+                || Arg::new("force").long("force").action(ArgAction::SetTrue).help("Apply even if the plan has errors");
+            let name = || Arg::new("name").required(true).help("The pack's name");
+            Command::new("content")
+                .about("Content packs: bundle, validate, plan, install or upgrade, roll back, remove")
+                .subcommand_required(true)
+                .subcommand(
+                    Command::new("bundle")
+                        .about("Write a pack directory as one bundle file (after validating it)")
+                        .arg(Arg::new("dir").required(true))
+                        .arg(Arg::new("out").short('O').long("out").help("Bundle file to write [default: stdout]")),
+                )
+                .subcommand(
+                    Command::new("unbundle")
+                        .about("Write a bundle out as a pack directory")
+                        .arg(Arg::new("bundle").required(true))
+                        .arg(Arg::new("dir").required(true)),
+                )
+                .subcommand(Command::new("validate").about("Check a pack locally and list every problem").arg(src()))
+                .subcommand(
+                    Command::new("plan")
+                        .about("What installing or upgrading to a pack would change (per object and per machine)")
+                        .arg(src())
+                        .arg(
+                            Arg::new("diffs")
+                                .long("diffs")
+                                .action(ArgAction::SetTrue)
+                                .help("Show every machine's diffs"),
+                        ),
+                )
+                .subcommand(Command::new("install").about("Install or upgrade a pack").arg(src()).arg(force()))
+                .subcommand(
+                    Command::new("rollback").about("Restore a pack's previous version").arg(name()).arg(force()),
+                )
+                .subcommand(Command::new("remove").about("Remove a pack and its objects").arg(name()).arg(force()))
+        })
         .subcommand(
             Command::new("audit")
                 .about("Show the audit log (changes and secure-value reads), oldest first")
@@ -339,6 +377,12 @@ async fn run_inner(
                 Format::Table => output::table(&["id", "at", "mac", "address", "service", "detail"], &items),
                 other => output::one(&Value::Array(items), other),
             })
+        }
+        "content" => {
+            let Some((action, m)) = sub.subcommand() else {
+                return Err(ClientError::Input("which content action?".into()));
+            };
+            content(action, m, global, &cfg, format).await
         }
         "audit" => {
             let c = client(global, &cfg, true)?;
@@ -653,4 +697,146 @@ async fn import_iso(c: &Client, m: &ArgMatches) -> Result<String, ClientError> {
         out.push_str(&format!("not in this image: {}\n", lacking.join("; ")));
     }
     Ok(out)
+}
+
+/// Reads a pack from a directory or a bundle file; every problem listed.
+fn load_pack(src: &str) -> Result<plinth_content::pack::Pack, ClientError> {
+    let path = std::path::Path::new(src);
+    let loaded = if path.is_dir() {
+        plinth_content::pack::load_dir(path)
+    } else {
+        let bytes = std::fs::read(path).map_err(|e| ClientError::Input(format!("cannot read {src}: {e}")))?;
+        plinth_content::pack::Pack::from_bytes(&bytes)
+    };
+    loaded.map_err(|e| ClientError::Input(e.to_string()))
+}
+
+/// A plan for people: what changes, then the errors.
+fn plan_text(plan: &Value, diffs: bool) -> String {
+    let mut out = format!(
+        "pack {}: {} -> {}\n",
+        plan["pack"].as_str().unwrap_or_default(),
+        plan["from"].as_str().unwrap_or("(not installed)"),
+        plan["to"].as_str().unwrap_or("(removed)")
+    );
+    for o in plan["objects"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<14} {} {}\n",
+            o["change"].as_str().unwrap_or_default(),
+            o["kind"].as_str().unwrap_or_default(),
+            o["key"].as_str().unwrap_or_default()
+        ));
+    }
+    let machines = plan["machines"].as_array().cloned().unwrap_or_default();
+    out.push_str(&format!("machines: {} checked, {} change\n", plan["machines_checked"], machines.len()));
+    for m in &machines {
+        let files: Vec<&str> = m["files"].as_array().into_iter().flatten().filter_map(|f| f["file"].as_str()).collect();
+        out.push_str(&format!(
+            "  {} ({}){}: {}\n",
+            m["name"].as_str().unwrap_or_default(),
+            m["id"].as_str().unwrap_or_default(),
+            if m["workflow_affected"] == true { " [running workflow changes]" } else { "" },
+            files.join(", ")
+        ));
+        if diffs {
+            for f in m["files"].as_array().into_iter().flatten() {
+                out.push_str(f["diff"].as_str().unwrap_or_default());
+            }
+        }
+    }
+    for w in plan["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("warning: {}\n", w.as_str().unwrap_or_default()));
+    }
+    for e in plan["errors"].as_array().into_iter().flatten() {
+        out.push_str(&format!("error: {}\n", e.as_str().unwrap_or_default()));
+    }
+    out
+}
+
+async fn content(
+    action: &str,
+    m: &ArgMatches,
+    global: &ArgMatches,
+    cfg: &config::Config,
+    format: Format,
+) -> Result<String, ClientError> {
+    let arg = |n: &str| m.get_one::<String>(n).cloned().unwrap_or_default();
+    let force =
+        if m.try_get_one::<bool>("force").ok().flatten().copied().unwrap_or(false) { "?force=true" } else { "" };
+    let show = |reply: Value, diffs: bool| match format {
+        Format::Table => plan_text(&reply, diffs),
+        other => output::one(&reply, other),
+    };
+    match action {
+        "bundle" => {
+            let pack = load_pack(&arg("dir"))?;
+            let text =
+                serde_json::to_string_pretty(&pack.to_bundle()).map_err(|e| ClientError::Local(e.to_string()))? + "\n";
+            match m.get_one::<String>("out") {
+                Some(out) => {
+                    std::fs::write(out, text).map_err(|e| ClientError::Local(format!("cannot write {out}: {e}")))?;
+                    Ok(format!(
+                        "bundled {} {} ({} objects) into {out}\n",
+                        pack.manifest.name,
+                        pack.manifest.version,
+                        pack.objects.len()
+                    ))
+                }
+                None => Ok(text),
+            }
+        }
+        "unbundle" => {
+            let pack = load_pack(&arg("bundle"))?;
+            let dir = arg("dir");
+            pack.write_dir(std::path::Path::new(&dir))
+                .map_err(|e| ClientError::Local(format!("cannot write {dir}: {e}")))?;
+            Ok(format!(
+                "wrote {} {} ({} objects) to {dir}\n",
+                pack.manifest.name,
+                pack.manifest.version,
+                pack.objects.len()
+            ))
+        }
+        "validate" => {
+            let pack = load_pack(&arg("pack"))?;
+            Ok(format!(
+                "{} {}: {} objects, no problems\n",
+                pack.manifest.name,
+                pack.manifest.version,
+                pack.objects.len()
+            ))
+        }
+        "plan" | "install" => {
+            let pack = load_pack(&arg("pack"))?;
+            let c = client(global, cfg, true)?;
+            let path = if action == "plan" {
+                "/api/v1/contents/plan".to_owned()
+            } else {
+                format!("/api/v1/contents/install{force}")
+            };
+            let reply = c.call(Method::POST, &path, Some(&pack.to_bundle()), None).await?;
+            let diffs = m.try_get_one::<bool>("diffs").ok().flatten().copied().unwrap_or(false);
+            Ok(show(reply.body, diffs))
+        }
+        "rollback" => {
+            let c = client(global, cfg, true)?;
+            let reply = c
+                .call(
+                    Method::POST,
+                    &format!("/api/v1/contents/{}/rollback{force}", encode_key(&arg("name"))),
+                    None,
+                    None,
+                )
+                .await?;
+            Ok(show(reply.body, false))
+        }
+        "remove" => {
+            let c = client(global, cfg, true)?;
+            let reply = c
+                .call(Method::DELETE, &format!("/api/v1/contents/{}{force}", encode_key(&arg("name"))), None, None)
+                .await?;
+            Ok(show(reply.body, false))
+        }
+        other => Err(ClientError::Input(format!("unknown content action `{other}`"))),
+    }
 }

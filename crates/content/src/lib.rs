@@ -9,6 +9,12 @@
 //! default pack with versioned upgrades.)
 #![forbid(unsafe_code)]
 
+mod diff;
+pub mod pack;
+pub mod plan;
+
+pub use diff::unified as unified_diff;
+
 use plinth_model::Kind;
 #[cfg(test)]
 use plinth_store::StoreExt;

@@ -20,11 +20,12 @@ pub enum Kind {
     User,
     Role,
     Token,
+    Content,
 }
 
 impl Kind {
     /// All kinds, in the order the API documents them.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Machine,
         Kind::BootEnv,
         Kind::Template,
@@ -40,6 +41,7 @@ impl Kind {
         Kind::User,
         Kind::Role,
         Kind::Token,
+        Kind::Content,
     ];
 
     /// Lower-case plural used in URLs, the CLI and the store.
@@ -59,6 +61,7 @@ impl Kind {
             Kind::Lease => "leases",
             Kind::User => "users",
             Kind::Role => "roles",
+            Kind::Content => "contents",
             Kind::Token => "tokens",
         }
     }
@@ -81,7 +84,7 @@ impl Kind {
     /// Whether the generic create/replace/patch routes may write this kind.
     /// Tokens are minted only by `POST /api/v1/auth/token`.
     pub fn writable_via_api(self) -> bool {
-        !matches!(self, Kind::Token)
+        !matches!(self, Kind::Token | Kind::Content)
     }
 
     /// Fields only the server sees (secrets' hashes): never returned, never
@@ -112,6 +115,7 @@ impl Kind {
             Kind::User => &["name", "roles", "description"],
             Kind::Token => &["id", "user", "expires_at", "description"],
             Kind::Role => &["name", "description"],
+            Kind::Content => &["name", "version", "description"],
         }
     }
 }

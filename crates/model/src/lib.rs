@@ -96,6 +96,7 @@ pub fn normalize(kind: Kind, body: Value) -> Result<(String, Value), ValidationE
         Kind::User => typed::<User>(body),
         Kind::Token => typed::<Token>(body),
         Kind::Role => typed::<Role>(body),
+        Kind::Content => typed::<Content>(body),
     }
 }
 
@@ -120,6 +121,7 @@ pub fn schema_of(kind: Kind) -> Value {
         Kind::User => s::<User>(),
         Kind::Token => s::<Token>(),
         Kind::Role => s::<Role>(),
+        Kind::Content => s::<Content>(),
     }
 }
 

@@ -1117,6 +1117,32 @@ impl Role {
 }
 
 object! {
+    /// An installed content pack: its manifest and every object it holds
+    /// (a bundle), and the bundle it replaced, for rollback. Written only
+    /// by installs, upgrades, rollbacks and removals.
+    pub struct Content : Content, key = name {
+        /// The pack's name.
+        pub name: Name,
+        /// Its version (semver).
+        pub version: String,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// The whole pack as installed: `{manifest, objects}`.
+        pub bundle: Value,
+        /// The bundle this one replaced, which `rollback` restores.
+        #[serde(default)]
+        pub previous: Option<Value>,
+    }
+}
+
+impl Content {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}
+
+object! {
     /// An API token. The secret is shown once, at creation; only its hash is kept.
     pub struct Token : Token, key = id {
         /// Public identity of the token.

@@ -13,7 +13,7 @@ mod params;
 mod template;
 
 pub use machine::{
-    LoadError, MachineView, Provisioner, SHARED_KINDS, Shared, SharedCache, load, load_shared, load_with,
+    LoadError, MachineView, Provisioner, SHARED_KINDS, Shared, SharedCache, load, load_shared, load_with, view_from,
 };
 pub use params::{Layer, Layers, ResolveError, Resolved, resolve};
 pub use template::{

@@ -48,6 +48,7 @@ async fn all<T: Object>(store: &dyn Store, kind: Kind) -> Result<Vec<T>, LoadErr
 /// What every machine's rendering reads besides the machine itself and its
 /// lease: profiles, params, templates, bootenvs, stages, workflows and
 /// subnets, decoded once.
+#[derive(Clone)]
 pub struct Shared {
     pub profiles: HashMap<Name, Profile>,
     pub params: HashMap<ParamName, Param>,
@@ -137,11 +138,6 @@ pub async fn load(store: &dyn Store, machine: Machine) -> Result<MachineView, Lo
 /// Like [`load`], with the shared content already at hand: only the
 /// machine's lease is read from the store.
 pub async fn load_with(store: &dyn Store, shared: &Shared, machine: Machine) -> Result<MachineView, LoadError> {
-    let stage = machine.stage.as_ref().and_then(|s| shared.stages.get(s));
-    let workflow = machine.workflow.as_ref().and_then(|w| shared.workflows.get(w));
-    let resolved =
-        resolve(&Layers { machine: &machine, profiles: &shared.profiles, stage, workflow, params: &shared.params })?;
-    let bootenv = shared.bootenvs.get(&machine.bootenv).cloned();
     let mut lease: Option<plinth_model::Lease> = None;
     for mac in &machine.macs {
         let filter = plinth_store::Filter { path: vec!["mac".into()], value: Value::String(mac.to_string()) };
@@ -154,8 +150,7 @@ pub async fn load_with(store: &dyn Store, shared: &Shared, machine: Machine) -> 
             }
         }
     }
-    let subnet = lease.as_ref().and_then(|l| shared.subnets.get(&l.subnet)).cloned();
-    Ok(MachineView { machine, params: resolved, bootenv, templates: shared.templates.clone(), lease, subnet })
+    view_from(shared, machine, lease)
 }
 
 /// Where the client reaches Plinth, and what it said about itself.
@@ -429,6 +424,55 @@ impl MachineView {
         }
         None
     }
+}
+
+impl MachineView {
+    /// Every file of the machine's bootenv rendered, as `(name, path,
+    /// output or error)`, in the bootenv's order (for upgrade plans).
+    #[allow(clippy::type_complexity)]
+    pub fn render_all(
+        &self,
+        provisioner: &Provisioner,
+    ) -> Vec<(String, Option<String>, Result<String, crate::RenderError>)> {
+        let Some(b) = &self.bootenv else { return Vec::new() };
+        if let Err(e) = self.check_required() {
+            return vec![(String::from("(bootenv)"), None, Err(e))];
+        }
+        let ctx = match self.context(provisioner) {
+            Ok(c) => c,
+            Err(e) => return vec![(String::from("(bootenv)"), None, Err(e))],
+        };
+        let params = Arc::new(self.plain_params());
+        b.templates
+            .iter()
+            .map(|t| {
+                let path = self.entry_path(t, &ctx, &params).ok().flatten();
+                let out = match entry_source(t) {
+                    Some(source) => {
+                        crate::render(self.templates.clone(), source, &ctx, params.clone(), &provisioner.hooks)
+                    }
+                    None => Ok(String::new()),
+                };
+                (t.name.clone(), path, out)
+            })
+            .collect()
+    }
+}
+
+/// A machine's view from a [`Shared`] snapshot and the lease already found
+/// (no store access).
+pub fn view_from(
+    shared: &Shared,
+    machine: Machine,
+    lease: Option<plinth_model::Lease>,
+) -> Result<MachineView, LoadError> {
+    let stage = machine.stage.as_ref().and_then(|s| shared.stages.get(s));
+    let workflow = machine.workflow.as_ref().and_then(|w| shared.workflows.get(w));
+    let resolved =
+        resolve(&Layers { machine: &machine, profiles: &shared.profiles, stage, workflow, params: &shared.params })?;
+    let bootenv = shared.bootenvs.get(&machine.bootenv).cloned();
+    let subnet = lease.as_ref().and_then(|l| shared.subnets.get(&l.subnet)).cloned();
+    Ok(MachineView { machine, params: resolved, bootenv, templates: shared.templates.clone(), lease, subnet })
 }
 
 /// What a file entry renders: a stored template by name, or its inline text.

@@ -1,0 +1,101 @@
+//! Content packs over the API: plan an install or upgrade, install it,
+//! roll back, remove. Each write is one audited transaction.
+
+use crate::auth::Principal;
+use crate::{ApiError, AppState};
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use plinth_content::pack::{MAX_PACK_BYTES, Pack};
+use plinth_content::plan::{PackError, Plan};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+impl From<PackError> for ApiError {
+    fn from(e: PackError) -> ApiError {
+        match e {
+            PackError::Invalid(p) => ApiError::BadRequest(p.to_string()),
+            PackError::Refused(_) => ApiError::Conflict(e.to_string()),
+            PackError::NotInstalled(_) | PackError::NoPrevious(_) => ApiError::NotFound(e.to_string()),
+            PackError::Store(s) => s.into(),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+async fn read_pack(body: axum::body::Body) -> Result<Pack, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_PACK_BYTES).await.map_err(|_| ApiError::TooLarge(MAX_PACK_BYTES))?;
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest("the request needs a pack bundle (`plinth content bundle DIR`)".into()));
+    }
+    Ok(Pack::from_bytes(&bytes).map_err(PackError::from)?)
+}
+
+fn plan_json(plan: &Plan) -> Result<Json<Value>, ApiError> {
+    serde_json::to_value(plan).map(Json).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `POST /api/v1/contents/plan`: what installing or upgrading to the
+/// bundle would change, for every object and machine. Writes nothing.
+pub async fn plan(State(state): State<AppState>, body: axum::body::Body) -> Result<Json<Value>, ApiError> {
+    let pack = read_pack(body).await?;
+    plan_json(&plinth_content::plan::plan(state.store.as_ref(), &pack).await?)
+}
+
+/// `POST /api/v1/contents/install[?force=true]`: installs or upgrades, in
+/// one transaction; refused (409, with the plan's errors) unless forced.
+pub async fn install(
+    State(state): State<AppState>,
+    Query(q): Query<ForceQuery>,
+    Extension(principal): Extension<Principal>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    let pack = read_pack(body).await?;
+    let plan = plinth_content::plan::install(state.store.as_ref(), &pack, q.force, &principal.actor()).await?;
+    plan_json(&plan)
+}
+
+/// `POST /api/v1/contents/{name}/rollback[?force=true]`.
+pub async fn rollback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    plan_json(&plinth_content::plan::rollback(state.store.as_ref(), &name, q.force, &principal.actor()).await?)
+}
+
+/// `DELETE /api/v1/contents/{name}[?force=true]`: removes the pack and its
+/// objects (not the site's overrides); refused while they are in use.
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    plan_json(&plinth_content::plan::remove(state.store.as_ref(), &name, q.force, &principal.actor()).await?)
+}
+
+/// `GET /api/v1/contents/{name}`: the installed pack (its bundle included).
+pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let r = state
+        .store
+        .get(plinth_model::Kind::Content, &name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no pack `{}` is installed", name.escape_debug())))?;
+    let mut body = r.body;
+    body["has_previous"] = json!(body.get("previous").is_some_and(|p| !p.is_null()));
+    Ok(Json(body))
+}
+
+/// `PUT`/`PATCH /api/v1/contents/{name}`: packs change only by install,
+/// rollback and remove.
+pub async fn not_writable() -> ApiError {
+    ApiError::MethodNotAllowed
+}

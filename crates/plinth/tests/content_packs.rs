@@ -1,0 +1,282 @@
+//! Content packs through a running server and the CLI: the day-2 scenario
+//! (install v1, customise the site, enroll 50 machines, plan v2 with a
+//! changed kickstart part, a new required param and a stricter schema, fix
+//! the site, upgrade, roll back — checking every rendered file at each
+//! step), the layering rules, and all-or-nothing installs across a crash.
+
+mod common;
+
+use common::{Api, Server, ok};
+use serde_json::{Value, json};
+use std::path::Path;
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// The scenario's pack, version 1 or 2, as a directory.
+fn pack(dir: &Path, v2: bool) {
+    let version = if v2 { "2.0.0" } else { "1.0.0" };
+    write(
+        dir,
+        "pack.yaml",
+        &format!("name: site-base\nversion: {version}\ndescription: the day-2 scenario\nplinth: \">=0.1\"\n"),
+    );
+    let min = if v2 { 16 } else { 10 };
+    write(
+        dir,
+        "params/params.yaml",
+        &format!(
+            "- name: site-ntp\n  schema: {{type: string, default: pool.ntp.org}}\n- name: disk-size\n  schema: {{type: integer, minimum: {min}}}\n- name: role\n  schema: {{type: string, enum: [web, db]}}\n{}",
+            if v2 { "- name: location\n  schema: {type: string}\n" } else { "" }
+        ),
+    );
+    let part = if v2 {
+        "part / --size={{ param('disk-size') }}G --fstype=xfs\n"
+    } else {
+        "part / --size={{ param('disk-size') }}G\n"
+    };
+    write(dir, "templates/ks.part.tmpl", part);
+    let ks = if v2 {
+        "# kickstart for {{ machine.name }}\ntimesource --ntp-server={{ param('site-ntp') }}\n{% include 'ks.part' %}\nrole {{ param('role', 'none') }}\nlocation {{ param('location') }}\n"
+    } else {
+        "# kickstart for {{ machine.name }}\ntimesource --ntp-server={{ param('site-ntp') }}\n{% include 'ks.part' %}\nrole {{ param('role', 'none') }}\n"
+    };
+    write(dir, "templates/ks.tmpl", ks);
+    let required = if v2 { "required_params: [location]\n" } else { "" };
+    write(
+        dir,
+        "bootenvs/inst.yaml",
+        &format!("name: inst\ntemplates:\n  - {{name: ks, template: ks, path: ks.cfg}}\n{required}"),
+    );
+    write(
+        dir,
+        "profiles/pack-defaults.yaml",
+        &format!("name: pack-defaults\nparams: {{disk-size: {}}}\n", if v2 { 25 } else { 20 }),
+    );
+}
+
+/// What machine `i` of the scenario renders as its kickstart.
+fn expected_ks(i: usize, disk: u64, v2: bool) -> String {
+    let ntp = if i.is_multiple_of(2) { "10.0.0.123" } else { "pool.ntp.org" };
+    let role = if i.is_multiple_of(3) { "db" } else { "web" };
+    if v2 {
+        format!(
+            "# kickstart for m-{i:02}\ntimesource --ntp-server={ntp}\npart / --size={disk}G --fstype=xfs\nrole {role}\nlocation dc1"
+        )
+    } else {
+        format!("# kickstart for m-{i:02}\ntimesource --ntp-server={ntp}\npart / --size={disk}G\nrole {role}")
+    }
+}
+
+async fn ks_of(api: &Api, id: &str) -> String {
+    let r = api.post("/api/v1/render", json!({"machine": id, "bootenv_file": "ks.cfg"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["output"].as_str().unwrap().to_owned()
+}
+
+fn changes(plan: &Value) -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = plan["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["change"].as_str().unwrap().into(),
+                o["kind"].as_str().unwrap().into(),
+                o["key"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn cli_json(server: &Server, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&ok(server.cli(&all, None))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_two_upgrade_is_planned_per_machine_then_applied_and_rolled_back() {
+    let server = Server::start();
+    let api = server.api().await;
+    let work = tempfile::tempdir().unwrap();
+    let (v1, v2) = (work.path().join("v1"), work.path().join("v2"));
+    pack(&v1, false);
+    pack(&v2, true);
+    let pw = work.path().join("pw");
+    std::fs::write(&pw, common::PASSWORD).unwrap();
+    ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
+
+    // The bundle round-trips through a directory, byte for byte.
+    let bundle = work.path().join("v1.json");
+    ok(server.cli(&["content", "bundle", v1.to_str().unwrap(), "-O", bundle.to_str().unwrap()], None));
+    let again = work.path().join("again");
+    ok(server.cli(&["content", "unbundle", bundle.to_str().unwrap(), again.to_str().unwrap()], None));
+    let rebundled = ok(server.cli(&["content", "bundle", again.to_str().unwrap()], None));
+    assert_eq!(rebundled, std::fs::read_to_string(&bundle).unwrap());
+
+    // v1: installed from the bundle.
+    let plan = cli_json(&server, &["content", "install", bundle.to_str().unwrap()]);
+    assert_eq!(plan["errors"], json!([]), "{plan}");
+    assert_eq!(changes(&plan).len(), 7, "{plan}");
+    let ks = api.get("/api/v1/templates/ks").await.body;
+    assert_eq!((ks["meta"]["pack"].as_str(), ks["meta"]["pack_version"].as_str()), (Some("site-base"), Some("1.0.0")));
+
+    // The site: a profile of its own, one override of a pack object, and
+    // 50 machines with their own params.
+    api.post("/api/v1/profiles", json!({"name": "rack-a", "params": {"site-ntp": "10.0.0.123"}})).await;
+    let r = api
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/profiles/pack-defaults",
+            Some(json!({"params": {"disk-size": 30}})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 409, "a pack's object changes only as an override: {}", r.body);
+    let r = api
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/profiles/pack-defaults?override=true",
+            Some(json!({"params": {"disk-size": 30}})),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.body["meta"]["override"].as_str()), (200, Some("site-base")), "{}", r.body);
+    assert!(r.body["meta"].get("pack").is_none());
+    assert_eq!(api.send(reqwest::Method::DELETE, "/api/v1/templates/ks", None, None).await.status, 409);
+    let mut ids = Vec::new();
+    for i in 0..50usize {
+        let mut params = json!({"role": if i.is_multiple_of(3) { "db" } else { "web" }});
+        // Ten of them set their own disk size (10..=19); the rest take the profile's.
+        if i.is_multiple_of(5) {
+            params["disk-size"] = json!(10 + (i / 5) as u64);
+        }
+        let profiles = if i.is_multiple_of(2) { json!(["rack-a", "pack-defaults"]) } else { json!(["pack-defaults"]) };
+        let m = api
+            .post(
+                "/api/v1/machines",
+                json!({"name": format!("m-{i:02}"), "bootenv": "inst", "params": params, "profiles": profiles}),
+            )
+            .await;
+        assert_eq!(m.status, 201, "{}", m.body);
+        ids.push(m.body["id"].as_str().unwrap().to_owned());
+    }
+    let disk = |i: usize, fixed: bool| -> u64 {
+        if i.is_multiple_of(5) {
+            let own = 10 + (i / 5) as u64;
+            if fixed { own.max(16) } else { own }
+        } else {
+            30
+        }
+    };
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(ks_of(&api, id).await, expected_ks(i, disk(i, false), false), "m-{i:02} on v1");
+    }
+
+    // The plan for v2: object changes, the override kept, the schema
+    // violations (machines whose own disk size is under the new minimum)
+    // and every machine lacking the new required param.
+    let plan = cli_json(&server, &["content", "plan", v2.to_str().unwrap()]);
+    let want: Vec<(String, String, String)> = [
+        ("added", "params", "location"),
+        ("changed", "bootenvs", "inst"),
+        ("changed", "params", "disk-size"),
+        ("changed", "templates", "ks"),
+        ("changed", "templates", "ks.part"),
+        ("override-kept", "profiles", "pack-defaults"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(changes(&plan), want, "{plan}");
+    let mut violations: Vec<String> = plan["schema_violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["location"].as_str().unwrap().to_owned())
+        .collect();
+    violations.sort();
+    let too_small: Vec<String> = (0..50usize)
+        .filter(|i| i.is_multiple_of(5) && 10 + i / 5 < 16)
+        .map(|i| format!("machine `m-{i:02}`"))
+        .collect();
+    assert_eq!(violations, too_small, "{plan}");
+    assert_eq!(plan["machines"].as_array().unwrap().len(), 50, "every machine lacks `location`");
+    assert!(plan["machines"].as_array().unwrap().iter().all(|m| !m["errors"].as_array().unwrap().is_empty()));
+    assert!(plan["errors"].as_array().unwrap().iter().any(|e| e.as_str().unwrap().contains("location")));
+    // Refused while the plan has errors; nothing changed.
+    let refused = server.cli(&["content", "install", v2.to_str().unwrap()], None);
+    assert_eq!(refused.status.code(), Some(4), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert_eq!(api.get("/api/v1/contents/site-base").await.body["version"], "1.0.0");
+    assert_eq!(ks_of(&api, &ids[1]).await, expected_ks(1, 30, false));
+
+    // Fix the site: define the new param as v2 does and set it on
+    // `global`; raise the disks the new schema refuses.
+    let r = api
+        .send(reqwest::Method::PATCH, "/api/v1/profiles/global", Some(json!({"params": {"location": "dc1"}})), None)
+        .await;
+    assert_eq!(r.status, 400, "`location` is not defined yet: {}", r.body);
+    assert_eq!(api.post("/api/v1/params", json!({"name": "location", "schema": {"type": "string"}})).await.status, 201);
+    let r = api
+        .send(reqwest::Method::PATCH, "/api/v1/profiles/global", Some(json!({"params": {"location": "dc1"}})), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (i, id) in ids.iter().enumerate() {
+        if disk(i, false) < 16 {
+            let patch = json!({"params": {"disk-size": 16}});
+            let r = api.send(reqwest::Method::PATCH, &format!("/api/v1/machines/{id}"), Some(patch), None).await;
+            assert_eq!(r.status, 200);
+        }
+    }
+    // Now the plan is clean: the site's identical `location` is adopted,
+    // and every machine's kickstart differs exactly in the part and the
+    // location.
+    let plan = cli_json(&server, &["content", "plan", v2.to_str().unwrap()]);
+    assert_eq!((&plan["errors"], &plan["schema_violations"]), (&json!([]), &json!([])), "{plan}");
+    assert!(changes(&plan).contains(&("adopted".into(), "params".into(), "location".into())), "{plan}");
+    assert_eq!(plan["machines"].as_array().unwrap().len(), 50);
+    let m3 = plan["machines"].as_array().unwrap().iter().find(|m| m["name"] == "m-03").unwrap().clone();
+    assert_eq!(m3["workflow_affected"], false);
+    assert_eq!(m3["files"].as_array().unwrap().len(), 1, "{m3}");
+    assert_eq!(m3["files"][0]["file"], "bootenv inst: ks.cfg");
+    assert_eq!(
+        m3["files"][0]["diff"],
+        "--- a/bootenv inst: ks.cfg\n+++ b/bootenv inst: ks.cfg\n@@ -1,4 +1,5 @@\n # kickstart for m-03\n timesource --ntp-server=pool.ntp.org\n-part / --size=30G\n+part / --size=30G --fstype=xfs\n role db\n+location dc1\n"
+    );
+    // The plan changed nothing.
+    assert_eq!(ks_of(&api, &ids[3]).await, expected_ks(3, 30, false));
+    let plan = cli_json(&server, &["content", "install", v2.to_str().unwrap()]);
+    assert_eq!(plan["to"], "2.0.0", "{plan}");
+    assert_eq!(api.get("/api/v1/contents/site-base").await.body["version"], "2.0.0");
+    // The override survived the upgrade.
+    assert_eq!(api.get("/api/v1/profiles/pack-defaults").await.body["params"]["disk-size"], 30);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(ks_of(&api, id).await, expected_ks(i, disk(i, true), true), "m-{i:02} on v2");
+    }
+
+    // Roll back: v1's objects again, the site's changes kept.
+    let plan = cli_json(&server, &["content", "rollback", "site-base"]);
+    assert_eq!(plan["to"], "1.0.0", "{plan}");
+    assert!(
+        plan["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("`location` would be removed")),
+        "{plan}"
+    );
+    assert_eq!(api.get("/api/v1/contents/site-base").await.body["version"], "1.0.0");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(ks_of(&api, id).await, expected_ks(i, disk(i, true), false), "m-{i:02} rolled back");
+    }
+    assert_eq!(api.get("/api/v1/params/disk-size").await.body["schema"]["minimum"], 10);
+    // Every step is in the audit log, by the user who did it.
+    let audit = api.get("/api/v1/audit?kind=contents&key=site-base").await.body;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 3, "{audit}");
+}
