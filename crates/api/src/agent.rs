@@ -277,6 +277,14 @@ pub async fn files(
         None => return Err(ApiError::NotFound(format!("tasks `{}` not found", job.task))),
     };
     let view = crate::params::view_for(&state, &job.machine.to_string()).await?;
+    // A machine pinned to an earlier version of a pack runs that version's task.
+    let pinned = plinth_render::pins::pinned_objects(state.store.as_ref(), &view.machine)
+        .await
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    let task = match pinned.into_iter().find(|(k, key, _)| *k == Kind::Task && key == job.task.as_str()) {
+        Some((_, _, body)) => plinth_model::decode(body).map_err(|e| ApiError::Internal(e.to_string()))?,
+        None => task,
+    };
     let api =
         headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("https://{h}")).unwrap_or_default();
     // The agent already holds its session: a task has no token to mint, and

@@ -17,6 +17,21 @@ pub struct ForceQuery {
     force: bool,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InstallQuery {
+    #[serde(default)]
+    force: bool,
+    /// Comma-separated machine ids or names that take the new version; the
+    /// others stay on the installed one until `promote`.
+    #[serde(default)]
+    canary: Option<String>,
+}
+
+fn canary_set(canary: &Option<String>) -> Option<std::collections::BTreeSet<String>> {
+    canary.as_ref().map(|c| c.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+}
+
 impl From<PackError> for ApiError {
     fn from(e: PackError) -> ApiError {
         match e {
@@ -43,22 +58,39 @@ fn plan_json(plan: &Plan) -> Result<Json<Value>, ApiError> {
 
 /// `POST /api/v1/contents/plan`: what installing or upgrading to the
 /// bundle would change, for every object and machine. Writes nothing.
-pub async fn plan(State(state): State<AppState>, body: axum::body::Body) -> Result<Json<Value>, ApiError> {
+pub async fn plan(
+    State(state): State<AppState>,
+    Query(q): Query<InstallQuery>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
     let pack = read_pack(body).await?;
-    plan_json(&plinth_content::plan::plan(state.store.as_ref(), &pack).await?)
+    plan_json(&plinth_content::plan::plan(state.store.as_ref(), &pack, canary_set(&q.canary).as_ref()).await?)
 }
 
 /// `POST /api/v1/contents/install[?force=true]`: installs or upgrades, in
 /// one transaction; refused (409, with the plan's errors) unless forced.
 pub async fn install(
     State(state): State<AppState>,
-    Query(q): Query<ForceQuery>,
+    Query(q): Query<InstallQuery>,
     Extension(principal): Extension<Principal>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let pack = read_pack(body).await?;
-    let plan = plinth_content::plan::install(state.store.as_ref(), &pack, q.force, &principal.actor()).await?;
+    let canary = canary_set(&q.canary);
+    let plan = plinth_content::plan::install(state.store.as_ref(), &pack, q.force, canary.as_ref(), &principal.actor())
+        .await?;
     plan_json(&plan)
+}
+
+/// `POST /api/v1/contents/{name}/promote[?force=true]`: every machine kept
+/// on an earlier version (a canary upgrade's others) takes the installed one.
+pub async fn promote(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    plan_json(&plinth_content::plan::promote(state.store.as_ref(), &name, q.force, &principal.actor()).await?)
 }
 
 /// `POST /api/v1/contents/{name}/rollback[?force=true]`.
@@ -98,4 +130,18 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
 /// rollback and remove.
 pub async fn not_writable() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    name: String,
+    version: String,
+}
+
+/// `GET /api/v1/contents/export?name=&version=`: the site's own layer as a
+/// pack bundle.
+pub async fn export(State(state): State<AppState>, Query(q): Query<ExportQuery>) -> Result<Json<Value>, ApiError> {
+    let pack = plinth_content::plan::export_site(state.store.as_ref(), &q.name, &q.version).await?;
+    Ok(Json(pack.to_bundle()))
 }

@@ -80,7 +80,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/files", get(agent::files))
         .route("/api/v1/contents/plan", post(content::plan))
         .route("/api/v1/contents/install", post(content::install))
+        .route("/api/v1/contents/export", get(content::export))
         .route("/api/v1/contents/{name}/rollback", post(content::rollback))
+        .route("/api/v1/contents/{name}/promote", post(content::promote))
         .route(
             "/api/v1/contents/{name}",
             get(content::show).delete(content::remove).put(content::not_writable).patch(content::not_writable),

@@ -163,6 +163,26 @@ pub fn build() -> Value {
         "parameters": [name_param.clone(), force[0].clone()],
         "responses": merge(plan_resp("the plan, applied"), error_responses(&["401", "403", "404", "409"]))}}),
     );
+    paths.insert("/api/v1/contents/{name}/promote".into(), json!({"post": {"operationId": "promote_content", "tags": ["contents"],
+        "summary": "After a canary upgrade: every machine kept on the earlier version takes the installed one, in one transaction",
+        "parameters": [name_param.clone(), force[0].clone()],
+        "responses": merge(plan_resp("the plan, applied"), error_responses(&["401", "403", "404", "409"]))}}));
+    let canary = json!({"name": "canary", "in": "query", "schema": {"type": "string"},
+        "description": "comma-separated machine ids or names that take the new version; the others stay on the installed one until promote"});
+    for p in ["/api/v1/contents/plan", "/api/v1/contents/install"] {
+        if let Some(op) = paths.get_mut(p).and_then(|v| v.get_mut("post")) {
+            let mut params = op.get("parameters").cloned().unwrap_or(json!([]));
+            if let Value::Array(a) = &mut params {
+                a.push(canary.clone());
+            }
+            op["parameters"] = params;
+        }
+    }
+    paths.insert("/api/v1/contents/export".into(), json!({"get": {"operationId": "export_site", "tags": ["contents"],
+        "summary": "The site's own layer (every object no pack installed, overrides included, built-in content left out) as a pack bundle",
+        "parameters": [{"name": "name", "in": "query", "required": true, "schema": {"type": "string"}},
+                       {"name": "version", "in": "query", "required": true, "schema": {"type": "string"}}],
+        "responses": merge(json!({"200": {"description": "the bundle", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["400", "401", "403"]))}}));
     let item = format!("/api/v1/{}/{{key}}", Kind::Content.plural());
     paths.remove(&item);
     paths.insert("/api/v1/contents/{name}".into(), json!({
@@ -319,7 +339,13 @@ mod tests {
         let doc = build();
         for k in Kind::ALL {
             assert!(doc["paths"][format!("/api/v1/{}", k.plural())]["get"].is_object());
-            assert!(doc["paths"][format!("/api/v1/{}/{{key}}", k.plural())]["delete"].is_object());
+            // Installed packs are keyed by name and change only by their own routes.
+            let item = if k == Kind::Content {
+                "/api/v1/contents/{name}".to_owned()
+            } else {
+                format!("/api/v1/{}/{{key}}", k.plural())
+            };
+            assert!(doc["paths"][item]["delete"].is_object());
         }
         fn refs(v: &Value, out: &mut Vec<String>) {
             match v {

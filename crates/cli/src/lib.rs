@@ -93,6 +93,11 @@ pub fn augment(cmd: Command) -> Command {
             let force =
                 || Arg::new("force").long("force").action(ArgAction::SetTrue).help("Apply even if the plan has errors");
             let name = || Arg::new("name").required(true).help("The pack's name");
+            let canary = || {
+                Arg::new("canary").long("canary").value_name("MACHINES").help(
+                    "Comma-separated machine ids or names that take the new version; the others stay until `promote`",
+                )
+            };
             Command::new("content")
                 .about("Content packs: bundle, validate, plan, install or upgrade, roll back, remove")
                 .subcommand_required(true)
@@ -110,6 +115,20 @@ pub fn augment(cmd: Command) -> Command {
                 )
                 .subcommand(Command::new("validate").about("Check a pack locally and list every problem").arg(src()))
                 .subcommand(
+                    Command::new("export")
+                        .about("Write the site's own layer (what no pack installed) as a pack directory")
+                        .arg(
+                            Arg::new("site")
+                                .long("site")
+                                .action(ArgAction::SetTrue)
+                                .required(true)
+                                .help("The site layer"),
+                        )
+                        .arg(Arg::new("name").long("name").required(true).help("The new pack's name"))
+                        .arg(Arg::new("pack-version").long("pack-version").default_value("0.1.0").help("Its version"))
+                        .arg(Arg::new("dir").required(true).help("Directory to write")),
+                )
+                .subcommand(
                     Command::new("plan")
                         .about("What installing or upgrading to a pack would change (per object and per machine)")
                         .arg(src())
@@ -118,9 +137,18 @@ pub fn augment(cmd: Command) -> Command {
                                 .long("diffs")
                                 .action(ArgAction::SetTrue)
                                 .help("Show every machine's diffs"),
-                        ),
+                        )
+                        .arg(canary()),
                 )
-                .subcommand(Command::new("install").about("Install or upgrade a pack").arg(src()).arg(force()))
+                .subcommand(
+                    Command::new("install").about("Install or upgrade a pack").arg(src()).arg(force()).arg(canary()),
+                )
+                .subcommand(
+                    Command::new("promote")
+                        .about("After a canary upgrade, move every other machine to the installed version")
+                        .arg(name())
+                        .arg(force()),
+                )
                 .subcommand(
                     Command::new("rollback").about("Restore a pack's previous version").arg(name()).arg(force()),
                 )
@@ -728,7 +756,12 @@ fn plan_text(plan: &Value, diffs: bool) -> String {
         ));
     }
     let machines = plan["machines"].as_array().cloned().unwrap_or_default();
-    out.push_str(&format!("machines: {} checked, {} change\n", plan["machines_checked"], machines.len()));
+    out.push_str(&format!(
+        "machines: {} checked, {} change, {} kept on another version\n",
+        plan["machines_checked"],
+        machines.len(),
+        plan["pinned"]
+    ));
     for m in &machines {
         let files: Vec<&str> = m["files"].as_array().into_iter().flatten().filter_map(|f| f["file"].as_str()).collect();
         out.push_str(&format!(
@@ -809,25 +842,43 @@ async fn content(
         "plan" | "install" => {
             let pack = load_pack(&arg("pack"))?;
             let c = client(global, cfg, true)?;
-            let path = if action == "plan" {
+            let mut path = if action == "plan" {
                 "/api/v1/contents/plan".to_owned()
             } else {
                 format!("/api/v1/contents/install{force}")
             };
+            if let Some(c) = m.get_one::<String>("canary") {
+                path.push(if path.contains('?') { '&' } else { '?' });
+                path.push_str(&format!("canary={}", encode_key(c)));
+            }
             let reply = c.call(Method::POST, &path, Some(&pack.to_bundle()), None).await?;
             let diffs = m.try_get_one::<bool>("diffs").ok().flatten().copied().unwrap_or(false);
             Ok(show(reply.body, diffs))
         }
-        "rollback" => {
+        "export" => {
             let c = client(global, cfg, true)?;
-            let reply = c
-                .call(
-                    Method::POST,
-                    &format!("/api/v1/contents/{}/rollback{force}", encode_key(&arg("name"))),
-                    None,
-                    None,
-                )
-                .await?;
+            let path = format!(
+                "/api/v1/contents/export?name={}&version={}",
+                encode_key(&arg("name")),
+                encode_key(&arg("pack-version"))
+            );
+            let reply = c.call(Method::GET, &path, None, None).await?;
+            let pack =
+                plinth_content::pack::Pack::from_bundle(&reply.body).map_err(|e| ClientError::Local(e.to_string()))?;
+            let dir = arg("dir");
+            pack.write_dir(std::path::Path::new(&dir))
+                .map_err(|e| ClientError::Local(format!("cannot write {dir}: {e}")))?;
+            Ok(format!(
+                "wrote the site layer as {} {} ({} objects) to {dir}\n",
+                pack.manifest.name,
+                pack.manifest.version,
+                pack.objects.len()
+            ))
+        }
+        "rollback" | "promote" => {
+            let c = client(global, cfg, true)?;
+            let path = format!("/api/v1/contents/{}/{action}{force}", encode_key(&arg("name")));
+            let reply = c.call(Method::POST, &path, None, None).await?;
             Ok(show(reply.body, false))
         }
         "remove" => {

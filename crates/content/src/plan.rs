@@ -74,6 +74,8 @@ pub struct Plan {
     /// Only machines with changes or errors.
     pub machines: Vec<MachinePlan>,
     pub machines_checked: usize,
+    /// Machines kept on another version of the pack (canary upgrades).
+    pub pinned: usize,
     #[serde(skip)]
     ops: Vec<WriteOp>,
 }
@@ -190,7 +192,13 @@ fn rendered(
 }
 
 /// Plans installing or upgrading to `pack` (`None`: removing `name`).
-async fn compute(store: &dyn Store, name: &str, new: Option<&Pack>, force: bool) -> Result<Plan, PackError> {
+async fn compute(
+    store: &dyn Store,
+    name: &str,
+    new: Option<&Pack>,
+    force: bool,
+    canary: Option<&BTreeSet<String>>,
+) -> Result<Plan, PackError> {
     let current = installed(store, name).await?;
     let old_pack = current.as_ref().map(|c| &c.0);
     let mut plan = Plan {
@@ -224,11 +232,53 @@ async fn compute(store: &dyn Store, name: &str, new: Option<&Pack>, force: bool)
         let t: plinth_model::Task = plinth_model::decode(r.body).map_err(|e| PackError::Corrupt(e.to_string()))?;
         tasks_old.insert(t.name.to_string(), t);
     }
-    let machines: Vec<Machine> = plinth_store::StoreExt::list_all(store, Kind::Machine, vec![])
-        .await?
-        .into_iter()
-        .map(|r| plinth_model::decode(r.body).map_err(|e| PackError::Corrupt(e.to_string())))
-        .collect::<Result<_, _>>()?;
+    let mut revisions: HashMap<String, (u64, Value)> = HashMap::new();
+    let mut machines: Vec<Machine> = Vec::new();
+    for r in plinth_store::StoreExt::list_all(store, Kind::Machine, vec![]).await? {
+        machines.push(plinth_model::decode(r.body.clone()).map_err(|e| PackError::Corrupt(e.to_string()))?);
+        revisions.insert(r.key, (r.revision, r.body));
+    }
+    // Pins: with a canary set, every other machine stays on the installed
+    // version (or the one it is already pinned to).
+    let pin_key = format!("{}{name}", plinth_render::pins::PIN_PREFIX);
+    let mut pinned: BTreeSet<String> = BTreeSet::new();
+    let mut pin_ops = Vec::new();
+    for m in &machines {
+        let id = m.id.to_string();
+        let current_pin = m.meta.get(&pin_key).cloned();
+        let in_canary = canary.is_none_or(|c| c.contains(&id) || c.contains(m.name.as_str()));
+        // Without a canary every machine moves (that is how `promote` and
+        // `rollback` clear pins).
+        let want_pin = match (&current, new) {
+            (Some(cur), Some(_)) if !in_canary => Some(current_pin.clone().unwrap_or_else(|| cur.1.version.clone())),
+            _ => None,
+        };
+        if want_pin.is_some() {
+            pinned.insert(id.clone());
+        }
+        if want_pin != current_pin {
+            let (revision, mut body) = revisions.get(&id).cloned().unwrap_or_default();
+            if let Some(Value::Object(meta)) = body.get_mut("meta") {
+                match &want_pin {
+                    Some(v) => meta.insert(pin_key.clone(), json!(v)),
+                    None => meta.remove(&pin_key),
+                };
+            } else if let (Value::Object(b), Some(v)) = (&mut body, &want_pin) {
+                b.insert("meta".into(), json!({ pin_key.clone(): v }));
+            }
+            pin_ops.push(WriteOp::Put { kind: Kind::Machine, key: id, body, expect: Expect::Revision(revision) });
+        }
+    }
+    if let Some(c) = canary {
+        let known: BTreeSet<String> = machines.iter().flat_map(|m| [m.id.to_string(), m.name.to_string()]).collect();
+        for want in c.iter().filter(|w| !known.contains(*w)) {
+            plan.errors.push(format!("canary machine `{want}` does not exist"));
+        }
+        if current.is_none() {
+            plan.errors.push("a canary needs an installed version to keep the other machines on".into());
+        }
+    }
+    plan.pinned = pinned.len();
 
     let new_objects: BTreeMap<(Kind, String), &Value> =
         new.map(|p| p.objects.iter().map(|(k, key, b)| ((*k, key.clone()), b)).collect()).unwrap_or_default();
@@ -506,6 +556,10 @@ async fn compute(store: &dyn Store, name: &str, new: Option<&Pack>, force: bool)
     plan.machines_checked = machines.len();
     let content_changed = !changed_names.is_empty();
     for m in machines {
+        if pinned.contains(&m.id.to_string()) {
+            // Stays on the version it is pinned to: nothing changes for it.
+            continue;
+        }
         let lease = m.macs.iter().find_map(|mac| leases.get(mac)).cloned();
         let affected = workflow_touched(&m);
         if !content_changed {
@@ -555,8 +609,13 @@ async fn compute(store: &dyn Store, name: &str, new: Option<&Pack>, force: bool)
     // The pack's own record, with the version it replaces kept for rollback.
     let record_op = match (new, &current) {
         (Some(p), cur) => {
+            let bundle = p.to_bundle();
+            // Re-applying the installed version (`promote`) keeps what it replaced.
+            let previous = cur
+                .as_ref()
+                .map(|c| if c.1.bundle == bundle { c.1.previous.clone() } else { Some(c.1.bundle.clone()) });
             let body = json!({"name": p.manifest.name, "version": p.manifest.version, "description": p.manifest.description,
-                "bundle": p.to_bundle(), "previous": cur.as_ref().map(|c| c.1.bundle.clone())});
+                "bundle": bundle, "previous": previous.flatten()});
             let (key, body) =
                 plinth_model::normalize(Kind::Content, body).map_err(|e| PackError::Corrupt(e.to_string()))?;
             let expect = cur.as_ref().map_or(Expect::Absent, |c| Expect::Revision(c.2));
@@ -573,13 +632,14 @@ async fn compute(store: &dyn Store, name: &str, new: Option<&Pack>, force: bool)
         }
     };
     plan.ops.sort_by_key(order);
+    plan.ops.extend(pin_ops);
     plan.ops.push(record_op);
     Ok(plan)
 }
 
 /// What installing or upgrading to `pack` would do. Nothing is written.
-pub async fn plan(store: &dyn Store, pack: &Pack) -> Result<Plan, PackError> {
-    compute(store, &pack.manifest.name, Some(pack), false).await
+pub async fn plan(store: &dyn Store, pack: &Pack, canary: Option<&BTreeSet<String>>) -> Result<Plan, PackError> {
+    compute(store, &pack.manifest.name, Some(pack), false, canary).await
 }
 
 async fn apply(store: &dyn Store, plan: Plan, force: bool, actor: &str) -> Result<Plan, PackError> {
@@ -592,8 +652,24 @@ async fn apply(store: &dyn Store, plan: Plan, force: bool, actor: &str) -> Resul
 
 /// Installs or upgrades to `pack` in one transaction, after planning;
 /// refuses when the plan has errors unless `force`.
-pub async fn install(store: &dyn Store, pack: &Pack, force: bool, actor: &str) -> Result<Plan, PackError> {
-    let plan = compute(store, &pack.manifest.name, Some(pack), force).await?;
+/// With `canary`, only those machines (ids or names) take the new version;
+/// the others are pinned to the installed one until [`promote`].
+pub async fn install(
+    store: &dyn Store,
+    pack: &Pack,
+    force: bool,
+    canary: Option<&BTreeSet<String>>,
+    actor: &str,
+) -> Result<Plan, PackError> {
+    let plan = compute(store, &pack.manifest.name, Some(pack), force, canary).await?;
+    apply(store, plan, force, actor).await
+}
+
+/// Moves every machine pinned to an earlier version of pack `name` to the
+/// installed one (after a canary), in one transaction.
+pub async fn promote(store: &dyn Store, name: &str, force: bool, actor: &str) -> Result<Plan, PackError> {
+    let (pack, _, _) = installed(store, name).await?.ok_or_else(|| PackError::NotInstalled(name.to_owned()))?;
+    let plan = compute(store, name, Some(&pack), force, None).await?;
     apply(store, plan, force, actor).await
 }
 
@@ -603,13 +679,46 @@ pub async fn rollback(store: &dyn Store, name: &str, force: bool, actor: &str) -
     let (_, content, _) = installed(store, name).await?.ok_or_else(|| PackError::NotInstalled(name.to_owned()))?;
     let previous = content.previous.ok_or_else(|| PackError::NoPrevious(name.to_owned()))?;
     let pack = Pack::from_bundle(&previous).map_err(|e| PackError::Corrupt(e.to_string()))?;
-    let plan = compute(store, name, Some(&pack), force).await?;
+    let plan = compute(store, name, Some(&pack), force, None).await?;
     apply(store, plan, force, actor).await
 }
 
 /// Removes the pack `name` and the objects it installed (overrides stay
 /// with the site), in one transaction; refuses to remove what is in use.
 pub async fn remove(store: &dyn Store, name: &str, force: bool, actor: &str) -> Result<Plan, PackError> {
-    let plan = compute(store, name, None, force).await?;
+    let plan = compute(store, name, None, force, None).await?;
     apply(store, plan, force, actor).await
+}
+
+/// The site layer as a pack: every template, param, profile, bootenv,
+/// task, stage and workflow that no pack installed (the site's overrides of
+/// pack objects included; the built-in content left out), so a site's
+/// customisations can move to another site or be shared back.
+pub async fn export_site(store: &dyn Store, name: &str, version: &str) -> Result<Pack, PackError> {
+    let manifest = crate::pack::Manifest {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        description: "exported from a site's own layer".into(),
+        source: String::new(),
+        requires: Vec::new(),
+        plinth: None,
+        overrides: Vec::new(),
+    };
+    let mut problems = Vec::new();
+    manifest.check(&mut problems);
+    if !problems.is_empty() {
+        return Err(PackError::Invalid(Problems(problems)));
+    }
+    let mut objects = Vec::new();
+    for kind in PACK_KINDS {
+        for r in plinth_store::StoreExt::list_all(store, kind, vec![]).await? {
+            if meta(&r.body, "pack").is_some() || meta(&r.body, "source") == Some("builtin") {
+                continue;
+            }
+            objects.push((kind, r.key, strip_server_fields(&r.body)));
+        }
+    }
+    let pack = Pack { manifest, objects };
+    // What the server holds is valid; check the bundle reads back anyway.
+    Pack::from_bundle(&pack.to_bundle()).map_err(PackError::Invalid)
 }

@@ -10,6 +10,7 @@
 
 mod machine;
 mod params;
+pub mod pins;
 mod template;
 
 pub use machine::{

@@ -138,6 +138,19 @@ pub async fn load(store: &dyn Store, machine: Machine) -> Result<MachineView, Lo
 /// Like [`load`], with the shared content already at hand: only the
 /// machine's lease is read from the store.
 pub async fn load_with(store: &dyn Store, shared: &Shared, machine: Machine) -> Result<MachineView, LoadError> {
+    // A machine pinned to an earlier version of a pack sees that version.
+    let pinned_shared;
+    let shared = if crate::pins::is_pinned(&machine) {
+        let objects = crate::pins::pinned_objects(store, &machine).await?;
+        if objects.is_empty() {
+            shared
+        } else {
+            pinned_shared = crate::pins::overlay(shared, &objects)?;
+            &pinned_shared
+        }
+    } else {
+        shared
+    };
     let mut lease: Option<plinth_model::Lease> = None;
     for mac in &machine.macs {
         let filter = plinth_store::Filter { path: vec!["mac".into()], value: Value::String(mac.to_string()) };
