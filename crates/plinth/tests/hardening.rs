@@ -49,6 +49,7 @@ async fn snapshot(api: &Api) -> Vec<Value> {
         "leases",
         "users",
         "roles",
+        "contents",
     ] {
         let r = api.get(&format!("/api/v1/{kind}?limit=10000")).await;
         assert_eq!(r.status, 200);
@@ -388,6 +389,50 @@ async fn hostile_http_tftp_and_api_input_gets_clear_errors_and_changes_nothing()
     for (path, body) in &hostile {
         bodies.push((path, "POST".into(), body.to_string().into_bytes()));
     }
+    // Content packs: malformed and hostile bundles, planned and installed.
+    let obj = |kind: &str, body: Value| json!({"kind": kind, "key": body["name"].clone(), "body": body});
+    let bundle = |manifest: Value, objects: Vec<Value>| json!({"format": "plinth-pack/1", "manifest": manifest, "objects": objects});
+    let good = json!({"name": "p", "version": "1.0.0"});
+    let packs: Vec<Value> = vec![
+        json!({}),
+        json!({"format": "plinth-pack/9", "manifest": good, "objects": []}),
+        json!({"format": "plinth-pack/1", "objects": []}),
+        bundle(json!({"name": "p"}), vec![]),
+        bundle(json!({"name": "P Q", "version": "1.0.0"}), vec![]),
+        bundle(json!({"name": "p", "version": "latest"}), vec![]),
+        bundle(json!({"name": "p", "version": "1.0.0", "requires": [{"name": "x", "version": "??"}]}), vec![]),
+        bundle(json!({"name": "p", "version": "1.0.0", "plinth": ">=99"}), vec![]),
+        bundle(json!({"name": "p", "version": "1.0.0", "evil": true}), vec![]),
+        bundle(good.clone(), vec![json!({"kind": "users", "key": "root", "body": {"name": "root", "roles": ["admin"]}})]),
+        bundle(good.clone(), vec![json!({"kind": "tokens", "key": "t", "body": {}})]),
+        bundle(good.clone(), vec![json!({"kind": "roles", "key": "r", "body": {"name": "r", "claims": [{"kind": "*", "action": "*"}]}})]),
+        bundle(good.clone(), vec![json!({"kind": "machines", "key": "m", "body": {"name": "m"}})]),
+        bundle(good.clone(), vec![obj("templates", json!({"name": "t", "contents": "{% if %}"}))]),
+        bundle(good.clone(), vec![obj("templates", json!({"name": "../../etc/passwd", "contents": "x"}))]),
+        bundle(good.clone(), vec![obj("templates", json!({"name": "t", "contents": "x"})), obj("templates", json!({"name": "t", "contents": "y"}))]),
+        bundle(good.clone(), vec![obj("params", json!({"name": "p", "schema": {"type": "nope"}}))]),
+        bundle(good.clone(), vec![obj("bootenvs", json!({"name": "b", "boot_args": "{{ unclosed"}))]),
+        bundle(good.clone(), vec![json!({"kind": "templates", "key": "other", "body": {"name": "t", "contents": "x"}})]),
+        bundle(good.clone(), vec![obj("templates", json!({"name": "t", "contents": "x", "meta": {"pack": "someone-else"}, "extra": 1}))]),
+    ];
+    // Well-formed but unsafe: the plan says why (200, with errors), the
+    // install is refused (409).
+    let unsafe_packs: Vec<Value> = vec![
+        bundle(good.clone(), vec![obj("bootenvs", json!({"name": "b", "templates": [{"name": "f", "template": "missing-template", "path": "f"}]}))]),
+        bundle(good.clone(), vec![obj("workflows", json!({"name": "w", "stages": ["missing-stage"]}))]),
+        bundle(json!({"name": "p", "version": "1.0.0", "requires": [{"name": "not-installed", "version": ">=1"}]}), vec![]),
+        bundle(good.clone(), vec![obj("templates", json!({"name": "kickstart", "contents": "hijacked"}))]),
+        bundle(good.clone(), vec![obj("profiles", json!({"name": "global", "params": {}}))]),
+    ];
+    for p in &packs {
+        for path in ["/api/v1/contents/plan", "/api/v1/contents/install"] {
+            bodies.push((path, "POST".into(), p.to_string().into_bytes()));
+        }
+    }
+    bodies.push(("/api/v1/contents/install", "POST".into(), b"not a bundle".to_vec()));
+    bodies.push(("/api/v1/contents/install", "POST".into(), vec![]));
+    bodies.push(("/api/v1/contents/nope/rollback", "POST".into(), vec![]));
+    bodies.push(("/api/v1/contents/nope/promote", "POST".into(), vec![]));
     for (path, method, body) in &bodies {
         let (status, reply) = send_raw(method, path, Some("application/json"), body.clone()).await;
         assert!(
@@ -399,6 +444,14 @@ async fn hostile_http_tftp_and_api_input_gets_clear_errors_and_changes_nothing()
             assert!(reply["detail"].as_str().is_some_and(|d| !d.is_empty()), "{path}: a clear error: {reply}");
         }
         count += 1;
+    }
+    for p in &unsafe_packs {
+        let (status, reply) = send_raw("POST", "/api/v1/contents/plan", Some("application/json"), p.to_string().into_bytes()).await;
+        assert_eq!(status, 200, "{p}: {reply}");
+        assert!(!reply["errors"].as_array().unwrap().is_empty(), "{p}: {reply}");
+        let (status, reply) = send_raw("POST", "/api/v1/contents/install", Some("application/json"), p.to_string().into_bytes()).await;
+        assert_eq!(status, 409, "{p}: {reply}");
+        count += 2;
     }
     // Wrong content type, bad query values, bad preconditions and keys.
     for (method, path, ctype, body) in [
