@@ -291,9 +291,15 @@ fn kind_command(kind: Kind) -> Command {
     if kind.writable_via_api() {
         cmd = cmd
             .subcommand(body_args(Command::new("create").about("Create an object")))
-            .subcommand(body_args(Command::new("update").about("Replace an object").arg(key()).arg(if_match_arg())))
             .subcommand(body_args(
-                Command::new("patch").about("Merge-patch an object (RFC 7396)").arg(key()).arg(if_match_arg()),
+                Command::new("update").about("Replace an object").arg(key()).arg(if_match_arg()).arg(override_arg()),
+            ))
+            .subcommand(body_args(
+                Command::new("patch")
+                    .about("Merge-patch an object (RFC 7396)")
+                    .arg(key())
+                    .arg(if_match_arg())
+                    .arg(override_arg()),
             ));
     }
     cmd
@@ -589,11 +595,11 @@ async fn object_command(
             })
         }
         "create" => Ok(output::one(&c.call(Method::POST, &base, Some(&read_body(m)?), None).await?.body, format)),
-        "update" => {
-            Ok(output::one(&c.call(Method::PUT, &key_path(), Some(&read_body(m)?), if_match()).await?.body, format))
-        }
-        "patch" => {
-            Ok(output::one(&c.call(Method::PATCH, &key_path(), Some(&read_body(m)?), if_match()).await?.body, format))
+        "update" | "patch" => {
+            let method = if action == "update" { Method::PUT } else { Method::PATCH };
+            let overriding = m.try_get_one::<bool>("override").ok().flatten().copied().unwrap_or(false);
+            let path = if overriding { format!("{}?override=true", key_path()) } else { key_path() };
+            Ok(output::one(&c.call(method, &path, Some(&read_body(m)?), if_match()).await?.body, format))
         }
         "delete" => {
             c.call(Method::DELETE, &key_path(), None, if_match()).await?;
@@ -715,16 +721,31 @@ async fn import_iso(c: &Client, m: &ArgMatches) -> Result<String, ClientError> {
     }
     let pinned =
         source.as_ref().is_some_and(|s| s.sha256 == summary.sha256 && s.keep_image == keep && s.file == file_name);
+    // Pinning the image is the site's change: on a content pack's bootenv
+    // it makes the bootenv the site's override (which upgrades then keep).
+    let from_pack = bootenv.meta.get("pack").cloned();
     if !pinned {
         let patch = serde_json::json!({"source": {"file": file_name, "sha256": summary.sha256, "keep_image": keep}});
-        c.call(Method::PATCH, &path, Some(&patch), None).await?;
+        let target = if from_pack.is_some() { format!("{path}?override=true") } else { path.clone() };
+        c.call(Method::PATCH, &target, Some(&patch), None).await?;
     }
     let mut out =
         format!("imported {} into {}: {counts}\nready: {}\n", image.display(), dest.display(), ready.join(", "));
+    if let (false, Some(pack)) = (pinned, &from_pack) {
+        out.push_str(&format!("bootenv `{name}` now pins this image as the site's override of pack `{pack}`\n"));
+    }
     if !lacking.is_empty() {
         out.push_str(&format!("not in this image: {}\n", lacking.join("; ")));
     }
     Ok(out)
+}
+
+/// `--override`: change an object a content pack installed, as the site's override.
+fn override_arg() -> Arg {
+    Arg::new("override")
+        .long("override")
+        .action(ArgAction::SetTrue)
+        .help("Change an object a content pack installed, making it the site's override (upgrades keep it)")
 }
 
 /// Reads a pack from a directory or a bundle file; every problem listed.

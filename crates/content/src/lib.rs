@@ -53,7 +53,21 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("preseed.part-plain", include_str!("../default/templates/preseed.part-plain.tmpl")),
     ("preseed", include_str!("../default/templates/preseed.tmpl")),
     ("preseed.users", include_str!("../default/templates/preseed.users.tmpl")),
+    ("task.set-hostname", include_str!("../default/templates/task.set-hostname.tmpl")),
+    ("task.ssh-keys", include_str!("../default/templates/task.ssh-keys.tmpl")),
+    ("task.agent-service", include_str!("../default/templates/task.agent-service.tmpl")),
+    ("task.site-hook", include_str!("../default/templates/task.site-hook.tmpl")),
+    ("task.firmware-settings", include_str!("../default/templates/task.firmware-settings.tmpl")),
+    ("firmware.none", include_str!("../default/templates/firmware.none.tmpl")),
 ];
+
+/// Tasks, stages and workflows, each a YAML list.
+pub const TASKS: &str = include_str!("../default/tasks/tasks.yaml");
+pub const STAGES: &str = include_str!("../default/stages/stages.yaml");
+pub const WORKFLOWS: &str = include_str!("../default/workflows/workflows.yaml");
+
+/// The name of the pack the built-in content is installed as.
+pub const DEFAULT_PACK: &str = "plinth-default";
 
 /// Bootenvs, as YAML.
 pub const BOOTENVS: &[&str] = &[
@@ -78,6 +92,8 @@ pub enum ContentError {
     Invalid(Kind, String, String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the default pack was not installed:\n- {}", .0.join("\n- "))]
+    Refused(Vec<String>),
 }
 
 /// Every built-in object, normalised and checked, as `(kind, key, body)`,
@@ -95,6 +111,15 @@ pub fn objects() -> Result<Vec<(Kind, String, Value)>, ContentError> {
             serde_yaml::from_str(text).map_err(|e| ContentError::Yaml(format!("bootenvs[{i}]"), e.to_string()))?;
         raw.push((Kind::BootEnv, v));
     }
+    for (kind, file, text) in [
+        (Kind::Task, "tasks.yaml", TASKS),
+        (Kind::Stage, "stages.yaml", STAGES),
+        (Kind::Workflow, "workflows.yaml", WORKFLOWS),
+    ] {
+        let items: Vec<Value> =
+            serde_yaml::from_str(text).map_err(|e| ContentError::Yaml(file.into(), e.to_string()))?;
+        raw.extend(items.into_iter().map(|v| (kind, v)));
+    }
     raw.into_iter()
         .map(|(kind, mut v)| {
             if let Value::Object(m) = &mut v {
@@ -106,6 +131,44 @@ pub fn objects() -> Result<Vec<(Kind, String, Value)>, ContentError> {
             Ok((kind, key, body))
         })
         .collect()
+}
+
+/// The built-in content as the `plinth-default` pack, versioned with Plinth.
+pub fn default_pack() -> Result<pack::Pack, ContentError> {
+    let manifest = pack::Manifest {
+        name: DEFAULT_PACK.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        description: "Plinth's built-in content: discovery, local boot, OS installers, common tasks.".into(),
+        source: "built into plinth".into(),
+        requires: Vec::new(),
+        plinth: None,
+        overrides: Vec::new(),
+    };
+    let bundle = pack::Pack { manifest, objects: objects()? }.to_bundle();
+    pack::Pack::from_bundle(&bundle)
+        .map_err(|e| ContentError::Invalid(Kind::Content, DEFAULT_PACK.into(), e.to_string()))
+}
+
+/// Installs the built-in content as the `plinth-default` pack when it is
+/// not installed, or upgrades it when this Plinth ships a newer version.
+/// Objects an earlier Plinth installed without a pack are adopted, or kept
+/// as the site's overrides where the site changed them. A plan with errors
+/// (say, a site object in the way) is not applied: its errors are returned
+/// for the server to log, and the server starts with what it has.
+pub async fn install_default(store: &dyn Store) -> Result<Option<plan::Plan>, ContentError> {
+    let pack = default_pack()?;
+    if let Some(r) = store.get(Kind::Content, DEFAULT_PACK).await? {
+        let installed = r.body.get("version").and_then(Value::as_str).and_then(|v| semver::Version::parse(v).ok());
+        if installed.is_some_and(|v| v >= pack.manifest.semver()) {
+            return Ok(None);
+        }
+    }
+    match plan::install(store, &pack, false, None, "server").await {
+        Ok(plan) => Ok(Some(plan)),
+        Err(plan::PackError::Refused(errors)) => Err(ContentError::Refused(errors)),
+        Err(plan::PackError::Store(e)) => Err(ContentError::Store(e)),
+        Err(e) => Err(ContentError::Invalid(Kind::Content, DEFAULT_PACK.into(), e.to_string())),
+    }
 }
 
 /// Stores every built-in object that is not in `store` yet, in one

@@ -326,6 +326,23 @@ async fn compute(
                         plan.errors.push(format!("{} `{key}` is the site's override of pack `{o}`", kind.plural()));
                         (None, None)
                     }
+                    // Built-in content an earlier Plinth installed without a
+                    // pack: the default pack adopts it, or, where the site
+                    // changed it, keeps the site's as an override.
+                    (None, None) if name == crate::DEFAULT_PACK && meta(&r.body, "source") == Some("builtin") => {
+                        if same_definition(&r.body, &target) {
+                            (Some("adopted"), Some(put))
+                        } else {
+                            let mut kept = strip_server_fields(&r.body);
+                            if let Some(Value::Object(m)) = kept.get_mut("meta") {
+                                m.insert("override".into(), json!(name));
+                            }
+                            (
+                                Some("override-kept"),
+                                Some(WriteOp::Put { kind: *kind, key: key.clone(), body: kept, expect }),
+                            )
+                        }
+                    }
                     // A site object identical to the pack's (say, a param the
                     // site defined ahead of the upgrade) becomes the pack's.
                     (None, None) if force || same_definition(&r.body, &target) => (Some("adopted"), Some(put)),

@@ -72,9 +72,22 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
     if resealed > 0 {
         tracing::info!(values = resealed, key = %keyring.key_ids()[0], "sealed secure values under the current key");
     }
-    let added = plinth_content::install_missing(store.as_ref()).await.context("cannot install the built-in content")?;
-    if added > 0 {
-        tracing::info!(objects = added, "installed built-in templates, params and bootenvs");
+    match plinth_content::install_default(store.as_ref()).await {
+        Ok(Some(plan)) => tracing::info!(
+            pack = plinth_content::DEFAULT_PACK,
+            from = plan.from.as_deref().unwrap_or("none"),
+            to = plan.to.as_deref().unwrap_or_default(),
+            objects = plan.objects.len(),
+            "installed the built-in content pack"
+        ),
+        Ok(None) => {}
+        // The server starts with what it has; the plan says what is in the way.
+        Err(plinth_content::ContentError::Refused(errors)) => {
+            for e in errors {
+                tracing::warn!(pack = plinth_content::DEFAULT_PACK, problem = %e, "built-in content pack not upgraded");
+            }
+        }
+        Err(e) => return Err(anyhow::anyhow!(e)).context("cannot install the built-in content"),
     }
 
     let api_addr: std::net::SocketAddr = m

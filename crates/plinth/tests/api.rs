@@ -20,11 +20,11 @@ fn samples(machine_id: &str) -> Vec<(&'static str, Value)> {
         ),
         (
             "tasks",
-            json!({"name": "set-hostname", "templates": [{"name": "script", "contents": "hostnamectl set-hostname x"}]}),
+            json!({"name": "set-name", "templates": [{"name": "script", "contents": "hostnamectl set-hostname x"}]}),
         ),
-        ("stages", json!({"name": "install", "bootenv": "debian-site", "tasks": ["set-hostname"]})),
+        ("stages", json!({"name": "install", "bootenv": "debian-site", "tasks": ["set-name"]})),
         ("workflows", json!({"name": "provision", "stages": ["install"]})),
-        ("jobs", json!({"machine": machine_id, "task": "set-hostname"})),
+        ("jobs", json!({"machine": machine_id, "task": "set-name"})),
         (
             "subnets",
             json!({"name": "lab", "cidr": "10.0.0.0/24", "range_start": "10.0.0.10", "range_end": "10.0.0.99",

@@ -410,6 +410,16 @@ async fn layering_rules_hold_and_bad_packs_list_every_problem() {
     );
     assert_eq!(std::fs::read_to_string(out.join("templates/site-t.tmpl")).unwrap(), "mine");
 
+    // The CLI overrides a pack object only when told to.
+    let refused = server.cli(&["templates", "patch", "shared-t", "--data", r#"{"contents": "cli"}"#], None);
+    assert_eq!(refused.status.code(), Some(4));
+    let patched: Value = serde_json::from_str(&ok(server.cli(
+        &["templates", "patch", "shared-t", "--override", "-o", "json", "--data", r#"{"contents": "cli"}"#],
+        None,
+    )))
+    .unwrap();
+    assert_eq!((patched["contents"].as_str(), patched["meta"]["override"].as_str()), (Some("cli"), Some("b")));
+
     // A broken pack: every problem listed, by file.
     let bad = d("bad");
     write(&bad, "pack.yaml", "name: Bad Name\nversion: one\nrequires: [{name: a, version: \"~~1\"}]\n");
@@ -494,4 +504,60 @@ async fn an_upgrade_killed_midway_leaves_the_old_version_or_the_new_never_a_mix(
     // Some rounds were cut before the commit and some after (timing
     // decides which); either way the store was whole.
     println!("upgrade landed in rounds: {outcomes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_content_is_the_default_pack_and_adopts_what_an_earlier_plinth_installed() {
+    // A fresh server installs it as a pack, with the common tasks.
+    let server = Server::start();
+    let api = server.api().await;
+    let pack = api.get("/api/v1/contents/plinth-default").await.body;
+    assert_eq!(pack["version"], env!("CARGO_PKG_VERSION"), "{pack}");
+    for (kind, key) in [
+        ("templates", "kickstart"),
+        ("bootenvs", "discovery"),
+        ("tasks", "set-hostname"),
+        ("tasks", "ssh-keys"),
+        ("tasks", "agent-service"),
+        ("tasks", "site-hook"),
+        ("tasks", "firmware-settings"),
+        ("workflows", "base-configure"),
+    ] {
+        let o = api.get(&format!("/api/v1/{kind}/{key}")).await.body;
+        assert_eq!(o["meta"]["pack"], "plinth-default", "{kind}/{key}: {o}");
+    }
+    drop(server);
+
+    // A store an earlier Plinth filled (no pack), with one built-in template
+    // edited by the site: the default pack adopts the rest and keeps the
+    // edit as the site's override.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = plinth_store::SqliteStore::open(&dir.path().join("plinth.db")).unwrap();
+        plinth_content::install_missing(&store).await.unwrap();
+        let r = plinth_store::StoreExt::list_all(&store, plinth_model::Kind::Template, vec![]).await.unwrap();
+        let mut local = r.into_iter().find(|t| t.key == "ipxe-local").unwrap();
+        local.body["contents"] = json!("#!ipxe\necho edited by the site\nexit\n");
+        let op = plinth_store::WriteOp::Put {
+            kind: plinth_model::Kind::Template,
+            key: "ipxe-local".into(),
+            body: local.body,
+            expect: plinth_store::Expect::Revision(local.revision),
+        };
+        plinth_store::Store::apply(&store, vec![op]).await.unwrap();
+    }
+    let server = Server::start_in(dir.path());
+    let api = server.api().await;
+    assert_eq!(api.get("/api/v1/contents/plinth-default").await.body["version"], env!("CARGO_PKG_VERSION"));
+    let edited = api.get("/api/v1/templates/ipxe-local").await.body;
+    assert_eq!(edited["contents"], "#!ipxe\necho edited by the site\nexit\n");
+    assert_eq!(edited["meta"]["override"], "plinth-default", "{edited}");
+    assert_eq!(api.get("/api/v1/templates/kickstart").await.body["meta"]["pack"], "plinth-default");
+    assert_eq!(api.get("/api/v1/tasks/site-hook").await.body["meta"]["pack"], "plinth-default", "new objects added");
+    // A restart changes nothing more.
+    drop(server);
+    let server = Server::start_in(dir.path());
+    let api = server.api().await;
+    let audit = api.get("/api/v1/audit?kind=contents&key=plinth-default").await.body;
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
 }

@@ -403,24 +403,51 @@ async fn hostile_http_tftp_and_api_input_gets_clear_errors_and_changes_nothing()
         bundle(json!({"name": "p", "version": "1.0.0", "requires": [{"name": "x", "version": "??"}]}), vec![]),
         bundle(json!({"name": "p", "version": "1.0.0", "plinth": ">=99"}), vec![]),
         bundle(json!({"name": "p", "version": "1.0.0", "evil": true}), vec![]),
-        bundle(good.clone(), vec![json!({"kind": "users", "key": "root", "body": {"name": "root", "roles": ["admin"]}})]),
+        bundle(
+            good.clone(),
+            vec![json!({"kind": "users", "key": "root", "body": {"name": "root", "roles": ["admin"]}})],
+        ),
         bundle(good.clone(), vec![json!({"kind": "tokens", "key": "t", "body": {}})]),
-        bundle(good.clone(), vec![json!({"kind": "roles", "key": "r", "body": {"name": "r", "claims": [{"kind": "*", "action": "*"}]}})]),
+        bundle(
+            good.clone(),
+            vec![json!({"kind": "roles", "key": "r", "body": {"name": "r", "claims": [{"kind": "*", "action": "*"}]}})],
+        ),
         bundle(good.clone(), vec![json!({"kind": "machines", "key": "m", "body": {"name": "m"}})]),
         bundle(good.clone(), vec![obj("templates", json!({"name": "t", "contents": "{% if %}"}))]),
         bundle(good.clone(), vec![obj("templates", json!({"name": "../../etc/passwd", "contents": "x"}))]),
-        bundle(good.clone(), vec![obj("templates", json!({"name": "t", "contents": "x"})), obj("templates", json!({"name": "t", "contents": "y"}))]),
+        bundle(
+            good.clone(),
+            vec![
+                obj("templates", json!({"name": "t", "contents": "x"})),
+                obj("templates", json!({"name": "t", "contents": "y"})),
+            ],
+        ),
         bundle(good.clone(), vec![obj("params", json!({"name": "p", "schema": {"type": "nope"}}))]),
         bundle(good.clone(), vec![obj("bootenvs", json!({"name": "b", "boot_args": "{{ unclosed"}))]),
-        bundle(good.clone(), vec![json!({"kind": "templates", "key": "other", "body": {"name": "t", "contents": "x"}})]),
-        bundle(good.clone(), vec![obj("templates", json!({"name": "t", "contents": "x", "meta": {"pack": "someone-else"}, "extra": 1}))]),
+        bundle(
+            good.clone(),
+            vec![json!({"kind": "templates", "key": "other", "body": {"name": "t", "contents": "x"}})],
+        ),
+        bundle(
+            good.clone(),
+            vec![obj("templates", json!({"name": "t", "contents": "x", "meta": {"pack": "someone-else"}, "extra": 1}))],
+        ),
     ];
     // Well-formed but unsafe: the plan says why (200, with errors), the
     // install is refused (409).
     let unsafe_packs: Vec<Value> = vec![
-        bundle(good.clone(), vec![obj("bootenvs", json!({"name": "b", "templates": [{"name": "f", "template": "missing-template", "path": "f"}]}))]),
+        bundle(
+            good.clone(),
+            vec![obj(
+                "bootenvs",
+                json!({"name": "b", "templates": [{"name": "f", "template": "missing-template", "path": "f"}]}),
+            )],
+        ),
         bundle(good.clone(), vec![obj("workflows", json!({"name": "w", "stages": ["missing-stage"]}))]),
-        bundle(json!({"name": "p", "version": "1.0.0", "requires": [{"name": "not-installed", "version": ">=1"}]}), vec![]),
+        bundle(
+            json!({"name": "p", "version": "1.0.0", "requires": [{"name": "not-installed", "version": ">=1"}]}),
+            vec![],
+        ),
         bundle(good.clone(), vec![obj("templates", json!({"name": "kickstart", "contents": "hijacked"}))]),
         bundle(good.clone(), vec![obj("profiles", json!({"name": "global", "params": {}}))]),
     ];
@@ -446,10 +473,12 @@ async fn hostile_http_tftp_and_api_input_gets_clear_errors_and_changes_nothing()
         count += 1;
     }
     for p in &unsafe_packs {
-        let (status, reply) = send_raw("POST", "/api/v1/contents/plan", Some("application/json"), p.to_string().into_bytes()).await;
+        let (status, reply) =
+            send_raw("POST", "/api/v1/contents/plan", Some("application/json"), p.to_string().into_bytes()).await;
         assert_eq!(status, 200, "{p}: {reply}");
         assert!(!reply["errors"].as_array().unwrap().is_empty(), "{p}: {reply}");
-        let (status, reply) = send_raw("POST", "/api/v1/contents/install", Some("application/json"), p.to_string().into_bytes()).await;
+        let (status, reply) =
+            send_raw("POST", "/api/v1/contents/install", Some("application/json"), p.to_string().into_bytes()).await;
         assert_eq!(status, 409, "{p}: {reply}");
         count += 2;
     }

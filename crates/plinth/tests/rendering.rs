@@ -114,10 +114,16 @@ async fn builtin_content_renders_per_machine_with_variants_and_scoped_tokens() {
     assert!(unknown.starts_with("#!ipxe") && unknown.contains("52:54:00:07:00:99"), "{unknown}");
     assert!(unknown.contains("/files/discovery/vmlinuz") && unknown.contains("plinth.api=https://"), "{unknown}");
 
-    // A site overrides a shipped template by editing it; the next render uses it.
+    // A site overrides a shipped template (the default pack's) explicitly;
+    // the next render uses it.
     let mut local = api.get("/api/v1/templates/ipxe-local").await.body;
     local["contents"] = json!("#!ipxe\necho site-local\nexit\n");
-    assert_eq!(api.send(reqwest::Method::PUT, "/api/v1/templates/ipxe-local", Some(local), None).await.status, 200);
+    assert_eq!(
+        api.send(reqwest::Method::PUT, "/api/v1/templates/ipxe-local", Some(local.clone()), None).await.status,
+        409
+    );
+    let r = api.send(reqwest::Method::PUT, "/api/v1/templates/ipxe-local?override=true", Some(local), None).await;
+    assert_eq!((r.status, r.body["meta"]["override"].as_str()), (200, Some("plinth-default")), "{}", r.body);
     let r = api
         .send(
             reqwest::Method::PATCH,
