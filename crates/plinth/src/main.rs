@@ -158,6 +158,46 @@ fn command() -> Command {
                 .about("Drop every key but the current one (after a restart has re-sealed under it)")
                 .arg(data_dir_arg()),
         );
+    let lab_dir = || {
+        Arg::new("dir")
+            .long("dir")
+            .value_parser(value_parser!(PathBuf))
+            .default_value("./plinth-lab")
+            .help("Where the lab keeps its server's data, VM disks, consoles and state")
+    };
+    let lab = Command::new("lab")
+        .about("Rehearse on VMs: a private network namespace, a Plinth server on its bridge, QEMU guests")
+        .subcommand_required(true)
+        .subcommand(
+            Command::new("up")
+                .about(
+                    "Create the namespace and bridge, start the server and the guests (needs root, QEMU, iPXE, OVMF)",
+                )
+                .arg(lab_dir())
+                .arg(Arg::new("name").long("name").default_value("plinth-lab").help("The namespace's name"))
+                .arg(Arg::new("machines").long("machines").value_parser(value_parser!(usize)).default_value("1"))
+                .arg(
+                    Arg::new("firmware").long("firmware").value_parser(["bios", "uefi", "mixed"]).default_value("bios"),
+                )
+                .arg(
+                    Arg::new("memory")
+                        .long("memory")
+                        .value_parser(value_parser!(u32))
+                        .default_value("768")
+                        .help("MiB per guest"),
+                )
+                .arg(
+                    Arg::new("disk")
+                        .long("disk")
+                        .value_parser(value_parser!(u64))
+                        .default_value("4")
+                        .help("GiB per guest"),
+                )
+                .arg(
+                    Arg::new("net").long("net").default_value("10.123.0").help("The lab network's first three octets"),
+                ),
+        )
+        .subcommand(Command::new("down").about("Stop what `up` started and delete the namespace").arg(lab_dir()));
     let root = Command::new("plinth")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Provisioning for bare metal and cloud machines")
@@ -166,7 +206,8 @@ fn command() -> Command {
         .subcommand(serve)
         .subcommand(bootloaders)
         .subcommand(discovery)
-        .subcommand(secrets);
+        .subcommand(secrets)
+        .subcommand(lab);
     plinth_cli::augment(root)
 }
 
@@ -209,6 +250,31 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
             None => ExitCode::from(2),
+        };
+    }
+    if name == "lab" {
+        let result = match sub.subcommand() {
+            Some(("up", m)) => plinth::lab::up(&plinth::lab::Options {
+                dir: m.get_one::<PathBuf>("dir").cloned().unwrap_or_default(),
+                name: m.get_one::<String>("name").cloned().unwrap_or_default(),
+                machines: m.get_one::<usize>("machines").copied().unwrap_or(1),
+                firmware: m.get_one::<String>("firmware").cloned().unwrap_or_default(),
+                memory_mib: m.get_one::<u32>("memory").copied().unwrap_or(768),
+                disk_gib: m.get_one::<u64>("disk").copied().unwrap_or(4),
+                net: m.get_one::<String>("net").cloned().unwrap_or_default(),
+            }),
+            Some(("down", m)) => plinth::lab::down(&m.get_one::<PathBuf>("dir").cloned().unwrap_or_default()),
+            _ => return ExitCode::from(2),
+        };
+        return match result {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
         };
     }
     if name == "secrets" {

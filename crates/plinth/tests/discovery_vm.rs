@@ -108,30 +108,9 @@ fn discover(uefi: bool, mac: &str, two_boots: bool) {
 
     let disk = dir.path().join("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(1 << 30).unwrap();
-    let mut qemu =
-        ns.exec(&["timeout", "400", "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-boot", "n"]);
-    if !two_boots {
-        // A reboot would be a failure here: end the VM instead.
-        qemu.arg("-no-reboot");
-    }
-    qemu.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
-    if uefi {
-        // OVMF's own PXE client loads ipxe.efi over TFTP; iPXE then runs as `efi`.
-        qemu.args([
-            "-bios",
-            "/usr/share/ovmf/OVMF.fd",
-            "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
-        ]);
-    } else {
-        qemu.args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
-    }
-    let out = qemu
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    // A reboot would be a failure in the one-boot runs: the VM ends instead.
+    let mut qemu = lab::qemu(&ns, mac, uefi, Some(&disk), two_boots, 400);
+    let out = qemu.stdin(Stdio::null()).output().unwrap();
     let console = String::from_utf8_lossy(&out.stdout);
     let _ = std::fs::write(
         std::env::temp_dir().join(format!("plinth-discovery-{}.log", mac.replace(':', ""))),

@@ -100,33 +100,10 @@ fn boot(uefi: bool, proxy: bool, mac: &str) {
         other_dhcp = Some(child);
     }
 
-    let mut qemu = ns.exec(&[
-        "timeout",
-        "300",
-        "qemu-system-x86_64",
-        "-accel",
-        "tcg",
-        "-m",
-        "512",
-        "-nographic",
-        "-no-reboot",
-        "-boot",
-        "n",
-    ]);
-    qemu.args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"]);
-    if uefi {
-        // virtio-net without an option ROM: OVMF's own PXE client (arch 7)
-        // does the first DHCP and fetches ipxe.efi over Plinth's TFTP.
-        qemu.args([
-            "-bios",
-            "/usr/share/ovmf/OVMF.fd",
-            "-device",
-            &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
-        ]);
-    } else {
-        // e1000 with QEMU's iPXE option ROM, as on SeaBIOS machines.
-        qemu.args(["-device", &format!("e1000,netdev=n0,mac={mac}")]);
-    }
+    // BIOS: e1000 with QEMU's iPXE option ROM, as on SeaBIOS machines.
+    // UEFI: virtio-net without an option ROM: OVMF's own PXE client (arch 7)
+    // does the first DHCP and fetches ipxe.efi over Plinth's TFTP.
+    let mut qemu = lab::qemu(&ns, mac, uefi, None, false, 300);
     let out = qemu.stdin(Stdio::null()).output().unwrap();
     if let Some(mut c) = other_dhcp {
         let _ = c.kill();

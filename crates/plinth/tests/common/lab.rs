@@ -32,14 +32,30 @@ pub fn can_boot(uefi: bool) -> bool {
         && (!uefi || have("/usr/share/ovmf/OVMF.fd"))
 }
 
-/// A namespace with bridge `br0` at 10.77.0.1/24 and `tap0` enslaved to it.
+/// A namespace with bridge `br0` at 10.77.0.1/24 and `tap0` enslaved to
+/// it, built by the same code as `plinth lab up`.
 pub fn bridge(role: &str) -> Netns {
     let ns = Netns::new(role);
-    ns.ip(&["link", "add", "br0", "type", "bridge"]);
-    ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "br0"]);
-    ns.ip(&["link", "set", "br0", "up"]);
-    ns.ip(&["tuntap", "add", "tap0", "mode", "tap"]);
-    ns.ip(&["link", "set", "tap0", "master", "br0"]);
-    ns.ip(&["link", "set", "tap0", "up"]);
+    ns.lab().add_bridge("br0", "10.77.0.1/24").unwrap();
+    ns.lab().add_tap("tap0", "br0").unwrap();
     ns
+}
+
+/// The QEMU command line `plinth lab` uses, for a guest on `tap0`.
+pub fn qemu(
+    ns: &Netns,
+    mac: &str,
+    uefi: bool,
+    disk: Option<&std::path::Path>,
+    reboot: bool,
+    timeout: u64,
+) -> std::process::Command {
+    let vm = plinth::lab::Vm {
+        mac: mac.to_owned(),
+        uefi,
+        memory_mib: 512,
+        disk: disk.map(std::path::Path::to_path_buf),
+        reboot,
+    };
+    plinth::lab::qemu(&ns.lab(), &vm, "tap0", Some(timeout))
 }

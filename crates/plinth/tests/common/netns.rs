@@ -33,9 +33,13 @@ pub struct Netns {
 impl Netns {
     pub fn new(role: &str) -> Netns {
         let name = format!("plt-{role}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        run(&["ip", "netns", "add", &name]);
-        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        plinth::lab::Namespace::create(&name).unwrap();
         Netns { name }
+    }
+
+    /// The same namespace as `plinth lab` handles it.
+    pub fn lab(&self) -> plinth::lab::Namespace {
+        plinth::lab::Namespace { name: self.name.clone() }
     }
 
     /// `ip netns exec NAME` as a command prefix.
@@ -44,15 +48,11 @@ impl Netns {
     }
 
     pub fn ip(&self, args: &[&str]) {
-        let mut full = vec!["ip", "-n", &self.name];
-        full.extend_from_slice(args);
-        run(&full);
+        self.lab().ip(args).unwrap();
     }
 
     pub fn exec(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(args);
-        c
+        self.lab().exec(args)
     }
 }
 
@@ -60,7 +60,7 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Processes still inside keep a namespace alive only as long as they
         // run; the tests stop theirs by PID before this.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = self.lab().delete();
     }
 }
 
