@@ -56,7 +56,8 @@ fn lab_up_boots_a_guest_from_its_own_server_and_down_removes_everything() {
     let start = Instant::now();
     let fetched = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("/ipxe/52-54-00-1a-b0-00") {
+        // Not the DHCP offer naming the script: the script fetched over HTTP.
+        if text.lines().any(|l| l.contains("http boot request") && l.contains("path=/ipxe/52-54-00-1a-b0-00")) {
             break true;
         }
         if start.elapsed() > Duration::from_secs(150) {
