@@ -249,6 +249,17 @@ async fn day_two_upgrade_is_planned_per_machine_then_applied_and_rolled_back() {
         m3["files"][0]["diff"],
         "--- a/bootenv inst: ks.cfg\n+++ b/bootenv inst: ks.cfg\n@@ -1,4 +1,5 @@\n # kickstart for m-03\n timesource --ntp-server=pool.ntp.org\n-part / --size=30G\n+part / --size=30G --fstype=xfs\n role db\n+location dc1\n"
     );
+    // Every machine's diff is exactly its kickstart before and after.
+    for m in plan["machines"].as_array().unwrap() {
+        let i: usize = m["name"].as_str().unwrap()[2..].parse().unwrap();
+        let want = plinth_content::unified_diff(
+            "bootenv inst: ks.cfg",
+            &expected_ks(i, disk(i, true), false),
+            &expected_ks(i, disk(i, true), true),
+        );
+        assert_eq!(m["files"].as_array().unwrap().len(), 1);
+        assert_eq!(m["files"][0]["diff"].as_str(), want.as_deref(), "m-{i:02}");
+    }
     // The plan changed nothing.
     assert_eq!(ks_of(&api, &ids[3]).await, expected_ks(3, 30, false));
     // A canary first: m-03 and m-04 take v2, the other 48 stay on v1.
