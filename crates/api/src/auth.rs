@@ -225,13 +225,9 @@ pub async fn bootstrap(
     Ok(())
 }
 
-/// Writes a file readable only by its owner.
+/// Writes a file readable only by its owner (atomically).
 pub(crate) fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()
+    plinth_secrets::write_private(path, contents)
 }
 
 #[derive(Deserialize, Default)]

@@ -369,36 +369,7 @@ pub(crate) async fn audited_put(
 /// Every template text an object holds must parse, so a broken template
 /// is refused where it is written rather than found at boot time.
 fn check_template_syntax(kind: Kind, key: &str, body: &Value) -> Result<(), ApiError> {
-    let mut texts: Vec<(String, &str)> = Vec::new();
-    match kind {
-        Kind::Template => {
-            texts.extend(body.get("contents").and_then(Value::as_str).map(|t| ("contents".to_owned(), t)))
-        }
-        Kind::Task | Kind::BootEnv => {
-            for (i, t) in body.get("templates").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                for field in ["contents", "path"] {
-                    if let Some(text) = t.get(field).and_then(Value::as_str) {
-                        texts.push((format!("templates[{i}].{field}"), text));
-                    }
-                }
-            }
-            if kind == Kind::BootEnv {
-                texts.extend(body.get("boot_args").and_then(Value::as_str).map(|t| ("boot_args".to_owned(), t)));
-                texts.extend(
-                    body.get("os")
-                        .and_then(|o| o.get("install_url"))
-                        .and_then(Value::as_str)
-                        .map(|t| ("os.install_url".to_owned(), t)),
-                );
-                for (i, v) in body.get("variants").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                    if let Some(text) = v.get("boot_args").and_then(Value::as_str) {
-                        texts.push((format!("variants[{i}].boot_args"), text));
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
+    let texts = plinth_content::pack::template_texts(kind, body);
     for (field, text) in texts {
         if let Err(e) = plinth_render::check_syntax(&format!("{kind} `{key}` {field}"), text) {
             return Err(ApiError::field(field, e.to_string()));

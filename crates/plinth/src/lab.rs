@@ -257,9 +257,12 @@ fn build(o: &Options, ns: &Namespace, state: &mut Value) -> Result<String, LabEr
     let exe = std::env::current_exe().map_err(|e| err(e.to_string()))?;
     let exe_s = exe.to_string_lossy().into_owned();
     let data = o.dir.join("data");
-    let password = plinth_secrets_free_password();
+    // A random admin password, kept in the lab's folder for its CLI.
+    let password: String =
+        plinth_secrets::fresh_key().map_err(|e| err(e.to_string()))?.iter().map(|b| format!("{b:02x}")).collect();
     let pw_file = o.dir.join("admin-password");
-    write_private(&pw_file, &format!("{password}\n"))?;
+    plinth_secrets::write_private(&pw_file, &format!("{password}\n"))
+        .map_err(|e| err(format!("cannot write {}: {e}", pw_file.display())))?;
 
     // The server, on the bridge only.
     let mut server = ns.exec(&[
@@ -356,29 +359,6 @@ fn build(o: &Options, ns: &Namespace, state: &mut Value) -> Result<String, LabEr
         data.display(),
         o.dir.display()
     ))
-}
-
-/// A random password for the lab's admin (written to `admin-password`).
-fn plinth_secrets_free_password() -> String {
-    let mut bytes = [0u8; 18];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), LabError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(text.as_bytes()).map_err(|e| err(e.to_string()))
 }
 
 /// Whether `pid` is still a process this lab started (its command line
