@@ -419,6 +419,26 @@ async fn compute(
     }
     shared_new.templates = Arc::new(templates_new);
 
+    // A pack never carries secrets: values of secure params belong to the
+    // site, where they are sealed when written.
+    for ((kind, key), body) in &new_objects {
+        if !matches!(kind, Kind::Profile | Kind::Stage | Kind::Workflow) {
+            continue;
+        }
+        for name in body.get("params").and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
+            let secure = name
+                .parse::<plinth_model::ParamName>()
+                .ok()
+                .and_then(|n| shared_new.params.get(&n))
+                .is_some_and(|p| p.secure);
+            if secure {
+                plan.errors.push(format!(
+                    "{} `{key}` sets secure param `{name}`: a pack must not carry secret values; set it on the site",
+                    kind.plural()
+                ));
+            }
+        }
+    }
     // References the new world leaves dangling.
     for (kind, key) in after.iter().filter(|(_, b)| b.is_none()).map(|(k, _)| k) {
         let users: Vec<String> = match kind {

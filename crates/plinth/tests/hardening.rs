@@ -450,6 +450,14 @@ async fn hostile_http_tftp_and_api_input_gets_clear_errors_and_changes_nothing()
         ),
         bundle(good.clone(), vec![obj("templates", json!({"name": "kickstart", "contents": "hijacked"}))]),
         bundle(good.clone(), vec![obj("profiles", json!({"name": "global", "params": {}}))]),
+        // A pack that would carry a secret in the clear.
+        bundle(
+            good.clone(),
+            vec![
+                obj("params", json!({"name": "pack-secret", "secure": true, "schema": {"type": "string"}})),
+                obj("profiles", json!({"name": "leaky", "params": {"pack-secret": "hunter2-in-the-clear"}})),
+            ],
+        ),
     ];
     for p in &packs {
         for path in ["/api/v1/contents/plan", "/api/v1/contents/install"] {
