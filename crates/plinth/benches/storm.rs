@@ -4,9 +4,11 @@
 //! over HTTP, register with the join token their script carried, report
 //! their inventory, and run a 3-task workflow through the agent API (next,
 //! files, start, log, finish). Reports machines per minute and the
-//! server's CPU time and peak memory. DHCP is measured on its own by
-//! `bench/boot.sh` (perfdhcp against Kea), since it needs a network
-//! namespace per run. Run with
+//! server's CPU time and peak memory. As root, each machine first gets
+//! its address by DHCP (DISCOVER, OFFER, REQUEST, ACK) through a relay on
+//! loopback (the generator is the relay at 127.0.0.2:67, the server answers
+//! a subnet on `lo`), so the lease is stored like any other; without root
+//! that step is left out and the table says so. Run with
 //! `STORM_N=100,1000,10000 cargo bench -p plinth --bench storm`.
 
 #[path = "../tests/common/mod.rs"]
@@ -38,9 +40,12 @@ fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-/// Fetches `name` over TFTP (blksize 1468); returns the bytes received.
-async fn tftp_get(server: std::net::SocketAddr, name: &str) -> usize {
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+/// Fetches `name` over TFTP (blksize 1468) from `client` (each simulated
+/// machine has an address of its own on loopback, as machines on a network
+/// do: the server limits transfers per client address); returns the bytes
+/// received.
+async fn tftp_get(server: std::net::SocketAddr, name: &str, client: std::net::Ipv4Addr) -> usize {
+    let sock = tokio::net::UdpSocket::bind((client, 0)).await.unwrap();
     let mut rrq = vec![0, 1];
     for part in [name, "octet", "blksize", "1468"] {
         rrq.extend_from_slice(part.as_bytes());
@@ -66,7 +71,84 @@ async fn tftp_get(server: std::net::SocketAddr, name: &str) -> usize {
     }
 }
 
+/// The generator's DHCP relay: one socket at 127.0.0.2:67, replies
+/// handed to the waiting machine by transaction id.
+struct Relay {
+    socket: Arc<tokio::net::UdpSocket>,
+    waiting: Arc<std::sync::Mutex<std::collections::HashMap<u32, tokio::sync::oneshot::Sender<plinth_dhcp::Message>>>>,
+}
+
+const RELAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+impl Relay {
+    async fn start() -> Option<Relay> {
+        // The server's DHCP socket holds 0.0.0.0:67 on `lo`; this one takes
+        // the relay's own address beside it (both with SO_REUSEADDR).
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).ok()?;
+        s.set_reuse_address(true).ok()?;
+        s.set_nonblocking(true).ok()?;
+        if let Err(e) = s.bind(&std::net::SocketAddr::from((RELAY, 67)).into()) {
+            eprintln!("cannot bind the DHCP relay at {RELAY}:67: {e}");
+            return None;
+        }
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(s.into()).ok()?);
+        let waiting: Arc<std::sync::Mutex<std::collections::HashMap<u32, tokio::sync::oneshot::Sender<_>>>> =
+            Default::default();
+        let (rx, w) = (socket.clone(), waiting.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            while let Ok((n, _)) = rx.recv_from(&mut buf).await {
+                if let Ok(m) = plinth_dhcp::Message::parse(&buf[..n])
+                    && let Some(tx) = w.lock().unwrap().remove(&m.xid)
+                {
+                    let _ = tx.send(m);
+                }
+            }
+        });
+        Some(Relay { socket, waiting })
+    }
+
+    /// Sends `m` to the server and waits for the reply to its xid.
+    async fn exchange(&self, m: &plinth_dhcp::Message) -> plinth_dhcp::Message {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().unwrap().insert(m.xid, tx);
+        self.socket.send_to(&m.encode(), ("127.0.0.1", 67)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx).await.expect("a DHCP reply").unwrap()
+    }
+
+    /// DISCOVER/OFFER/REQUEST/ACK for machine `i`; the address it got.
+    async fn lease(&self, i: usize, mac: [u8; 6]) -> std::net::Ipv4Addr {
+        let mut m = plinth_dhcp::Message {
+            op: 1,
+            htype: 1,
+            hlen: 6,
+            hops: 1,
+            xid: 0x5000_0000 | i as u32,
+            secs: 0,
+            flags: 0,
+            ciaddr: std::net::Ipv4Addr::UNSPECIFIED,
+            yiaddr: std::net::Ipv4Addr::UNSPECIFIED,
+            siaddr: std::net::Ipv4Addr::UNSPECIFIED,
+            giaddr: RELAY,
+            chaddr: [0; 16],
+            sname: Vec::new(),
+            file: Vec::new(),
+            options: vec![(53, vec![1]), (93, vec![0, 0]), (60, b"PXEClient:Arch:00000:UNDI:002001".to_vec())],
+        };
+        m.chaddr[..6].copy_from_slice(&mac);
+        let offer = self.exchange(&m).await;
+        assert_eq!(offer.message_type(), Some(plinth_dhcp::MessageType::Offer), "machine {i}");
+        m.options[0] = (53, vec![3]);
+        m.set_option(50, offer.yiaddr.octets().to_vec());
+        m.set_option(54, offer.option(54).unwrap_or_default().to_vec());
+        let ack = self.exchange(&m).await;
+        assert_eq!(ack.message_type(), Some(plinth_dhcp::MessageType::Ack), "machine {i}");
+        ack.yiaddr
+    }
+}
+
 struct Target {
+    relay: Option<Relay>,
     http: String,
     tftp: std::net::SocketAddr,
     api: String,
@@ -92,7 +174,12 @@ async fn api(c: &reqwest::Client, token: &str, method: reqwest::Method, url: Str
 /// One machine from power-on to a completed workflow.
 async fn machine(t: &Target, i: usize) {
     let mac = format!("52:54:01:{:02x}:{:02x}:{:02x}", i >> 16 & 0xff, i >> 8 & 0xff, i & 0xff);
-    assert_eq!(tftp_get(t.tftp, "undionly.kpxe").await, LOADER);
+    if let Some(relay) = &t.relay {
+        let bytes = [0x52, 0x54, 0x01, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        relay.lease(i, bytes).await;
+    }
+    let client = std::net::Ipv4Addr::new(127, 2, (i >> 8) as u8, i as u8);
+    assert_eq!(tftp_get(t.tftp, "undionly.kpxe", client).await, LOADER);
     let script =
         t.boot.get(format!("{}/ipxe/{}", t.http, mac.replace(':', "-"))).send().await.unwrap().text().await.unwrap();
     let join = script.split_whitespace().find_map(|w| w.strip_prefix("plinth.join=")).expect("a join token").to_owned();
@@ -149,10 +236,18 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    println!("| machines | wall | machines/min | server CPU | CPU per machine | server peak RSS |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| machines | DHCP | wall | machines/min | server CPU | CPU per machine | server peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
     for n in sizes {
-        let server = common::Server::start();
+        let tmp = tempfile::tempdir().unwrap();
+        let flags: &[&str] = if root {
+            &["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "67"]
+        } else {
+            &["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "off"]
+        };
+        let server = common::Server::start_with(tmp.path(), &[], flags);
         let admin = server.api().await;
         let files = server.files();
         std::fs::create_dir_all(files.join("discovery")).unwrap();
@@ -177,7 +272,19 @@ async fn main() {
                 None,
             )
             .await;
+        let relay = if root {
+            let subnet = json!({"name": "storm", "cidr": "127.0.0.0/8", "interface": "lo", "range_start": "127.1.0.1",
+                "range_end": "127.1.255.254", "lease_secs": 3600});
+            assert_eq!(admin.post("/api/v1/subnets", subnet).await.status, 201);
+            // The DHCP service picks the new subnet up from the change stream.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Relay::start().await
+        } else {
+            None
+        };
+        let with_dhcp = relay.is_some();
         let target = Arc::new(Target {
+            relay,
             http: format!("http://{}", server.addr("http")),
             tftp: server.addr("tftp").parse().unwrap(),
             api: server.url.clone(),
@@ -206,8 +313,13 @@ async fn main() {
         }
         let wall = start.elapsed().as_secs_f64();
         let cpu = cpu_secs(pid) - cpu0;
+        if with_dhcp {
+            let leases = admin.get("/api/v1/leases?limit=10000&state=bound").await.body;
+            assert_eq!(leases["items"].as_array().map_or(0, Vec::len), n.min(10_000), "every machine holds a lease");
+        }
         println!(
-            "| {n} | {wall:.1} s | {:.0} | {cpu:.1} s | {:.1} ms | {:.0} MiB |",
+            "| {n} | {} | {wall:.1} s | {:.0} | {cpu:.1} s | {:.1} ms | {:.0} MiB |",
+            if with_dhcp { "yes" } else { "no" },
             n as f64 / wall * 60.0,
             cpu / n as f64 * 1000.0,
             peak_rss_mib(pid)
