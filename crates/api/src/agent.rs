@@ -92,17 +92,15 @@ async fn audit_action(
     after: &Value,
     detail: String,
 ) -> Result<(), ApiError> {
-    let entry = plinth_model::AuditEntry {
-        seq: 0,
-        at: plinth_model::now(),
-        actor: principal.actor(),
-        action: "updated".into(),
-        kind: Kind::Machine.plural().into(),
-        key: m.id.to_string(),
-        before: None,
-        after: Some(after.clone()),
+    let entry = plinth_model::AuditEntry::new(
+        principal.actor(),
+        "updated",
+        Kind::Machine,
+        m.id.to_string(),
+        None,
+        Some(after.clone()),
         detail,
-    };
+    );
     Ok(state.store.append_audit(vec![entry]).await?)
 }
 

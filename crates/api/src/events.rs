@@ -75,10 +75,7 @@ pub async fn boot_events(
         .as_deref()
         .map(|m| m.parse::<plinth_model::MacAddr>().map_err(|e| ApiError::field("mac", e)))
         .transpose()?;
-    let limit = q.limit.unwrap_or(1000);
-    if limit == 0 || limit > plinth_store::MAX_PAGE {
-        return Err(ApiError::field("limit", format!("expected 1 to {}", plinth_store::MAX_PAGE)));
-    }
+    let limit = page_limit(q.limit)?;
     let items =
         state.store.boot_events(&plinth_store::BootEventQuery { mac, after: q.after, limit, machine: None }).await?;
     let next = (items.len() == limit).then(|| items.last().map(|e| e.id)).flatten();
@@ -103,10 +100,7 @@ pub async fn audit(
     Query(q): Query<AuditParams>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let kind = q.kind.as_deref().map(parse_kind).transpose()?;
-    let limit = q.limit.unwrap_or(1000);
-    if limit == 0 || limit > plinth_store::MAX_PAGE {
-        return Err(ApiError::field("limit", format!("expected 1 to {}", plinth_store::MAX_PAGE)));
-    }
+    let limit = page_limit(q.limit)?;
     let query = plinth_store::AuditQuery {
         kind: kind.map(|k| k.plural().to_owned()),
         key: q.key,
@@ -126,4 +120,13 @@ pub async fn audit(
     }
     let next = (items.len() == limit).then(|| items.last().map(|e| e.seq)).flatten();
     Ok(axum::Json(json!({"items": items, "next": next})))
+}
+
+/// A log route's `?limit=`: 1000 by default, at most a store page.
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(1000);
+    if limit == 0 || limit > plinth_store::MAX_PAGE {
+        return Err(ApiError::field("limit", format!("expected 1 to {}", plinth_store::MAX_PAGE)));
+    }
+    Ok(limit)
 }

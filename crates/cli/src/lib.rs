@@ -748,6 +748,17 @@ fn override_arg() -> Arg {
         .help("Change an object a content pack installed, making it the site's override (upgrades keep it)")
 }
 
+/// Writes `pack` out as a directory and says so.
+fn write_pack(pack: &plinth_content::pack::Pack, dir: &str, what: &str) -> Result<String, ClientError> {
+    pack.write_dir(std::path::Path::new(dir)).map_err(|e| ClientError::Local(format!("cannot write {dir}: {e}")))?;
+    Ok(format!(
+        "wrote {what}{} {} ({} objects) to {dir}\n",
+        pack.manifest.name,
+        pack.manifest.version,
+        pack.objects.len()
+    ))
+}
+
 /// Reads a pack from a directory or a bundle file; every problem listed.
 fn load_pack(src: &str) -> Result<plinth_content::pack::Pack, ClientError> {
     let path = std::path::Path::new(src);
@@ -839,18 +850,7 @@ async fn content(
                 None => Ok(text),
             }
         }
-        "unbundle" => {
-            let pack = load_pack(&arg("bundle"))?;
-            let dir = arg("dir");
-            pack.write_dir(std::path::Path::new(&dir))
-                .map_err(|e| ClientError::Local(format!("cannot write {dir}: {e}")))?;
-            Ok(format!(
-                "wrote {} {} ({} objects) to {dir}\n",
-                pack.manifest.name,
-                pack.manifest.version,
-                pack.objects.len()
-            ))
-        }
+        "unbundle" => write_pack(&load_pack(&arg("bundle"))?, &arg("dir"), ""),
         "validate" => {
             let pack = load_pack(&arg("pack"))?;
             Ok(format!(
@@ -886,15 +886,7 @@ async fn content(
             let reply = c.call(Method::GET, &path, None, None).await?;
             let pack =
                 plinth_content::pack::Pack::from_bundle(&reply.body).map_err(|e| ClientError::Local(e.to_string()))?;
-            let dir = arg("dir");
-            pack.write_dir(std::path::Path::new(&dir))
-                .map_err(|e| ClientError::Local(format!("cannot write {dir}: {e}")))?;
-            Ok(format!(
-                "wrote the site layer as {} {} ({} objects) to {dir}\n",
-                pack.manifest.name,
-                pack.manifest.version,
-                pack.objects.len()
-            ))
+            write_pack(&pack, &arg("dir"), "the site layer as ")
         }
         "rollback" | "promote" => {
             let c = client(global, cfg, true)?;

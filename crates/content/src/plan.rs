@@ -127,11 +127,6 @@ fn same_definition(a: &Value, b: &Value) -> bool {
     bare(a) == bare(b)
 }
 
-/// Comparable content of an object: no server fields, no pack marks.
-fn content_of(body: &Value) -> Value {
-    strip_server_fields(body)
-}
-
 /// The installed pack `name`, with its stored record's revision.
 async fn installed(store: &dyn Store, name: &str) -> Result<Option<(Pack, plinth_model::Content, u64)>, PackError> {
     let Some(r) = store.get(Kind::Content, name).await? else { return Ok(None) };
@@ -304,14 +299,14 @@ async fn compute(
                 let put = WriteOp::Put { kind: *kind, key: key.clone(), body: target.clone(), expect };
                 match (meta(&r.body, "pack"), meta(&r.body, "override")) {
                     (Some(p), _) if p == name => {
-                        let same = content_of(&r.body) == content_of(&target);
+                        let same = strip_server_fields(&r.body) == strip_server_fields(&target);
                         let relabel = meta(&r.body, "pack_version") != Some(version.as_str());
                         (if same { None } else { Some("changed") }, (!same || relabel).then_some(put))
                     }
                     (_, Some(o)) if o == name => {
                         let pack_changed = old_objects
                             .get(&(*kind, key.clone()))
-                            .is_none_or(|old| content_of(old) != content_of(body));
+                            .is_none_or(|old| strip_server_fields(old) != strip_server_fields(body));
                         (pack_changed.then_some("override-kept"), None)
                     }
                     (Some(other), _) if overrides.contains(other) => (Some("taken-over"), Some(put)),

@@ -1306,18 +1306,31 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    /// An entry saying `actor` had secure values of `machine` rendered.
-    pub fn secure_read(actor: String, machine: MachineId, detail: String) -> AuditEntry {
+    /// An entry, now, before the store numbers it.
+    pub fn new(
+        actor: String,
+        action: &str,
+        kind: Kind,
+        key: String,
+        before: Option<Value>,
+        after: Option<Value>,
+        detail: String,
+    ) -> AuditEntry {
         AuditEntry {
             seq: 0,
             at: crate::now(),
             actor,
-            action: "secure-read".into(),
-            kind: Kind::Machine.plural().into(),
-            key: machine.to_string(),
-            before: None,
-            after: None,
+            action: action.into(),
+            kind: kind.plural().into(),
+            key,
+            before,
+            after,
             detail,
         }
+    }
+
+    /// An entry saying `actor` had secure values of `machine` rendered.
+    pub fn secure_read(actor: String, machine: MachineId, detail: String) -> AuditEntry {
+        AuditEntry::new(actor, "secure-read", Kind::Machine, machine.to_string(), None, None, detail)
     }
 }

@@ -4,11 +4,12 @@
 //! over HTTP, register with the join token their script carried, report
 //! their inventory, and run a 3-task workflow through the agent API (next,
 //! files, start, log, finish). Reports machines per minute and the
-//! server's CPU time and peak memory. As root, each machine first gets
-//! its address by DHCP (DISCOVER, OFFER, REQUEST, ACK) through a relay on
-//! loopback (the generator is the relay at 127.0.0.2:67, the server answers
-//! a subnet on `lo`), so the lease is stored like any other; without root
-//! that step is left out and the table says so. Run with
+//! server's CPU time and peak memory. As root, the run moves into a
+//! network namespace of its own, and each machine first gets its address
+//! by DHCP (DISCOVER, OFFER, REQUEST, ACK) through a relay on that
+//! namespace's loopback (the generator is the relay at 127.0.0.2:67, the
+//! server answers a subnet on `lo`), so the lease is stored like any other;
+//! without root that step is left out and the table says so. Run with
 //! `STORM_N=100,1000,10000 cargo bench -p plinth --bench storm`.
 
 #[path = "../tests/common/mod.rs"]
@@ -19,6 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONCURRENCY: usize = 64;
+/// Set when the benchmark runs inside the namespace it created.
+const IN_NETNS: &str = "PLINTH_STORM_IN_NETNS";
 const KERNEL: usize = 64 * 1024;
 const INITRD: usize = 256 * 1024;
 const LOADER: usize = 64 * 1024;
@@ -236,13 +239,27 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    println!("| machines | DHCP | wall | machines/min | server CPU | CPU per machine | server peak RSS |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
     let root = std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
+    // DHCP is served only inside a network namespace this run creates: the
+    // benchmark re-runs itself there, server and load generator on that
+    // namespace's own loopback, and deletes the namespace afterwards.
+    let inside = std::env::var_os(IN_NETNS).is_some();
+    if root && !inside {
+        let ns = plinth::lab::Namespace::create(&format!("plt-storm-{}", std::process::id())).unwrap();
+        let status = ns
+            .exec(&[std::env::current_exe().unwrap().to_str().unwrap()])
+            .args(std::env::args_os().skip(1))
+            .env(IN_NETNS, "1")
+            .status();
+        let _ = ns.delete();
+        std::process::exit(status.map_or(1, |s| s.code().unwrap_or(1)));
+    }
+    println!("| machines | DHCP | wall | machines/min | server CPU | CPU per machine | server peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for n in sizes {
         let tmp = tempfile::tempdir().unwrap();
-        let flags: &[&str] = if root {
+        let flags: &[&str] = if inside {
             &["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "67"]
         } else {
             &["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "off"]
@@ -272,7 +289,7 @@ async fn main() {
                 None,
             )
             .await;
-        let relay = if root {
+        let relay = if inside {
             let subnet = json!({"name": "storm", "cidr": "127.0.0.0/8", "interface": "lo", "range_start": "127.1.0.1",
                 "range_end": "127.1.255.254", "lease_secs": 3600});
             assert_eq!(admin.post("/api/v1/subnets", subnet).await.status, 201);

@@ -366,7 +366,7 @@ fn build(o: &Options, ns: &Namespace, state: &mut Value) -> Result<String, LabEr
 fn ours(pid: u32, exe: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
         let c = String::from_utf8_lossy(&c);
-        c.contains("qemu-system") || c.contains(exe) || c.contains("plinth")
+        c.contains("qemu-system") || (!exe.is_empty() && c.contains(exe))
     })
 }
 

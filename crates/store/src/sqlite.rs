@@ -371,17 +371,15 @@ fn audit_change(
     before: Option<&Value>,
     after: Option<String>,
 ) -> Result<(), StoreError> {
-    let entry = plinth_model::AuditEntry {
-        seq: 0,
-        at: plinth_model::now(),
-        actor: actor.to_owned(),
-        action: action.as_str().to_owned(),
-        kind: kind.plural().to_owned(),
-        key: key.to_owned(),
-        before: before.and_then(|b| audit_body(kind, b)).and_then(|t| serde_json::from_str(&t).ok()),
-        after: after.and_then(|t| serde_json::from_str(&t).ok()),
-        detail: String::new(),
-    };
+    let entry = plinth_model::AuditEntry::new(
+        actor.to_owned(),
+        action.as_str(),
+        kind,
+        key.to_owned(),
+        before.and_then(|b| audit_body(kind, b)).and_then(|t| serde_json::from_str(&t).ok()),
+        after.and_then(|t| serde_json::from_str(&t).ok()),
+        String::new(),
+    );
     insert_audit(tx, &entry)
 }
 

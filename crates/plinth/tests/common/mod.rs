@@ -71,6 +71,12 @@ impl Server {
 
     /// Starts the server behind `prefix` (e.g. `ip netns exec NS`) with extra flags.
     pub fn start_with(dir: &Path, prefix: &[&str], flags: &[&str]) -> Server {
+        // DHCP is answered only inside a namespace the test created (the
+        // prefix enters it), never on this machine's own interfaces.
+        let dhcp_off = flags.windows(2).any(|w| w == ["--dhcp-port", "off"]);
+        let in_namespace =
+            prefix.starts_with(&["ip", "netns", "exec"]) || std::env::var_os("PLINTH_STORM_IN_NETNS").is_some();
+        assert!(dhcp_off || in_namespace, "a server with DHCP on must run inside a network namespace the test created");
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
