@@ -77,12 +77,30 @@ SCRIPT
 chmod +x "$root/init" "$root/udhcpc.sh"
 (cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -9) > "$dir/initrd.img.tmp"
 mv "$dir/initrd.img.tmp" "$dir/initrd.img"
-# A static plinth-agent for the discovery image the discovery VM test builds.
+# Static plinth-agents for the discovery images the VM tests build, and for
+# the ARM64 agent test (run under qemu-user). ARM64 needs the cross tools
+# scripts/build-agent.sh names; without them that agent is skipped.
 repo=$(cd "$(dirname "$0")/.." && pwd)
-if [ ! -x "$dir/plinth-agent" ] || [ -n "$(find "$repo/crates" -name '*.rs' -newer "$dir/plinth-agent" | head -n 1)" ]; then
-  (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \
-    cargo build --release --locked -q -p plinth --bin plinth-agent --target x86_64-unknown-linux-gnu --target-dir target/static)
-  cp "$repo/target/static/x86_64-unknown-linux-gnu/release/plinth-agent" "$dir/plinth-agent.tmp"
-  mv "$dir/plinth-agent.tmp" "$dir/plinth-agent"
+stale() { [ ! -x "$1" ] || [ -n "$(find "$repo/crates/agent" "$repo/Cargo.lock" -newer "$1" \( -name '*.rs' -o -name '*.toml' -o -name Cargo.lock \) | head -n 1)" ]; }
+if stale "$dir/plinth-agent"; then
+  "$repo/scripts/build-agent.sh" amd64 "$dir/plinth-agent"
+fi
+if command -v aarch64-linux-gnu-gcc >/dev/null && stale "$dir/arm64/plinth-agent"; then
+  "$repo/scripts/build-agent.sh" arm64 "$dir/arm64/plinth-agent"
+fi
+# An ARM64 kernel and busybox, for building the ARM64 discovery image, when
+# dpkg knows the arm64 architecture (dpkg --add-architecture arm64).
+if dpkg --print-foreign-architectures | grep -qx arm64 && [ ! -f "$dir/arm64/vmlinuz" ]; then
+  mkdir -p "$dir/arm64"
+  pkg=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  [ -n "$pkg" ] || { echo "cannot find the kernel package behind linux-image-arm64:arm64 (run apt-get update)" >&2; exit 1; }
+  (cd "$dir/arm64" && rm -f ./*.deb && apt-get download "$pkg" busybox-static:arm64 >/dev/null 2>&1)
+  rm -rf "$dir/arm64/kernel" "$dir/arm64/bb"
+  dpkg -x "$dir"/arm64/linux-image-*.deb "$dir/arm64/kernel"
+  dpkg -x "$dir"/arm64/busybox-static_*.deb "$dir/arm64/bb"
+  cp "$dir/arm64/bb/bin/busybox" "$dir/arm64/busybox"
+  rm -rf "$dir/arm64/bb" "$dir"/arm64/*.deb
+  cp "$dir"/arm64/kernel/boot/vmlinuz-* "$dir/arm64/vmlinuz.tmp"
+  mv "$dir/arm64/vmlinuz.tmp" "$dir/arm64/vmlinuz"
 fi
 echo "lab assets ready in $dir"

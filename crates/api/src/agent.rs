@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use plinth_engine::{Engine, EngineError, Next, Outcome};
-use plinth_model::{Job, JobId, Kind, Machine, MachineId, Name, ParamValues};
+use plinth_model::{Arch, Job, JobId, Kind, Machine, MachineId, Name, ParamValues};
 use plinth_store::StoreExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -341,7 +341,7 @@ pub async fn inventory(
     if !inv.is_object() {
         return Err(ApiError::BadRequest("the inventory must be a JSON object".into()));
     }
-    let m = update_machine(&state, id, |m| m.inventory = inv.clone()).await?;
+    let m = update_machine(&state, id, |m| set_inventory(m, &inv)).await?;
     let gib = inv["memory_bytes"].as_u64().map(|b| b as f64 / (1u64 << 30) as f64).unwrap_or(0.0);
     let detail = format!(
         "agent reported inventory: {} CPUs, {gib:.1} GiB, {} disks, {} NICs, {} boot",
@@ -352,6 +352,15 @@ pub async fn inventory(
     );
     let _ = state.store.append_boot_events(vec![plinth_model::BootEvent::about(&m, "agent", detail)]).await;
     Ok(Json(machine_json(&m)?))
+}
+
+/// Stores an agent's inventory; the architecture it names becomes the
+/// machine's, which picks bootenv variants and the agent download.
+fn set_inventory(m: &mut Machine, inv: &Value) {
+    m.inventory = inv.clone();
+    if let Some(arch) = Arch::from_inventory(inv) {
+        m.arch = arch;
+    }
 }
 
 /// Applies `change` to the stored machine, conditioned on the revision it
@@ -637,7 +646,7 @@ pub async fn whoami(
                     }
                 }
                 if let Some(inv) = &req.inventory {
-                    m.inventory = inv.clone();
+                    set_inventory(m, inv);
                 }
             })
             .await?;
@@ -652,8 +661,10 @@ pub async fn whoami(
                     .unwrap_or_else(|| "node".into()),
             };
             let profiles = join.as_ref().map(|t| t.join_profiles.clone()).unwrap_or_default();
+            let inventory = req.inventory.clone().unwrap_or(json!({}));
+            let arch = Arch::from_inventory(&inventory).unwrap_or_default();
             let v = json!({"name": name, "macs": macs, "bootenv": "local", "profiles": profiles,
-                "inventory": req.inventory.clone().unwrap_or(json!({}))});
+                "arch": arch, "inventory": inventory});
             let (key, v) =
                 plinth_model::normalize(Kind::Machine, v).map_err(|e| ApiError::BadRequest(e.to_string()))?;
             state.store.create(Kind::Machine, &key, v.clone()).await?;

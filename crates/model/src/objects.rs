@@ -132,6 +132,16 @@ impl Firmware {
 }
 
 impl Arch {
+    /// The architecture an agent's inventory names (its `arch`, as Rust's
+    /// `std::env::consts::ARCH`: `x86_64`, `aarch64`), if Plinth boots it.
+    pub fn from_inventory(inventory: &serde_json::Value) -> Option<Arch> {
+        match inventory.get("arch")?.as_str()? {
+            "x86_64" | "amd64" => Some(Arch::Amd64),
+            "aarch64" | "arm64" => Some(Arch::Arm64),
+            _ => None,
+        }
+    }
+
     /// The architecture iPXE's `${buildarch}` names (`x86_64`, `i386`, `arm64`).
     pub fn from_ipxe_buildarch(buildarch: &str) -> Option<Arch> {
         match buildarch {

@@ -255,14 +255,65 @@ pub fn initramfs(busybox: &[u8], agent: &[u8], ca: &[u8], modules: &[(String, Ve
     c.finish()
 }
 
+/// The architecture an ELF executable is built for, in Plinth's names
+/// (`amd64`, `arm64`), from its header's `e_machine`.
+pub fn elf_arch(elf: &[u8]) -> Option<&'static str> {
+    if elf.len() < 20 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        return None;
+    }
+    match u16::from_le_bytes([elf[18], elf[19]]) {
+        0x3e => Some("amd64"),
+        0xb7 => Some("arm64"),
+        _ => None,
+    }
+}
+
+/// The architecture a kernel image boots on: an x86 bzImage carries `HdrS`
+/// at 0x202, an ARM64 `Image` carries `ARM\x64` at 0x38. A compressed ARM64
+/// image (`vmlinuz.efi` with a zboot header, or gzip) is not recognised.
+pub fn kernel_arch(image: &[u8]) -> Option<&'static str> {
+    if image.get(0x202..0x206) == Some(b"HdrS") {
+        Some("amd64")
+    } else if image.get(0x38..0x3c) == Some(b"ARM\x64") {
+        Some("arm64")
+    } else if image.starts_with(b"MZ") && image.get(4..8) == Some(b"zimg") {
+        // EFI zboot: the payload's architecture is not in the header; the
+        // PE machine field is.
+        let pe = u32::from_le_bytes(image.get(0x3c..0x40)?.try_into().ok()?) as usize;
+        match image.get(pe + 4..pe + 6) {
+            Some([0x64, 0xaa]) => Some("arm64"),
+            Some([0x64, 0x86]) => Some("amd64"),
+            _ => None,
+        }
+    } else {
+        None
+    }
+}
+
+/// Where the image of `arch` goes in the file root, as the discovery
+/// bootenv names it.
+fn image_dir(arch: &str) -> &'static str {
+    if arch == "arm64" { "discovery/arm64" } else { "discovery" }
+}
+
 fn is_static(elf: &[u8]) -> bool {
     // An ELF with no PT_INTERP program header needs no dynamic loader.
     !elf.windows(b"/lib64/ld-linux".len()).any(|w| w == b"/lib64/ld-linux")
         && !elf.windows(b"/lib/ld-linux".len()).any(|w| w == b"/lib/ld-linux")
 }
 
+/// What `plinth discovery build` made.
+pub struct Built {
+    /// `amd64` or `arm64`, read from the agent.
+    pub arch: &'static str,
+    /// The folder in the file root.
+    pub dir: &'static str,
+    /// The modules in the initramfs, in load order.
+    pub modules: Vec<String>,
+}
+
 /// `plinth discovery build`.
-pub fn run(m: &ArgMatches) -> Result<Vec<String>> {
+pub fn run(m: &ArgMatches) -> Result<Built> {
     let data_dir = m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data"));
     let root = m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| data_dir.join("files"));
     let kernel = m.get_one::<PathBuf>("kernel").cloned().context("--kernel is required")?;
@@ -285,6 +336,21 @@ pub fn run(m: &ArgMatches) -> Result<Vec<String>> {
             );
         }
     }
+    let arch = elf_arch(&agent_bytes)
+        .with_context(|| format!("the agent {} is not an x86-64 or ARM64 Linux executable", agent.display()))?;
+    if elf_arch(&busybox_bytes) != Some(arch) {
+        bail!("busybox {} is not built for {arch}, as the agent is", busybox.display());
+    }
+    let kernel_bytes = read(&kernel, "kernel")?;
+    match kernel_arch(&kernel_bytes) {
+        Some(k) if k != arch => bail!("the kernel {} is for {k}, the agent for {arch}", kernel.display()),
+        _ => {}
+    }
+    if let Some(want) = m.get_one::<String>("arch")
+        && want != arch
+    {
+        bail!("--arch {want} was asked for, but the agent is built for {arch}");
+    }
     let ca_bytes = read(&ca, "CA certificate")?;
     let wanted: Vec<String> = match m.get_one::<String>("with-modules") {
         Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
@@ -300,9 +366,9 @@ pub fn run(m: &ArgMatches) -> Result<Vec<String>> {
         );
     }
     let image = initramfs(&busybox_bytes, &agent_bytes, &ca_bytes, &modules);
-    let dest = root.join("discovery");
+    let dest = root.join(image_dir(arch));
     std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
-    for (name, bytes) in [("vmlinuz", read(&kernel, "kernel")?), ("initrd.img", image)] {
+    for (name, bytes) in [("vmlinuz", kernel_bytes), ("initrd.img", image)] {
         let tmp = dest.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, dest.join(name))?;
@@ -310,10 +376,10 @@ pub fn run(m: &ArgMatches) -> Result<Vec<String>> {
     // The same agent, for installed systems to download (post.agent).
     let agents = root.join("agent");
     std::fs::create_dir_all(&agents).with_context(|| format!("cannot create {}", agents.display()))?;
-    let tmp = agents.join(".plinth-agent-amd64.tmp");
+    let tmp = agents.join(format!(".plinth-agent-{arch}.tmp"));
     std::fs::write(&tmp, &agent_bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, agents.join("plinth-agent-amd64"))?;
-    Ok(modules.into_iter().map(|(n, _)| n).collect())
+    std::fs::rename(&tmp, agents.join(format!("plinth-agent-{arch}")))?;
+    Ok(Built { arch, dir: image_dir(arch), modules: modules.into_iter().map(|(n, _)| n).collect() })
 }
 
 #[cfg(test)]
@@ -344,6 +410,38 @@ mod tests {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(std::fs::read_to_string(dir.path().join("etc/hello")).unwrap(), "hello\n");
         assert_eq!(std::fs::read_link(dir.path().join("link")).unwrap(), Path::new("etc/hello"));
+    }
+
+    #[test]
+    fn architectures_are_read_from_elf_and_kernel_headers() {
+        let elf = |machine: u16| {
+            let mut h = vec![0u8; 64];
+            h[..6].copy_from_slice(b"\x7fELF\x02\x01");
+            h[18..20].copy_from_slice(&machine.to_le_bytes());
+            h
+        };
+        assert_eq!(elf_arch(&elf(0x3e)), Some("amd64"));
+        assert_eq!(elf_arch(&elf(0xb7)), Some("arm64"));
+        assert_eq!(elf_arch(&elf(0x28)), None, "32-bit ARM is not built");
+        assert_eq!(elf_arch(b"#!/bin/sh\n"), None);
+        assert_eq!(elf_arch(b""), None);
+        if let Ok(bytes) = std::fs::read("/proc/self/exe") {
+            assert_eq!(elf_arch(&bytes), Some(if cfg!(target_arch = "x86_64") { "amd64" } else { "arm64" }));
+        }
+        let mut bz = vec![0u8; 0x300];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        assert_eq!(kernel_arch(&bz), Some("amd64"));
+        let mut image = vec![0u8; 0x40];
+        image[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        assert_eq!(kernel_arch(&image), Some("arm64"));
+        let mut zboot = vec![0u8; 0x100];
+        zboot[..2].copy_from_slice(b"MZ");
+        zboot[4..8].copy_from_slice(b"zimg");
+        zboot[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        zboot[0x84..0x86].copy_from_slice(&[0x64, 0xaa]);
+        assert_eq!(kernel_arch(&zboot), Some("arm64"));
+        assert_eq!(kernel_arch(&zboot[..0x20]), None, "a truncated header is unknown, not a panic");
+        assert_eq!(kernel_arch(b"junk"), None);
     }
 
     #[test]

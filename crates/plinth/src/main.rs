@@ -111,19 +111,28 @@ fn command() -> Command {
     };
     let discovery = Command::new("discovery").about("Manage the discovery image").subcommand_required(true).subcommand(
         Command::new("build")
-            .about("Assemble discovery/vmlinuz and discovery/initrd.img in the file root from a distribution kernel")
+            .about("Assemble the discovery image (vmlinuz, initrd.img) in the file root from a distribution kernel")
             .long_about(
                 "Assembles the discovery image from a kernel and its modules (a Debian or Ubuntu linux-image \
                  package unpacked with `dpkg -x PKG.deb DIR`: --kernel DIR/boot/vmlinuz-*, --modules \
                  DIR/lib/modules/<version>), a static busybox and a static plinth-agent. The initramfs holds the \
                  server's CA certificate, the NIC and disk modules with their dependencies, and an init that gets an \
-                 address by DHCP and runs `plinth-agent join`.",
+                 address by DHCP and runs `plinth-agent join`. The architecture is the agent's: an x86-64 image \
+                 goes to discovery/, an ARM64 one to discovery/arm64/ (the discovery bootenv's UEFI variant); the \
+                 busybox and the kernel must match it. The agent is also copied to agent/plinth-agent-<arch> for \
+                 installed systems.",
             )
             .arg(path_arg("kernel", "The kernel image (vmlinuz)").required(true))
             .arg(path_arg("modules", "The kernel's modules folder (lib/modules/<version>)").required(true))
             .arg(path_arg("busybox", "A static busybox [default: /bin/busybox from busybox-static]"))
             .arg(path_arg("agent", "A static plinth-agent [default: next to this binary]"))
             .arg(path_arg("ca-cert", "The server's CA certificate [default: <data-dir>/tls/ca.pem]"))
+            .arg(
+                Arg::new("arch")
+                    .long("arch")
+                    .value_parser(["amd64", "arm64"])
+                    .help("Fail unless the agent is built for this architecture"),
+            )
             .arg(
                 Arg::new("data-dir")
                     .long("data-dir")
@@ -241,8 +250,13 @@ fn main() -> ExitCode {
     }
     if name == "discovery" {
         return match sub.subcommand().map(|(_, m)| discovery::run(m)) {
-            Some(Ok(modules)) => {
-                println!("discovery image built with modules: {}", modules.join(" "));
+            Some(Ok(built)) => {
+                println!(
+                    "discovery image for {} built in {}/ with modules: {}",
+                    built.arch,
+                    built.dir,
+                    built.modules.join(" ")
+                );
                 ExitCode::SUCCESS
             }
             Some(Err(e)) => {
