@@ -68,6 +68,24 @@ pub struct Outcome {
     pub params: ParamValues,
 }
 
+/// The workflows, stages and tasks one machine runs by: the installed ones,
+/// or, where the machine is pinned to an earlier version of a content pack
+/// (a canary upgrade holding it back), that version's, so its stage lists,
+/// bootenvs and retry policies are the ones its renders see.
+struct Defs<'a> {
+    engine: &'a Engine,
+    pinned: Vec<(Kind, String, serde_json::Value)>,
+}
+
+impl Defs<'_> {
+    async fn get<T: plinth_model::Object>(&self, kind: Kind, key: &str) -> Result<T, EngineError> {
+        match self.pinned.iter().find(|(k, name, _)| *k == kind && name == key) {
+            Some((_, _, body)) => decode(body.clone()),
+            None => Ok(self.engine.get::<T>(kind, key).await?.0),
+        }
+    }
+}
+
 /// The workflow engine over a store.
 #[derive(Clone)]
 pub struct Engine {
@@ -99,6 +117,19 @@ impl Engine {
         Ok((decode(r.body)?, r.revision))
     }
 
+    /// The definitions `m` runs by (see [`Defs`]).
+    async fn defs(&self, m: &Machine) -> Result<Defs<'_>, EngineError> {
+        let pinned = if plinth_render::pins::is_pinned(m) {
+            plinth_render::pins::pinned_objects(self.store.as_ref(), m).await.map_err(|e| match e {
+                plinth_render::LoadError::Store(e) => EngineError::Store(e),
+                e => EngineError::Conflict(e.to_string()),
+            })?
+        } else {
+            Vec::new()
+        };
+        Ok(Defs { engine: self, pinned })
+    }
+
     /// Writes `machine` (at `revision`) and `others` in one batch; `Ok(false)`
     /// when another request changed the machine first.
     async fn commit(&self, machine: &Machine, revision: u64, others: Vec<WriteOp>) -> Result<bool, EngineError> {
@@ -119,12 +150,13 @@ impl Engine {
     /// Starts `workflow` on a machine from its first stage (switching to
     /// that stage's bootenv, if it names one).
     pub async fn assign(&self, id: MachineId, workflow: &Name) -> Result<Machine, EngineError> {
-        let (wf, _) = self.get::<Workflow>(Kind::Workflow, workflow.as_str()).await?;
-        for s in &wf.stages {
-            self.get::<Stage>(Kind::Stage, s.as_str()).await?;
-        }
         for _ in 0..RACE_RETRIES {
             let (mut m, rev) = self.get::<Machine>(Kind::Machine, &id.to_string()).await?;
+            let defs = self.defs(&m).await?;
+            let wf = defs.get::<Workflow>(Kind::Workflow, workflow.as_str()).await?;
+            for s in &wf.stages {
+                defs.get::<Stage>(Kind::Stage, s.as_str()).await?;
+            }
             if m.locked {
                 return Err(EngineError::Conflict(format!("machine `{}` is locked", m.name)));
             }
@@ -136,7 +168,7 @@ impl Engine {
             m.stage = None;
             m.current_job = None;
             m.workflow_state = WorkflowState::Running;
-            self.enter_stage(&mut m, &wf, 0).await?;
+            Self::enter_stage(&defs, &mut m, &wf, 0).await?;
             if self.commit(&m, rev, others).await? {
                 let stage = m.stage.as_ref().map(|s| s.to_string()).unwrap_or_default();
                 let mut detail = format!("workflow `{}` assigned; stage `{stage}`", wf.name);
@@ -173,14 +205,14 @@ impl Engine {
     /// Sets stage number `index` of `wf` as current: its bootenv (and a
     /// reboot when that changes what the machine boots), or `complete`
     /// past the last stage.
-    async fn enter_stage(&self, m: &mut Machine, wf: &Workflow, index: usize) -> Result<(), EngineError> {
+    async fn enter_stage(defs: &Defs<'_>, m: &mut Machine, wf: &Workflow, index: usize) -> Result<(), EngineError> {
         m.task_index = 0;
         m.task_attempts = 0;
         let Some(name) = wf.stages.get(index) else {
             m.workflow_state = WorkflowState::Complete;
             return Ok(());
         };
-        let (stage, _) = self.get::<Stage>(Kind::Stage, name.as_str()).await?;
+        let stage = defs.get::<Stage>(Kind::Stage, name.as_str()).await?;
         m.stage = Some(stage.name.clone());
         if let Some(b) = &stage.bootenv
             && *b != m.bootenv
@@ -280,12 +312,13 @@ impl Engine {
             let Some(wf_name) = m.workflow.clone() else {
                 return Ok(Next::Wait { state: m.workflow_state });
             };
-            let (wf, _) = self.get::<Workflow>(Kind::Workflow, wf_name.as_str()).await?;
+            let defs = self.defs(&m).await?;
+            let wf = defs.get::<Workflow>(Kind::Workflow, wf_name.as_str()).await?;
             // Walk forward to the next task, across finished stages.
             while let Some(stage_name) = m.stage.clone() {
-                let (stage, _) = self.get::<Stage>(Kind::Stage, stage_name.as_str()).await?;
+                let stage = defs.get::<Stage>(Kind::Stage, stage_name.as_str()).await?;
                 if let Some(task_name) = stage.tasks.get(m.task_index as usize) {
-                    let (task, _) = self.get::<Task>(Kind::Task, task_name.as_str()).await?;
+                    let task = defs.get::<Task>(Kind::Task, task_name.as_str()).await?;
                     let job = Job {
                         id: JobId::generate(),
                         machine: m.id,
@@ -329,7 +362,7 @@ impl Engine {
                 // The stage is done.
                 let index = wf.stages.iter().position(|s| *s == stage.name).map_or(wf.stages.len(), |i| i + 1);
                 let reboot_after = stage.reboot;
-                self.enter_stage(&mut m, &wf, index).await?;
+                Self::enter_stage(&defs, &mut m, &wf, index).await?;
                 if reboot_after && m.workflow_state == WorkflowState::Running {
                     m.workflow_state = WorkflowState::Rebooting;
                     m.reboot_from = m.boot_id.clone();
@@ -363,11 +396,12 @@ impl Engine {
     /// One more failed run of the current task: retry, or stop as `failed`.
     async fn count_failure(&self, m: &mut Machine) -> Result<(), EngineError> {
         m.task_attempts += 1;
+        let defs = self.defs(m).await?;
         let retries = match &m.stage {
             Some(s) => {
-                let (stage, _) = self.get::<Stage>(Kind::Stage, s.as_str()).await?;
+                let stage = defs.get::<Stage>(Kind::Stage, s.as_str()).await?;
                 match stage.tasks.get(m.task_index as usize) {
-                    Some(t) => self.get::<Task>(Kind::Task, t.as_str()).await?.0.retries,
+                    Some(t) => defs.get::<Task>(Kind::Task, t.as_str()).await?.retries,
                     None => 0,
                 }
             }

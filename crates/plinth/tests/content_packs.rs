@@ -572,3 +572,84 @@ async fn the_built_in_content_is_the_default_pack_and_adopts_what_an_earlier_pli
     let audit = api.get("/api/v1/audit?kind=contents&key=plinth-default").await.body;
     assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
 }
+
+/// A pack whose workflow grows a stage and whose task changes its script
+/// and retry policy between versions.
+fn workflow_pack(dir: &Path, v2: bool) {
+    small_pack(dir, "rollout", if v2 { "2.0.0" } else { "1.0.0" }, "", &[]);
+    let (script, retries) = if v2 { ("echo v2", 2) } else { ("echo v1", 0) };
+    write(
+        dir,
+        "tasks/tasks.yaml",
+        &format!(
+            "- name: prep\n  retries: {retries}\n  templates: [{{name: run, contents: \"{script}\"}}]\n- name: extra\n  templates: [{{name: run, contents: \"echo extra\"}}]\n"
+        ),
+    );
+    write(dir, "stages/stages.yaml", "- name: prep\n  tasks: [prep]\n- name: extra\n  tasks: [extra]\n");
+    let stages = if v2 { "[prep, extra]" } else { "[prep]" };
+    write(dir, "workflows/workflows.yaml", &format!("- name: rollout\n  stages: {stages}\n"));
+}
+
+/// During a canary, a machine held back on the old version runs the old
+/// version's workflow (stage list, task script, retry policy); the canary
+/// runs the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_held_back_by_a_canary_runs_the_workflow_of_its_version() {
+    let server = Server::start();
+    let api = server.api().await;
+    let work = tempfile::tempdir().unwrap();
+    let (v1, v2) = (work.path().join("v1"), work.path().join("v2"));
+    workflow_pack(&v1, false);
+    workflow_pack(&v2, true);
+    let (status, body) = install(&api, &v1, "").await;
+    assert_eq!(status, 200, "{body}");
+    let mut ids = Vec::new();
+    for (name, mac) in [("canary", "52:54:00:ca:00:01"), ("held", "52:54:00:ca:00:02")] {
+        let r = api.post("/api/v1/machines", json!({"name": name, "macs": [mac]})).await;
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let pack = plinth_content::pack::load_dir(&v2).unwrap();
+    let r = api.post("/api/v1/contents/install?canary=canary", pack.to_bundle()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(api.get(&format!("/api/v1/machines/{}", ids[1])).await.body["meta"]["pin:rollout"], "1.0.0");
+
+    // Runs the machine's workflow to its end, failing each job's first
+    // attempt; returns the scripts run and the final state.
+    let run = |id: String| {
+        let api = &api;
+        async move {
+            let r = api.post(&format!("/api/v1/machines/{id}/workflow"), json!({"workflow": "rollout"})).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let mut scripts = Vec::new();
+            let mut failed_once = std::collections::BTreeSet::new();
+            for _ in 0..10 {
+                let n = api.post(&format!("/api/v1/machines/{id}/next"), json!({"boot_id": "b"})).await.body;
+                let Some(job) = n["job"]["id"].as_str().map(str::to_owned) else {
+                    return (scripts, n["state"].as_str().unwrap_or_default().to_owned());
+                };
+                let files = api.get(&format!("/api/v1/jobs/{job}/files")).await.body;
+                let script = files[0]["contents"].as_str().unwrap().to_owned();
+                api.post(&format!("/api/v1/jobs/{job}/start"), json!({})).await;
+                let code = if failed_once.insert(script.clone()) { 1 } else { 0 };
+                let r = api.post(&format!("/api/v1/jobs/{job}/finish"), json!({"exit_code": code})).await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                scripts.push(format!("{script}:{code}"));
+            }
+            panic!("the workflow did not end: {scripts:?}");
+        }
+    };
+    // v2: two stages, and the failed first try is retried.
+    assert_eq!(
+        run(ids[0].clone()).await,
+        (vec!["echo v2:1".into(), "echo v2:0".into(), "echo extra:1".into()], "failed".into())
+    );
+    // v1: one stage, no retries: the first failure stops it.
+    assert_eq!(run(ids[1].clone()).await, (vec!["echo v1:1".to_owned()], "failed".to_owned()));
+    // Promoted, the held machine runs v2.
+    let r = api.post("/api/v1/contents/rollout/promote", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        run(ids[1].clone()).await,
+        (vec!["echo v2:1".into(), "echo v2:0".into(), "echo extra:1".into()], "failed".into())
+    );
+}
