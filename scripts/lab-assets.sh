@@ -77,6 +77,62 @@ SCRIPT
 chmod +x "$root/init" "$root/udhcpc.sh"
 (cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -9) > "$dir/initrd.img.tmp"
 mv "$dir/initrd.img.tmp" "$dir/initrd.img"
+
+# An "installed OS" disk image for the hand-off test (UEFI): a GPT disk whose
+# EFI system partition holds GRUB (EFI/BOOT/BOOTX64.EFI), the kernel and an
+# initramfs that reads /etc/plinth (agent.env, ca.pem) from the tar the
+# installer task left at 40 MiB, downloads the agent from Plinth as
+# post.agent does, and runs it. Needs grub-efi-amd64-bin, mtools, dosfstools
+# and fdisk; skipped without them.
+if command -v grub-mkstandalone >/dev/null && [ -d /usr/lib/grub/x86_64-efi ] && command -v mcopy >/dev/null \
+  && command -v mkfs.vfat >/dev/null && command -v sfdisk >/dev/null && [ ! -f "$dir/os/disk.img.gz" ]; then
+  cat > "$root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /etc /tmp /run /var/lib
+for m in $(cat /modules/order); do insmod "/modules/$m.ko" 2>/dev/null; done
+echo "PLINTH-OS: the installed system is up from its disk [$(cat /proc/cmdline)]"
+if ! dd if=/dev/vda bs=1M skip=40 count=1 2>/dev/null | tar -x -C /; then
+  echo "PLINTH-OS: no agent configuration on the disk"; poweroff -f
+fi
+set -a; . /etc/plinth/agent.env; set +a
+ip link set eth0 up
+udhcpc -i eth0 -q -n -t 10 -T 2 -s /udhcpc.sh || { echo "PLINTH-OS: no DHCP lease"; poweroff -f; }
+wget -q -O /bin/plinth-agent "$PLINTH_HTTP/files/agent/plinth-agent-amd64" && chmod 755 /bin/plinth-agent
+/bin/plinth-agent run --ca-cert /etc/plinth/ca.pem --state-file /etc/plinth/agent.env \
+  --work-dir /var/lib/plinth-agent --reboot-command "reboot -f" --poweroff-command "poweroff -f"
+echo "PLINTH-OS: the agent stopped"
+poweroff -f
+INIT
+  os=$(mktemp -d)
+  (cd "$root" && find . | /bin/busybox cpio -o -H newc 2>/dev/null | gzip -9) > "$os/initrd.img"
+  cat > "$os/grub.cfg" <<'CFG'
+search --no-floppy --file /plinth-installed-os --set=root
+linux /vmlinuz console=ttyS0 plinth.installed=1
+initrd /initrd.img
+boot
+CFG
+  grub-mkstandalone -O x86_64-efi --locales= --themes= --fonts= --modules="part_gpt fat search linux" \
+    --install-modules="part_gpt fat search search_fs_file linux normal echo boot" \
+    -o "$os/BOOTX64.EFI" "boot/grub/grub.cfg=$os/grub.cfg"
+  mkfs.vfat -C "$os/esp.img" $((32 * 1024)) >/dev/null
+  mmd -i "$os/esp.img" ::/EFI ::/EFI/BOOT
+  mcopy -i "$os/esp.img" "$os/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
+  mcopy -i "$os/esp.img" "$dir/vmlinuz" ::/vmlinuz
+  mcopy -i "$os/esp.img" "$os/initrd.img" ::/initrd.img
+  echo plinth > "$os/marker" && mcopy -i "$os/esp.img" "$os/marker" ::/plinth-installed-os
+  truncate -s 48M "$os/disk.img"
+  printf 'label: gpt\nstart=2048, size=65536, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="EFI"\n' \
+    | sfdisk -q "$os/disk.img"
+  dd if="$os/esp.img" of="$os/disk.img" bs=1M seek=1 conv=notrunc status=none
+  mkdir -p "$dir/os"
+  gzip -9 -c "$os/disk.img" > "$dir/os/disk.img.gz.tmp"
+  mv "$dir/os/disk.img.gz.tmp" "$dir/os/disk.img.gz"
+  rm -rf "$os"
+fi
 # Static plinth-agents for the discovery images the VM tests build, and for
 # the ARM64 agent test (run under qemu-user). ARM64 needs the cross tools
 # scripts/build-agent.sh names; without them that agent is skipped.

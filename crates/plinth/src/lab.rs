@@ -97,6 +97,9 @@ pub struct Vm {
     pub disk: Option<PathBuf>,
     /// Whether the guest may reboot (else it exits instead).
     pub reboot: bool,
+    /// Boot order disk, then network, as most sites set it: a blank disk
+    /// falls through to PXE, an installed one boots. Else network only.
+    pub disk_first: bool,
 }
 
 /// The firmware image UEFI guests boot.
@@ -135,9 +138,12 @@ pub fn qemu(ns: &Namespace, vm: &Vm, tap: &str, timeout_secs: Option<u64>) -> Co
         args.extend(["timeout".into(), t.to_string()]);
     }
     args.extend(
-        ["qemu-system-x86_64", "-accel", "tcg", "-m", &vm.memory_mib.to_string(), "-nographic", "-boot", "n"]
-            .map(str::to_owned),
+        ["qemu-system-x86_64", "-accel", "tcg", "-m", &vm.memory_mib.to_string(), "-nographic"].map(str::to_owned),
     );
+    let disk_first = vm.disk_first && vm.disk.is_some();
+    // The firmware's order comes from `bootindex` (both SeaBIOS and OVMF
+    // read it); `-boot n` alone does not stop OVMF booting a disk.
+    let nic_index = if disk_first { ",bootindex=2" } else { ",bootindex=1" };
     if !vm.reboot {
         args.push("-no-reboot".into());
     }
@@ -147,13 +153,18 @@ pub fn qemu(ns: &Namespace, vm: &Vm, tap: &str, timeout_secs: Option<u64>) -> Co
             "-bios".into(),
             OVMF.into(),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={},romfile=", vm.mac),
+            format!("virtio-net-pci,netdev=n0,mac={},romfile={nic_index}", vm.mac),
         ]);
     } else {
-        args.extend(["-device".into(), format!("e1000,netdev=n0,mac={}", vm.mac)]);
+        args.extend(["-device".into(), format!("e1000,netdev=n0,mac={}{nic_index}", vm.mac)]);
     }
     if let Some(disk) = &vm.disk {
-        args.extend(["-drive".into(), format!("file={},format=raw,if=virtio", disk.display())]);
+        args.extend([
+            "-drive".into(),
+            format!("file={},format=raw,if=none,id=d0", disk.display()),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=d0{}", if disk_first { ",bootindex=1" } else { "" }),
+        ]);
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     ns.exec(&refs)
@@ -334,7 +345,8 @@ fn build(o: &Options, ns: &Namespace, state: &mut Value) -> Result<String, LabEr
             .and_then(|f| f.set_len(o.disk_gib << 30))
             .map_err(|e| err(format!("cannot create {}: {e}", disk.display())))?;
         let mac = format!("52:54:00:1a:b0:{i:02x}");
-        let vm = Vm { mac: mac.clone(), uefi, memory_mib: o.memory_mib, disk: Some(disk), reboot: true };
+        let vm =
+            Vm { mac: mac.clone(), uefi, memory_mib: o.memory_mib, disk: Some(disk), reboot: true, disk_first: true };
         let log = o.dir.join(format!("vm{i}.log"));
         let pid = spawn_logged(qemu(ns, &vm, &tap, None), &log)?;
         push(state, "pids", json!(pid));

@@ -14,14 +14,36 @@ use common::{Server, ok};
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 
+/// What a run goes through after discovery.
+#[derive(PartialEq, Clone, Copy)]
+enum Mode {
+    /// One boot: the workflow runs in discovery, the VM powers off.
+    OneBoot,
+    /// A stage switches the bootenv; the VM PXE-boots again.
+    TwoBoots,
+    /// An installer task writes an OS to the disk and leaves the agent's
+    /// configuration there; a stage switches to `local`; the firmware boots
+    /// the disk and the installed OS's agent finishes the workflow.
+    Install,
+}
+
 #[test]
 fn an_unknown_bios_machine_is_discovered_inventoried_and_runs_its_workflow() {
-    discover(false, "52:54:00:d1:5c:01", false);
+    discover(false, "52:54:00:d1:5c:01", Mode::OneBoot);
 }
 
 #[test]
 fn an_unknown_uefi_machine_is_discovered_inventoried_and_runs_its_workflow() {
-    discover(true, "52:54:00:d1:5c:02", false);
+    discover(true, "52:54:00:d1:5c:02", Mode::OneBoot);
+}
+
+/// The installed-OS hand-off on a real disk boot: UEFI firmware, GRUB on
+/// the EFI system partition, the kernel and the installed system's own init,
+/// which downloads the agent from Plinth (as the installers' `post.agent`
+/// does) and runs it with the machine token the installer left.
+#[test]
+fn an_installed_os_boots_from_its_disk_and_its_agent_finishes_the_workflow() {
+    discover(true, "52:54:00:d1:5c:04", Mode::Install);
 }
 
 /// Installs nothing, but goes the installer's way: a stage switches the
@@ -30,11 +52,16 @@ fn an_unknown_uefi_machine_is_discovered_inventoried_and_runs_its_workflow() {
 /// workflow resumes in the new boot.
 #[test]
 fn a_stage_switches_the_bootenv_the_vm_reboots_and_the_workflow_resumes() {
-    discover(false, "52:54:00:d1:5c:03", true);
+    discover(false, "52:54:00:d1:5c:03", Mode::TwoBoots);
 }
 
-fn discover(uefi: bool, mac: &str, two_boots: bool) {
-    let Some(assets) = lab::assets(&["vmlinuz", "plinth-agent", "kernel/lib/modules"]) else { return };
+fn discover(uefi: bool, mac: &str, mode: Mode) {
+    let needed: &[&str] = if mode == Mode::Install {
+        &["vmlinuz", "plinth-agent", "kernel/lib/modules", "os/disk.img.gz"]
+    } else {
+        &["vmlinuz", "plinth-agent", "kernel/lib/modules"]
+    };
+    let Some(assets) = lab::assets(needed) else { return };
     if !lab::can_boot(uefi) {
         return;
     }
@@ -102,14 +129,51 @@ fn discover(uefi: bool, mac: &str, two_boots: bool) {
     create("stages", json!({"name": "second-boot", "bootenv": "discovery", "tasks": ["check-fresh"]}));
     create("workflows", json!({"name": "disco", "stages": ["inventory-check", "burn-in"]}));
     create("workflows", json!({"name": "two-boots", "stages": ["first-boot", "second-boot"]}));
-    let workflow = if two_boots { "two-boots" } else { "disco" };
+    // The installer: the OS image onto the disk, then the agent's
+    // configuration (its machine id and token, the CA, where Plinth is) in a
+    // tar at 40 MiB, where the installed system's init reads it.
+    std::fs::create_dir_all(files.join("os")).unwrap();
+    if mode == Mode::Install {
+        std::fs::copy(assets.join("os/disk.img.gz"), files.join("os/disk.img.gz")).unwrap();
+    }
+    task(
+        "install-os",
+        0,
+        r#"set -e
+http=$(sed -n 's/.*plinth.http=\([^ ]*\).*/\1/p' /proc/cmdline)
+wget -q -O - "$http/files/os/disk.img.gz" | gunzip | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null
+mkdir -p /tmp/target/etc/plinth
+cp /etc/plinth/ca.pem /tmp/target/etc/plinth/
+{ cat /run/plinth/agent.env; echo "PLINTH_HTTP=$http"; } > /tmp/target/etc/plinth/agent.env
+(cd /tmp/target && tar -c etc) | dd of=/dev/vda bs=1M seek=40 conv=fsync 2>/dev/null
+sync
+echo installed
+"#,
+    );
+    create("params", json!({"name": "booted-from", "schema": {"type": "string"}}));
+    task(
+        "installed-check",
+        0,
+        "if grep -q plinth.installed=1 /proc/cmdline; then b=disk; else b=network; fi\necho \"{\\\"params\\\": {\\\"booted-from\\\": \\\"$b\\\"}}\" > $PLINTH_RESULT\n(sleep 3; poweroff -f) >/dev/null 2>&1 &\n",
+    );
+    // A machine that registered from discovery already has bootenv `local`
+    // (so a stray reboot never re-runs discovery): the install stage asks
+    // for the reboot itself.
+    create("stages", json!({"name": "install", "tasks": ["install-os"], "reboot": true}));
+    create("stages", json!({"name": "configure", "bootenv": "local", "tasks": ["installed-check"]}));
+    create("workflows", json!({"name": "install", "stages": ["install", "configure"]}));
+    let workflow = match mode {
+        Mode::OneBoot => "disco",
+        Mode::TwoBoots => "two-boots",
+        Mode::Install => "install",
+    };
     let global = json!({"params": {"discovery-workflow": workflow, "kernel-console": "console=ttyS0"}});
     ok(server.cli(&["profiles", "patch", "global", "--data", &global.to_string()], None));
 
     let disk = dir.path().join("disk.img");
     std::fs::File::create(&disk).unwrap().set_len(1 << 30).unwrap();
     // A reboot would be a failure in the one-boot runs: the VM ends instead.
-    let mut qemu = lab::qemu(&ns, mac, uefi, Some(&disk), two_boots, 400);
+    let mut qemu = lab::qemu_with(&ns, mac, uefi, Some(&disk), mode != Mode::OneBoot, mode == Mode::Install, 500);
     let out = qemu.stdin(Stdio::null()).output().unwrap();
     let console = String::from_utf8_lossy(&out.stdout);
     let _ = std::fs::write(
@@ -151,7 +215,23 @@ fn discover(uefi: bool, mac: &str, two_boots: bool) {
         }
     };
     let ipxe = format!("http GET /ipxe/{} 200", mac.replace(':', "-"));
-    if two_boots {
+    if mode == Mode::Install {
+        assert_eq!(m["params"]["booted-from"], "disk", "the last stage ran on the installed system");
+        assert_eq!(m["bootenv"], "local");
+        in_order(&[
+            "agent registered: a new machine",
+            "http GET /files/os/disk.img.gz 200",
+            "finished: task `install-os`",
+            "stage `configure`, bootenv `local`: reboot",
+            "http GET /files/agent/plinth-agent-amd64 200",
+            "agent back from a reboot",
+            "finished: task `installed-check`",
+            "workflow complete",
+        ]);
+        assert!(console.contains("PLINTH-OS: the installed system is up from its disk"), "{tail}");
+        return;
+    }
+    if mode == Mode::TwoBoots {
         assert_eq!(m["params"]["fresh-boot"], true, "the second stage ran in a new boot");
         assert_eq!(m["bootenv"], "discovery");
         in_order(&[

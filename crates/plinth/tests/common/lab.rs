@@ -50,12 +50,26 @@ pub fn qemu(
     reboot: bool,
     timeout: u64,
 ) -> std::process::Command {
+    qemu_with(ns, mac, uefi, disk, reboot, false, timeout)
+}
+
+/// [`qemu`], optionally booting the disk first (then the network).
+pub fn qemu_with(
+    ns: &Netns,
+    mac: &str,
+    uefi: bool,
+    disk: Option<&std::path::Path>,
+    reboot: bool,
+    disk_first: bool,
+    timeout: u64,
+) -> std::process::Command {
     let vm = plinth::lab::Vm {
         mac: mac.to_owned(),
         uefi,
         memory_mib: 512,
         disk: disk.map(std::path::Path::to_path_buf),
         reboot,
+        disk_first,
     };
     plinth::lab::qemu(&ns.lab(), &vm, "tap0", Some(timeout))
 }
