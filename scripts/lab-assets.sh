@@ -155,7 +155,8 @@ if dpkg --print-foreign-architectures | grep -qx arm64 && [ ! -f "$dir/arm64/vml
   dpkg -x "$dir"/arm64/linux-image-*.deb "$dir/arm64/kernel"
   dpkg -x "$dir"/arm64/busybox-static_*.deb "$dir/arm64/bb"
   cp "$dir/arm64/bb/bin/busybox" "$dir/arm64/busybox"
-  rm -rf "$dir/arm64/bb" "$dir"/arm64/*.deb
+  # The kernel package stays: a test reads it with --kernel-package.
+  rm -rf "$dir/arm64/bb" "$dir"/arm64/busybox-static_*.deb
   cp "$dir"/arm64/kernel/boot/vmlinuz-* "$dir/arm64/vmlinuz.tmp"
   mv "$dir/arm64/vmlinuz.tmp" "$dir/arm64/vmlinuz"
 fi

@@ -5,7 +5,7 @@
 //! modules the kernel needs (dependencies resolved from each module's own
 //! `depends=` field, in load order) and an init that gets an address and
 //! runs `plinth-agent join`. Works with Debian and Ubuntu kernel packages
-//! unpacked with `dpkg -x` (uncompressed `.ko` modules).
+//! (`--kernel-package`, read by [`crate::debpkg`]) or unpacked with `dpkg -x`.
 
 use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
@@ -103,9 +103,14 @@ pub fn depends(ko: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Finds `<name>.ko` (`-` and `_` are the same in module names) under `dir`.
+/// Finds `<name>.ko`, `.ko.xz` or `.ko.zst` (`-` and `_` are the same in
+/// module names) under `dir`.
 fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
     let want = format!("{}.ko", name.replace('-', "_"));
+    let matches = |f: &str| {
+        let f = f.replace('-', "_");
+        f == want || f.strip_suffix(".xz").or_else(|| f.strip_suffix(".zst")) == Some(want.as_str())
+    };
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).ok()?.flatten() {
@@ -113,7 +118,7 @@ fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
             let ft = e.file_type().ok()?;
             if ft.is_dir() {
                 stack.push(p);
-            } else if p.file_name().is_some_and(|f| f.to_string_lossy().replace('-', "_") == want) {
+            } else if p.file_name().is_some_and(|f| matches(&f.to_string_lossy())) {
                 return Some(p);
             }
         }
@@ -123,7 +128,9 @@ fn find_module(dir: &Path, name: &str) -> Option<PathBuf> {
 
 /// Modules `wanted` and what they depend on, in load order, as (name, bytes).
 /// Names the kernel does not have are skipped (a built-in driver, or not
-/// built for this kernel); a compressed module is an error.
+/// built for this kernel); xz and zstd modules (Debian 13, Ubuntu) are
+/// decompressed, busybox's insmod loading only plain ones; a gzip one is an
+/// error.
 pub fn resolve_modules(dir: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
     fn add(
         dir: &Path,
@@ -137,12 +144,13 @@ pub fn resolve_modules(dir: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u
             return Ok(());
         }
         let Some(path) = find_module(dir, &name) else {
-            if find_compressed(dir, &name) {
-                bail!("module {name} is compressed (.ko.xz/.ko.zst); unpack the modules first");
+            if find_module_ext(dir, &format!("{name}.ko.gz")) {
+                bail!("module {name} is gzip-compressed (.ko.gz); unpack the modules first");
             }
             return Ok(());
         };
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let raw = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = crate::debpkg::decompress(&raw).with_context(|| format!("{}", path.display()))?.into_owned();
         for d in depends(&bytes) {
             add(dir, &d, seen, out, depth + 1)?;
         }
@@ -155,10 +163,6 @@ pub fn resolve_modules(dir: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u
         add(dir, w, &mut seen, &mut out, 0)?;
     }
     Ok(out)
-}
-
-fn find_compressed(dir: &Path, name: &str) -> bool {
-    ["xz", "zst", "gz"].iter().any(|ext| find_module_ext(dir, &format!("{name}.ko.{ext}")))
 }
 
 fn find_module_ext(dir: &Path, file: &str) -> bool {
@@ -302,12 +306,23 @@ fn is_static(elf: &[u8]) -> bool {
         && !elf.windows(b"/lib/ld-linux".len()).any(|w| w == b"/lib/ld-linux")
 }
 
+/// A folder removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// What `plinth discovery build` made.
 pub struct Built {
     /// `amd64` or `arm64`, read from the agent.
     pub arch: &'static str,
     /// The folder in the file root.
     pub dir: &'static str,
+    /// The kernel's version (its modules folder's name).
+    pub kernel_version: Option<String>,
     /// The modules in the initramfs, in load order.
     pub modules: Vec<String>,
 }
@@ -316,8 +331,22 @@ pub struct Built {
 pub fn run(m: &ArgMatches) -> Result<Built> {
     let data_dir = m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data"));
     let root = m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| data_dir.join("files"));
-    let kernel = m.get_one::<PathBuf>("kernel").cloned().context("--kernel is required")?;
-    let modules_dir = m.get_one::<PathBuf>("modules").cloned().context("--modules is required")?;
+    // From packages: unpacked into a scratch folder, removed when done.
+    let packages: Vec<PathBuf> = m.get_many::<PathBuf>("kernel-package").into_iter().flatten().cloned().collect();
+    let scratch = Scratch(std::env::temp_dir().join(format!("plinth-kernel-{}", std::process::id())));
+    let (kernel, modules_dir, kernel_version) = if packages.is_empty() {
+        let modules = m.get_one::<PathBuf>("modules").cloned().context("--modules is required with --kernel")?;
+        let version = modules.file_name().map(|v| v.to_string_lossy().into_owned());
+        (
+            m.get_one::<PathBuf>("kernel").cloned().context("give --kernel-package, or --kernel and --modules")?,
+            modules,
+            version,
+        )
+    } else {
+        let _ = std::fs::remove_dir_all(&scratch.0);
+        let k = crate::debpkg::unpack_kernel(&packages, &scratch.0)?;
+        (k.image, k.modules, Some(k.version))
+    };
     let busybox = m.get_one::<PathBuf>("busybox").cloned().unwrap_or_else(|| PathBuf::from("/bin/busybox"));
     let agent = match m.get_one::<PathBuf>("agent") {
         Some(a) => a.clone(),
@@ -379,7 +408,7 @@ pub fn run(m: &ArgMatches) -> Result<Built> {
     let tmp = agents.join(format!(".plinth-agent-{arch}.tmp"));
     std::fs::write(&tmp, &agent_bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, agents.join(format!("plinth-agent-{arch}")))?;
-    Ok(Built { arch, dir: image_dir(arch), modules: modules.into_iter().map(|(n, _)| n).collect() })
+    Ok(Built { arch, dir: image_dir(arch), kernel_version, modules: modules.into_iter().map(|(n, _)| n).collect() })
 }
 
 #[cfg(test)]
@@ -461,7 +490,16 @@ mod tests {
         let order: Vec<String> =
             resolve_modules(dir.path(), &["virtio_net", "missing"]).unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(order, ["failover", "net_failover", "virtio_ring", "virtio_net"]);
-        std::fs::write(dir.path().join("e1000e.ko.xz"), b"x").unwrap();
-        assert!(resolve_modules(dir.path(), &["e1000e"]).unwrap_err().to_string().contains("compressed"));
+        // Compressed modules are taken decompressed; a broken one is an error.
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut &b"\0depends=failover\0"[..], &mut xz).unwrap();
+        std::fs::write(dir.path().join("e1000e.ko.xz"), &xz).unwrap();
+        let got = resolve_modules(dir.path(), &["e1000e"]).unwrap();
+        assert_eq!(got.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["failover", "e1000e"]);
+        assert_eq!(got[1].1, b"\0depends=failover\0");
+        std::fs::write(dir.path().join("igb.ko.zst"), b"\x28\xb5\x2f\xfdjunk").unwrap();
+        assert!(format!("{:#}", resolve_modules(dir.path(), &["igb"]).unwrap_err()).contains("zstd"));
+        std::fs::write(dir.path().join("tg3.ko.gz"), b"x").unwrap();
+        assert!(resolve_modules(dir.path(), &["tg3"]).unwrap_err().to_string().contains("gzip"));
     }
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bootloaders;
+mod debpkg;
 mod discovery;
 mod serve;
 
@@ -113,17 +114,30 @@ fn command() -> Command {
         Command::new("build")
             .about("Assemble the discovery image (vmlinuz, initrd.img) in the file root from a distribution kernel")
             .long_about(
-                "Assembles the discovery image from a kernel and its modules (a Debian or Ubuntu linux-image \
-                 package unpacked with `dpkg -x PKG.deb DIR`: --kernel DIR/boot/vmlinuz-*, --modules \
-                 DIR/lib/modules/<version>), a static busybox and a static plinth-agent. The initramfs holds the \
+                "Assembles the discovery image from a kernel and its modules (--kernel-package \
+                 linux-image-*.deb, read by Plinth itself; or a package unpacked with `dpkg -x PKG.deb DIR`: \
+                 --kernel DIR/boot/vmlinuz-*, --modules DIR/lib/modules/<version>), a static busybox and a static \
+                 plinth-agent. The initramfs holds the \
                  server's CA certificate, the NIC and disk modules with their dependencies, and an init that gets an \
                  address by DHCP and runs `plinth-agent join`. The architecture is the agent's: an x86-64 image \
                  goes to discovery/, an ARM64 one to discovery/arm64/ (the discovery bootenv's UEFI variant); the \
                  busybox and the kernel must match it. The agent is also copied to agent/plinth-agent-<arch> for \
                  installed systems.",
             )
-            .arg(path_arg("kernel", "The kernel image (vmlinuz)").required(true))
-            .arg(path_arg("modules", "The kernel's modules folder (lib/modules/<version>)").required(true))
+            .arg(
+                Arg::new("kernel-package")
+                    .long("kernel-package")
+                    .value_parser(value_parser!(PathBuf))
+                    .action(clap::ArgAction::Append)
+                    .conflicts_with_all(["kernel", "modules"])
+                    .required_unless_present("kernel")
+                    .help(
+                        "A kernel package (linux-image-*.deb; for Ubuntu give linux-modules-*.deb too): the kernel \
+                         and its modules are taken from it, no dpkg needed",
+                    ),
+            )
+            .arg(path_arg("kernel", "The kernel image (vmlinuz), instead of --kernel-package").requires("modules"))
+            .arg(path_arg("modules", "The kernel's modules folder (lib/modules/<version>)").requires("kernel"))
             .arg(path_arg("busybox", "A static busybox [default: /bin/busybox from busybox-static]"))
             .arg(path_arg("agent", "A static plinth-agent [default: next to this binary]"))
             .arg(path_arg("ca-cert", "The server's CA certificate [default: <data-dir>/tls/ca.pem]"))
@@ -252,8 +266,9 @@ fn main() -> ExitCode {
         return match sub.subcommand().map(|(_, m)| discovery::run(m)) {
             Some(Ok(built)) => {
                 println!(
-                    "discovery image for {} built in {}/ with modules: {}",
+                    "discovery image for {} (kernel {}) built in {}/ with modules: {}",
                     built.arch,
+                    built.kernel_version.as_deref().unwrap_or("?"),
                     built.dir,
                     built.modules.join(" ")
                 );

@@ -115,12 +115,24 @@ fn the_arm64_discovery_image_is_built_from_debian_arm64_packages() {
     std::fs::create_dir_all(data.join("tls")).unwrap();
     std::fs::write(data.join("tls/ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
     let modules = std::fs::read_dir(assets.join("arm64/kernel/lib/modules")).unwrap().next().unwrap().unwrap().path();
-    let build = |busybox: &Path, extra: &[&str]| {
+    let package = std::fs::read_dir(assets.join("arm64"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("the ARM64 kernel package lab-assets.sh keeps");
+    // The kernel straight from Debian's package (read by Plinth, no dpkg),
+    // or from the package unpacked by dpkg.
+    let from_package = ["--kernel-package".to_owned(), package.display().to_string()];
+    let from_folder = [
+        "--kernel".to_owned(),
+        assets.join("arm64/vmlinuz").display().to_string(),
+        "--modules".to_owned(),
+        modules.display().to_string(),
+    ];
+    let build = |kernel: &[String], busybox: &Path, extra: &[&str]| {
         Command::new(common::bin())
-            .args(["discovery", "build", "--kernel"])
-            .arg(assets.join("arm64/vmlinuz"))
-            .arg("--modules")
-            .arg(&modules)
+            .args(["discovery", "build"])
+            .args(kernel)
             .arg("--busybox")
             .arg(busybox)
             .arg("--agent")
@@ -131,8 +143,8 @@ fn the_arm64_discovery_image_is_built_from_debian_arm64_packages() {
             .output()
             .unwrap()
     };
-    let out = ok(build(&assets.join("arm64/busybox"), &["--arch", "arm64"]));
-    assert!(out.contains("for arm64 built in discovery/arm64/"), "{out}");
+    let out = ok(build(&from_package, &assets.join("arm64/busybox"), &["--arch", "arm64"]));
+    assert!(out.contains("for arm64 (kernel ") && out.contains("built in discovery/arm64/"), "{out}");
     assert!(out.contains("virtio_net") && out.contains("nvme"), "NIC and disk modules of the ARM64 kernel: {out}");
     let files = data.join("files");
     assert_eq!(
@@ -163,9 +175,13 @@ fn the_arm64_discovery_image_is_built_from_debian_arm64_packages() {
     assert!(pos("virtio_net").is_some() && pos("net_failover") < pos("virtio_net"), "dependencies first: {order}");
 
     // An x86-64 busybox with the ARM64 agent, or --arch amd64, is refused.
-    let mixed = build(Path::new("/bin/busybox"), &[]);
+    let initrd = std::fs::read(files.join("discovery/arm64/initrd.img")).unwrap();
+    let again = ok(build(&from_folder, &assets.join("arm64/busybox"), &[]));
+    assert_eq!(again, out, "the same kernel and modules either way");
+    assert_eq!(std::fs::read(files.join("discovery/arm64/initrd.img")).unwrap(), initrd, "byte for byte");
+    let mixed = build(&from_folder, Path::new("/bin/busybox"), &[]);
     assert!(!mixed.status.success());
     assert!(String::from_utf8_lossy(&mixed.stderr).contains("not built for arm64"), "{mixed:?}");
-    let wrong = build(&assets.join("arm64/busybox"), &["--arch", "amd64"]);
+    let wrong = build(&from_folder, &assets.join("arm64/busybox"), &["--arch", "amd64"]);
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("--arch amd64"), "{wrong:?}");
 }
