@@ -155,6 +155,8 @@ if dpkg --print-foreign-architectures | grep -qx arm64 && [ ! -f "$dir/arm64/vml
   dpkg -x "$dir"/arm64/linux-image-*.deb "$dir/arm64/kernel"
   dpkg -x "$dir"/arm64/busybox-static_*.deb "$dir/arm64/bb"
   cp "$dir/arm64/bb/bin/busybox" "$dir/arm64/busybox"
+  # GRUB for ARM64 UEFI network boot (Debian has no ARM64 iPXE).
+  command -v grub-mkimage >/dev/null && "$(dirname "$0")/grub-netboot.sh" arm64 "$dir/arm64/grubaa64.efi"
   # The kernel package stays: a test reads it with --kernel-package.
   rm -rf "$dir/arm64/bb" "$dir"/arm64/busybox-static_*.deb
   cp "$dir"/arm64/kernel/boot/vmlinuz-* "$dir/arm64/vmlinuz.tmp"

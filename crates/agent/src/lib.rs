@@ -498,7 +498,15 @@ async fn main_async() -> ExitCode {
             let http = match builder.build() {
                 Ok(h) => h,
                 Err(e) => {
-                    log(&e.to_string());
+                    // reqwest says only "builder error"; the cause (a CA
+                    // file that is not a certificate, say) is in the chain.
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        why.push_str(&format!(": {s}"));
+                        source = s.source();
+                    }
+                    log(&format!("cannot set up the HTTPS client: {why}"));
                     return ExitCode::from(1);
                 }
             };

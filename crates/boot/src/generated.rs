@@ -107,6 +107,17 @@ fn store_token(
 /// not know (after the file root's `ipxe/default.ipxe`).
 pub const DEFAULT_IPXE_TEMPLATE: &str = "ipxe-default";
 
+/// The stored template that answers `grub/grub.cfg` for machines Plinth
+/// does not know.
+pub const DEFAULT_GRUB_TEMPLATE: &str = "grub-default";
+
+/// Whether `path` is GRUB's own config file, `grub/grub.cfg`, which GRUB
+/// loaded over the network asks for (after `grub.cfg-01-<mac>` and the
+/// address-named ones, where its version searches those).
+pub fn is_grub_config(path: &str) -> bool {
+    path.trim_start_matches('/') == "grub/grub.cfg"
+}
+
 impl RenderedFiles {
     /// Renders from `store`, falling back to scripts in `root`. The API is
     /// reached on `api_port` of the host the client reached the boot HTTP
@@ -230,18 +241,16 @@ impl RenderedFiles {
         })
     }
 
-    /// `ipxe-default` rendered for a machine Plinth does not know yet.
-    async fn unknown_machine_script(&self, request: &FileRequest<'_>) -> Option<Vec<u8>> {
-        let stored = self.store.get(plinth_model::Kind::Template, DEFAULT_IPXE_TEMPLATE).await.ok()??;
+    /// `ipxe-default` or `grub-default` (`name`) rendered for a machine
+    /// Plinth does not know yet.
+    async fn unknown_machine_script(&self, request: &FileRequest<'_>, name: &'static str) -> Option<Vec<u8>> {
+        let stored = self.store.get(plinth_model::Kind::Template, name).await.ok()??;
         let template: plinth_model::Template = plinth_model::decode(stored.body).ok()?;
         let provisioner = self.provisioner(request);
         let mac = request.mac.or_else(|| ipxe_path_mac(request.path)).map(|m| m.to_string());
         let ctx = serde_json::json!({"mac": mac, "provisioner": {"http": provisioner.http, "api": provisioner.api},
             "boot": {"arch": provisioner.arch, "firmware": provisioner.firmware}});
-        let templates = std::sync::Arc::new(std::collections::HashMap::from([(
-            DEFAULT_IPXE_TEMPLATE.to_owned(),
-            template.contents,
-        )]));
+        let templates = std::sync::Arc::new(std::collections::HashMap::from([(name.to_owned(), template.contents)]));
         // The `global` profile's values, for param() in this script.
         let global: std::collections::BTreeMap<String, serde_json::Value> =
             match self.store.get(plinth_model::Kind::Profile, "global").await.ok().flatten() {
@@ -255,14 +264,14 @@ impl RenderedFiles {
         let hooks = plinth_render::Hooks { join_token: Some(self.join_minter(workflow)), ..Default::default() };
         let params = std::sync::Arc::new(global);
         let out = tokio::task::spawn_blocking(move || {
-            plinth_render::render(templates, plinth_render::Source::Named(DEFAULT_IPXE_TEMPLATE), &ctx, params, &hooks)
+            plinth_render::render(templates, plinth_render::Source::Named(name), &ctx, params, &hooks)
         })
         .await
         .ok()?;
         match out {
             Ok(text) => Some(text.into_bytes()),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot render the iPXE script for unknown machines");
+                tracing::warn!(template = name, error = %e, "cannot render the boot script for unknown machines");
                 None
             }
         }
@@ -319,11 +328,21 @@ impl Generated for RenderedFiles {
                     let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
                     provisioner.hooks.secure_param = Some(self.secure_params(&view, request, read.clone()));
                     let id = view.machine.id;
-                    // The iPXE entry script is the bootenv file named `ipxe`.
+                    // The iPXE entry script is the bootenv file named `ipxe`;
+                    // GRUB's own `grub/grub.cfg`, the one named `grub`.
                     let path =
                         if ipxe_path_mac(request.path).is_some() { "ipxe".to_owned() } else { request.path.to_owned() };
-                    let rendered =
-                        tokio::task::spawn_blocking(move || view.render_path(&path, &provisioner)).await.ok().flatten();
+                    let grub = is_grub_config(request.path);
+                    let rendered = tokio::task::spawn_blocking(move || {
+                        if grub {
+                            view.render_named("grub", &provisioner)
+                        } else {
+                            view.render_path(&path, &provisioner)
+                        }
+                    })
+                    .await
+                    .ok()
+                    .flatten();
                     match rendered {
                         Some(Ok(text)) => {
                             self.audit_secure_read(id, request, &read).await?;
@@ -345,7 +364,12 @@ impl Generated for RenderedFiles {
         }
         match self.fallback.lookup(request).await {
             Some(found) => Some(found),
-            None if ipxe_path_mac(request.path).is_some() => self.unknown_machine_script(request).await,
+            None if ipxe_path_mac(request.path).is_some() => {
+                self.unknown_machine_script(request, DEFAULT_IPXE_TEMPLATE).await
+            }
+            None if is_grub_config(request.path) && self.machine_of(request).await.is_none() => {
+                self.unknown_machine_script(request, DEFAULT_GRUB_TEMPLATE).await
+            }
             None => None,
         }
     }

@@ -169,6 +169,39 @@ pub fn augment(cmd: Command) -> Command {
                 .arg(Arg::new("limit").long("limit").value_parser(value_parser!(usize)).default_value("1000")),
         )
         .subcommand(
+            Command::new("join-tokens")
+                .about(
+                    "Join tokens: what `plinth-agent join` registers a machine with (a cloud VM, an existing server)",
+                )
+                .subcommand_required(true)
+                .subcommand(
+                    Command::new("create")
+                        .about("Create a join token and print it (it is shown once; list and revoke it with `tokens`)")
+                        .arg(
+                            Arg::new("uses")
+                                .long("uses")
+                                .value_parser(value_parser!(u32))
+                                .default_value("1")
+                                .help("How many machines may register with it"),
+                        )
+                        .arg(
+                            Arg::new("ttl")
+                                .long("ttl")
+                                .value_parser(value_parser!(u64))
+                                .default_value("3600")
+                                .help("Seconds until it expires"),
+                        )
+                        .arg(Arg::new("workflow").long("workflow").help("Workflow the machines it registers start"))
+                        .arg(
+                            Arg::new("profile")
+                                .long("profile")
+                                .action(ArgAction::Append)
+                                .help("Profile given to the machines it registers (repeatable)"),
+                        )
+                        .arg(Arg::new("description").long("description").default_value("").help("For humans")),
+                ),
+        )
+        .subcommand(
             Command::new("completions")
                 .about("Print a shell completion script")
                 .arg(Arg::new("shell").required(true).value_parser(value_parser!(clap_complete::Shell))),
@@ -434,6 +467,23 @@ async fn run_inner(
             Ok(match format {
                 Format::Table => output::table(&["seq", "at", "actor", "action", "kind", "key", "detail"], &items),
                 other => output::one(&Value::Array(items), other),
+            })
+        }
+        "join-tokens" => {
+            let c = client(global, &cfg, true)?;
+            let m = sub.subcommand_matches("create").ok_or_else(|| ClientError::Input("which action?".into()))?;
+            let profiles: Vec<&String> = m.get_many::<String>("profile").into_iter().flatten().collect();
+            let body = serde_json::json!({
+                "uses": m.get_one::<u32>("uses"),
+                "ttl_secs": m.get_one::<u64>("ttl"),
+                "workflow": m.get_one::<String>("workflow"),
+                "profiles": profiles,
+                "description": m.get_one::<String>("description"),
+            });
+            let reply = c.call(Method::POST, "/api/v1/join-tokens", Some(&body), None).await?;
+            Ok(match format {
+                Format::Table => format!("{}\n", reply.body["token"].as_str().unwrap_or_default()),
+                other => output::one(&reply.body, other),
             })
         }
         "events" => {

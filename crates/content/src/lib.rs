@@ -32,6 +32,7 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("cloud-init-user-data", include_str!("../default/templates/cloud-init-user-data.tmpl")),
     ("grub-boot-linux", include_str!("../default/templates/grub-boot-linux.tmpl")),
     ("grub-local", include_str!("../default/templates/grub-local.tmpl")),
+    ("grub-default", include_str!("../default/templates/grub-default.tmpl")),
     ("ipxe-boot-linux", include_str!("../default/templates/ipxe-boot-linux.tmpl")),
     ("ipxe-default", include_str!("../default/templates/ipxe-default.tmpl")),
     ("ipxe-local", include_str!("../default/templates/ipxe-local.tmpl")),

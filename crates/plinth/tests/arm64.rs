@@ -50,7 +50,16 @@ async fn the_arm64_agent_joins_and_runs_a_workflow() {
     .await;
     post("/api/v1/stages", json!({"name": "arch-report", "tasks": ["arch-report"]})).await;
     post("/api/v1/workflows", json!({"name": "arm", "stages": ["arch-report"]})).await;
-    let join = post("/api/v1/join-tokens", json!({"uses": 1, "workflow": "arm", "ttl_secs": 600})).await;
+    // The join token from the CLI, as an operator makes one for cloud-init.
+    let work = tempfile::tempdir().unwrap();
+    let pw = work.path().join("pw");
+    std::fs::write(&pw, common::PASSWORD).unwrap();
+    ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
+    let created = ok(server.cli(&["join-tokens", "create", "--workflow", "arm", "--ttl", "600", "-o", "json"], None));
+    let join: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(join["uses"], 1, "{join}");
+    let bad = server.cli(&["join-tokens", "create", "--workflow", "nope"], None);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("nope"), "{bad:?}");
 
     let root = tempfile::tempdir().unwrap();
     let mut child = Command::new(qemu)
@@ -184,4 +193,129 @@ fn the_arm64_discovery_image_is_built_from_debian_arm64_packages() {
     assert!(String::from_utf8_lossy(&mixed.stderr).contains("not built for arm64"), "{mixed:?}");
     let wrong = build(&from_folder, &assets.join("arm64/busybox"), &["--arch", "amd64"]);
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("--arch amd64"), "{wrong:?}");
+}
+
+/// An unknown ARM64 machine network-boots: a VM (QEMU `virt`, Cortex-A57
+/// under TCG, AAVMF UEFI firmware) PXE-boots from Plinth (DHCP client
+/// architecture 11), gets GRUB for ARM64 (scripts/grub-netboot.sh; Debian
+/// ships no ARM64 iPXE) over TFTP, which loads `grub/grub.cfg` (Plinth's
+/// `grub-default` for unknown machines) and the ARM64 discovery image; its
+/// busybox and agent run on the real ARM64 kernel, register the machine
+/// with the single-use join token the config carried, and run a workflow.
+#[test]
+fn an_unknown_arm64_machine_pxe_boots_discovery_registers_and_runs_a_workflow() {
+    let Some(assets) = lab::assets(&["arm64/plinth-agent", "arm64/busybox", "arm64/grubaa64.efi"]) else { return };
+    let firmware = "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
+    let have =
+        |p: &str| Path::new(p).exists() || Command::new("which").arg(p).output().is_ok_and(|o| o.status.success());
+    if !common::netns::available() || !have("qemu-system-aarch64") || !have(firmware) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "qemu-system-arm and qemu-efi-aarch64 are missing: .ci/run installs them"
+        );
+        eprintln!("SKIPPED: needs root, qemu-system-aarch64 (qemu-system-arm) and {firmware} (qemu-efi-aarch64)");
+        return;
+    }
+    let package = std::fs::read_dir(assets.join("arm64"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("the ARM64 kernel package lab-assets.sh keeps");
+    let ns = lab::bridge("arm");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir.path(),
+        &ns.prefix(),
+        &["--api-addr", "10.77.0.1:0", "--http-addr", "10.77.0.1:0", "--tftp-addr", "10.77.0.1:69"],
+    );
+    let files = server.files();
+    ok(Command::new(common::bin())
+        .args(["discovery", "build", "--with-modules", "virtio_net,virtio_pci,virtio_blk", "--kernel-package"])
+        .arg(&package)
+        .arg("--busybox")
+        .arg(assets.join("arm64/busybox"))
+        .arg("--agent")
+        .arg(assets.join("arm64/plinth-agent"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap());
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, common::PASSWORD).unwrap();
+    ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
+    let create = |kind: &str, v: serde_json::Value| ok(server.cli(&[kind, "create", "--data", &v.to_string()], None));
+    create(
+        "subnets",
+        json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100",
+        "range_end": "10.77.0.199", "interface": "br0", "lease_secs": 600, "router": "10.77.0.1"}),
+    );
+    create("params", json!({"name": "uname-m", "schema": {"type": "string"}}));
+    create(
+        "tasks",
+        json!({"name": "arch-report", "templates": [{"name": "run", "contents":
+            "echo \"{\\\"params\\\": {\\\"uname-m\\\": \\\"$(uname -m)\\\"}}\" > $PLINTH_RESULT\n(sleep 3; poweroff -f) >/dev/null 2>&1 &\n"}]}),
+    );
+    create("stages", json!({"name": "arch-report", "tasks": ["arch-report"]}));
+    create("workflows", json!({"name": "arm", "stages": ["arch-report"]}));
+    let global = json!({"params": {"discovery-workflow": "arm", "kernel-console": "console=ttyAMA0"}});
+    ok(server.cli(&["profiles", "patch", "global", "--data", &global.to_string()], None));
+    std::fs::copy(assets.join("arm64/grubaa64.efi"), files.join("grubaa64.efi")).unwrap();
+    let loader = json!({"boot_files": {"uefi-arm64": "grubaa64.efi"}});
+    ok(server.cli(&["subnets", "patch", "lab", "--data", &loader.to_string()], None));
+
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(1 << 30).unwrap();
+    let mac = "52:54:00:a6:40:01";
+    let out = ns
+        .exec(&["timeout", "500", "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-m", "512", "-nographic"])
+        .args(["-no-reboot", "-bios", firmware])
+        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1")])
+        .args(["-drive", &format!("file={},format=raw,if=none,id=d0", disk.display())])
+        .args(["-device", "virtio-blk-pci,drive=d0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::write(std::env::temp_dir().join("plinth-arm64-vm.log"), console.as_bytes());
+    let tail: String = console.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+    let machines: Vec<serde_json::Value> = serde_json::from_str(&ok(
+        server.cli(&["machines", "list", "-o", "json", "--filter", &format!("macs={mac}")], None)
+    ))
+    .unwrap();
+    assert_eq!(machines.len(), 1, "the VM registered; console tail:\n{tail}");
+    let m = &machines[0];
+    let inv = &m["inventory"];
+    assert_eq!((m["arch"].as_str(), inv["arch"].as_str()), (Some("arm64"), Some("aarch64")), "{m}");
+    assert_eq!(inv["boot_mode"], "uefi");
+    let mem = inv["memory_bytes"].as_u64().unwrap();
+    assert!(mem > 400 << 20 && mem <= 512 << 20, "memory {mem}");
+    let vda = inv["disks"].as_array().unwrap().iter().find(|d| d["name"] == "vda").expect("the virtio disk");
+    assert_eq!(vda["size_bytes"], 1u64 << 30);
+    assert!(inv["nics"].as_array().unwrap().iter().any(|n| n["mac"] == mac && n["driver"] == "virtio_net"), "{inv}");
+    assert_eq!(m["params"]["uname-m"], "aarch64", "the job ran on the ARM64 machine");
+    assert_eq!(m["workflow_state"], "complete", "console tail:\n{tail}");
+    let timeline: Vec<serde_json::Value> =
+        serde_json::from_str(&ok(server.cli(&["machines", "timeline", m["id"].as_str().unwrap(), "-o", "json"], None)))
+            .unwrap();
+    let lines: Vec<String> = timeline
+        .iter()
+        .map(|e| format!("{} {}", e["service"].as_str().unwrap_or_default(), e["detail"].as_str().unwrap_or_default()))
+        .collect();
+    let mut at = 0;
+    for want in [
+        "Offer) 10.77.0.100 subnet lab file grubaa64.efi",
+        "sent grubaa64.efi",
+        "refused /grub/grub.cfg-01-52-54-00-a6-40-01",
+        "sent /grub/grub.cfg",
+        "sent /discovery/arm64/vmlinuz",
+        "sent /discovery/arm64/initrd.img",
+        "agent registered: a new machine",
+        "workflow `arm` assigned",
+        "finished: task `arch-report`",
+        "workflow complete",
+    ] {
+        let found = lines[at..].iter().position(|l| l.contains(want));
+        at += found.unwrap_or_else(|| panic!("`{want}` after #{at} in {lines:#?}")) + 1;
+    }
 }

@@ -383,3 +383,40 @@ async fn bootenv_files_are_rendered_per_machine_over_http_and_tftp() {
         r.body
     );
 }
+
+/// GRUB loaded over the network asks for `grub/grub.cfg`: an unknown
+/// machine gets discovery (for its own CPU, with a single-use join token),
+/// a known one its bootenv's file named `grub`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grub_cfg_is_discovery_for_an_unknown_machine_and_the_bootenvs_grub_file_for_a_known_one() {
+    if !have("tftp") {
+        return;
+    }
+    let server = Server::start();
+    let api = server.api().await;
+    let r = api.post("/api/v1/leases", serde_json::json!({"address": "127.0.0.1", "mac": "52:54:00:00:0a:0a", "subnet": "lab", "state": "bound", "expires_at": "2030-01-01T00:00:00Z"})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (host, port) = split_addr(&server.addr("tftp"));
+    let get = || {
+        let dest = tempfile::NamedTempFile::new().unwrap();
+        let st = Command::new("timeout")
+            .args(["20", "tftp", "-m", "binary", &host, &port, "-c", "get", "grub/grub.cfg"])
+            .arg(dest.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::read_to_string(dest.path()).unwrap()
+    };
+    let unknown = get();
+    assert!(unknown.contains("not known yet"), "{unknown}");
+    assert!(unknown.contains("set plinth_dir=discovery/arm64") && unknown.contains("plinth.join=plt_"), "{unknown}");
+    let r = api
+        .post(
+            "/api/v1/machines",
+            serde_json::json!({"name": "arm-9", "macs": ["52:54:00:00:0a:0a"], "bootenv": "local"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let known = get();
+    assert!(known.contains("arm-9: boot from the local disk") && known.contains("exit"), "{known}");
+}

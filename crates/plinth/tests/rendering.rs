@@ -112,7 +112,8 @@ async fn builtin_content_renders_per_machine_with_variants_and_scoped_tokens() {
     let (st, unknown) = fetch(&format!("{http}/ipxe/52-54-00-07-00-99")).await;
     assert_eq!(st, 200);
     assert!(unknown.starts_with("#!ipxe") && unknown.contains("52:54:00:07:00:99"), "{unknown}");
-    assert!(unknown.contains("/files/discovery/vmlinuz") && unknown.contains("plinth.api=https://"), "{unknown}");
+    assert!(unknown.contains("/files/${plinth_dir}/vmlinuz") && unknown.contains("plinth.api=https://"), "{unknown}");
+    assert!(unknown.contains("iseq ${buildarch} arm64 && set plinth_dir discovery/arm64"), "by CPU: {unknown}");
 
     // A site overrides a shipped template (the default pack's) explicitly;
     // the next render uses it.

@@ -410,6 +410,28 @@ impl MachineView {
 
     /// The bootenv file whose rendered path is `path`, rendered.
     pub fn render_path(&self, path: &str, provisioner: &Provisioner) -> Option<Result<String, crate::RenderError>> {
+        let wanted = path.trim_start_matches('/');
+        self.render_where(provisioner, |view, t, ctx, params| match &t.path {
+            // A file without a path is reached by its name (the iPXE entry
+            // script is the one named `ipxe`). Paths render without hooks.
+            Some(_) => view
+                .entry_path(t, ctx, params)
+                .is_ok_and(|p| p.as_deref().map(|p| p.trim_start_matches('/')) == Some(wanted)),
+            None => t.name == wanted,
+        })
+    }
+
+    /// The bootenv file named `name` (whatever its path), rendered: GRUB's
+    /// own `grub/grub.cfg` is answered with the file named `grub`.
+    pub fn render_named(&self, name: &str, provisioner: &Provisioner) -> Option<Result<String, crate::RenderError>> {
+        self.render_where(provisioner, |_, t, _, _| t.name == name)
+    }
+
+    fn render_where(
+        &self,
+        provisioner: &Provisioner,
+        pick: impl Fn(&MachineView, &plinth_model::TemplateRef, &Value, &Arc<BTreeMap<String, Value>>) -> bool,
+    ) -> Option<Result<String, crate::RenderError>> {
         let b = self.bootenv.as_ref()?;
         if let Err(e) = self.check_required() {
             return Some(Err(e));
@@ -419,17 +441,8 @@ impl MachineView {
             Err(e) => return Some(Err(e)),
         };
         let params = Arc::new(self.plain_params());
-        let wanted = path.trim_start_matches('/');
         for t in &b.templates {
-            // A file without a path is reached by its name (the iPXE entry
-            // script is the one named `ipxe`). Paths render without hooks.
-            let matches = match &t.path {
-                Some(_) => self
-                    .entry_path(t, &ctx, &params)
-                    .is_ok_and(|p| p.as_deref().map(|p| p.trim_start_matches('/')) == Some(wanted)),
-                None => t.name == wanted,
-            };
-            if !matches {
+            if !pick(self, t, &ctx, &params) {
                 continue;
             }
             let Some(source) = entry_source(t) else { continue };
