@@ -238,29 +238,7 @@ async fn a_machine_without_pxe_joins_with_a_join_token_and_runs_its_workflow() {
 
     let state = root.path().join("state");
     let run = |token: &str| {
-        Command::new(env!("CARGO_BIN_EXE_plinth-agent"))
-            .args([
-                "join",
-                "--endpoint",
-                &server.url,
-                "--name",
-                "cloud-vm-1",
-                "--boot-id",
-                "cloud-boot",
-                "--once",
-                "--state-dir",
-            ])
-            .arg(&state)
-            .arg("--root")
-            .arg(root.path())
-            .arg("--work-dir")
-            .arg(root.path().join("work"))
-            .arg("--ca-cert")
-            .arg(server.ca())
-            .env("PLINTH_JOIN_TOKEN", token)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        common::agent_join(Command::new(env!("CARGO_BIN_EXE_plinth-agent")), &server, root.path(), "cloud-vm-1", token)
             .spawn()
             .unwrap()
     };

@@ -32,14 +32,7 @@ async fn the_arm64_agent_joins_and_runs_a_workflow() {
 
     let server = Server::start();
     let api = server.api().await;
-    let post = |path: &'static str, body: serde_json::Value| {
-        let api = &api;
-        async move {
-            let r = api.post(path, body).await;
-            assert!(r.status < 300, "{path}: {} {}", r.status, r.body);
-            r.body
-        }
-    };
+    let post = |path: &'static str, body: serde_json::Value| api.post_ok(path, body);
     post("/api/v1/params", json!({"name": "reported", "schema": {"type": "string"}})).await;
     post(
         "/api/v1/tasks",
@@ -62,23 +55,10 @@ async fn the_arm64_agent_joins_and_runs_a_workflow() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("nope"), "{bad:?}");
 
     let root = tempfile::tempdir().unwrap();
-    let mut child = Command::new(qemu)
-        .arg(&agent)
-        .args(["join", "--endpoint", &server.url, "--name", "arm-vm-1", "--boot-id", "arm-boot", "--once"])
-        .arg("--state-dir")
-        .arg(root.path().join("state"))
-        .arg("--root")
-        .arg(root.path())
-        .arg("--work-dir")
-        .arg(root.path().join("work"))
-        .arg("--ca-cert")
-        .arg(server.ca())
-        .env("PLINTH_JOIN_TOKEN", join["token"].as_str().unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(qemu);
+    cmd.arg(&agent);
+    let mut child =
+        common::agent_join(cmd, &server, root.path(), "arm-vm-1", join["token"].as_str().unwrap()).spawn().unwrap();
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

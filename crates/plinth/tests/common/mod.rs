@@ -269,4 +269,31 @@ impl Api {
     pub async fn post(&self, path: &str, body: Value) -> Resp {
         self.send(reqwest::Method::POST, path, Some(body), None).await
     }
+
+    /// POST that must succeed; the reply's body.
+    pub async fn post_ok(&self, path: &str, body: Value) -> Value {
+        let r = self.post(path, body).await;
+        assert!(r.status < 300, "{path}: {} {}", r.status, r.body);
+        r.body
+    }
+}
+
+/// `plinth-agent join` for one run (`--once`) as a plain process, a machine
+/// without PXE, appended to `c` (the agent, or an emulator and the agent):
+/// its root, state and work dirs under `root`, trusting `server`'s CA.
+pub fn agent_join(mut c: Command, server: &Server, root: &Path, name: &str, token: &str) -> Command {
+    c.args(["join", "--endpoint", &server.url, "--name", name, "--boot-id", &format!("{name}-boot"), "--once"])
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .arg("--root")
+        .arg(root)
+        .arg("--work-dir")
+        .arg(root.join("work"))
+        .arg("--ca-cert")
+        .arg(server.ca())
+        .env("PLINTH_JOIN_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
 }
