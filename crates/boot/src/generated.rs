@@ -315,7 +315,9 @@ impl RenderedFiles {
 #[async_trait]
 impl Generated for RenderedFiles {
     async fn lookup(&self, request: &FileRequest<'_>) -> Option<Vec<u8>> {
-        if let Some(machine) = self.machine_of(request).await {
+        let machine = self.machine_of(request).await;
+        let known = machine.is_some();
+        if let Some(machine) = machine {
             let name = machine.name.to_string();
             let loaded = match self.shared.get().await {
                 Ok(shared) => plinth_render::load_with(self.store.as_ref(), &shared, machine).await,
@@ -367,7 +369,7 @@ impl Generated for RenderedFiles {
             None if ipxe_path_mac(request.path).is_some() => {
                 self.unknown_machine_script(request, DEFAULT_IPXE_TEMPLATE).await
             }
-            None if is_grub_config(request.path) && self.machine_of(request).await.is_none() => {
+            None if is_grub_config(request.path) && !known => {
                 self.unknown_machine_script(request, DEFAULT_GRUB_TEMPLATE).await
             }
             None => None,

@@ -132,6 +132,14 @@ impl Firmware {
 }
 
 impl Arch {
+    /// The name Plinth uses (as serialized): `amd64`, `arm64`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
     /// The architecture an agent's inventory names (its `arch`, as Rust's
     /// `std::env::consts::ARCH`: `x86_64`, `aarch64`), if Plinth boots it.
     pub fn from_inventory(inventory: &serde_json::Value) -> Option<Arch> {

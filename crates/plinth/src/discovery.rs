@@ -9,6 +9,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::ArgMatches;
+use plinth_model::Arch;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -259,34 +260,33 @@ pub fn initramfs(busybox: &[u8], agent: &[u8], ca: &[u8], modules: &[(String, Ve
     c.finish()
 }
 
-/// The architecture an ELF executable is built for, in Plinth's names
-/// (`amd64`, `arm64`), from its header's `e_machine`.
-pub fn elf_arch(elf: &[u8]) -> Option<&'static str> {
+/// The architecture a 64-bit little-endian ELF executable is built for,
+/// from its header's `e_machine`.
+pub fn elf_arch(elf: &[u8]) -> Option<Arch> {
     if elf.len() < 20 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
         return None;
     }
     match u16::from_le_bytes([elf[18], elf[19]]) {
-        0x3e => Some("amd64"),
-        0xb7 => Some("arm64"),
+        0x3e => Some(Arch::Amd64),
+        0xb7 => Some(Arch::Arm64),
         _ => None,
     }
 }
 
 /// The architecture a kernel image boots on: an x86 bzImage carries `HdrS`
-/// at 0x202, an ARM64 `Image` carries `ARM\x64` at 0x38. A compressed ARM64
-/// image (`vmlinuz.efi` with a zboot header, or gzip) is not recognised.
-pub fn kernel_arch(image: &[u8]) -> Option<&'static str> {
+/// at 0x202, an ARM64 `Image` carries `ARM\x64` at 0x38, an EFI zboot image
+/// (`MZ` … `zimg`) names it in its PE header's machine field. A gzip'd
+/// image is not recognised.
+pub fn kernel_arch(image: &[u8]) -> Option<Arch> {
     if image.get(0x202..0x206) == Some(b"HdrS") {
-        Some("amd64")
+        Some(Arch::Amd64)
     } else if image.get(0x38..0x3c) == Some(b"ARM\x64") {
-        Some("arm64")
+        Some(Arch::Arm64)
     } else if image.starts_with(b"MZ") && image.get(4..8) == Some(b"zimg") {
-        // EFI zboot: the payload's architecture is not in the header; the
-        // PE machine field is.
         let pe = u32::from_le_bytes(image.get(0x3c..0x40)?.try_into().ok()?) as usize;
         match image.get(pe + 4..pe + 6) {
-            Some([0x64, 0xaa]) => Some("arm64"),
-            Some([0x64, 0x86]) => Some("amd64"),
+            Some([0x64, 0xaa]) => Some(Arch::Arm64),
+            Some([0x64, 0x86]) => Some(Arch::Amd64),
             _ => None,
         }
     } else {
@@ -296,8 +296,11 @@ pub fn kernel_arch(image: &[u8]) -> Option<&'static str> {
 
 /// Where the image of `arch` goes in the file root, as the discovery
 /// bootenv names it.
-fn image_dir(arch: &str) -> &'static str {
-    if arch == "arm64" { "discovery/arm64" } else { "discovery" }
+fn image_dir(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "discovery",
+        Arch::Arm64 => "discovery/arm64",
+    }
 }
 
 fn is_static(elf: &[u8]) -> bool {
@@ -317,8 +320,8 @@ impl Drop for Scratch {
 
 /// What `plinth discovery build` made.
 pub struct Built {
-    /// `amd64` or `arm64`, read from the agent.
-    pub arch: &'static str,
+    /// Read from the agent.
+    pub arch: Arch,
     /// The folder in the file root.
     pub dir: &'static str,
     /// The kernel's version (its modules folder's name).
@@ -333,7 +336,7 @@ pub fn run(m: &ArgMatches) -> Result<Built> {
     let root = m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| data_dir.join("files"));
     // From packages: unpacked into a scratch folder, removed when done.
     let packages: Vec<PathBuf> = m.get_many::<PathBuf>("kernel-package").into_iter().flatten().cloned().collect();
-    let scratch = Scratch(std::env::temp_dir().join(format!("plinth-kernel-{}", std::process::id())));
+    let mut _scratch = None;
     let (kernel, modules_dir, kernel_version) = if packages.is_empty() {
         let modules = m.get_one::<PathBuf>("modules").cloned().context("--modules is required with --kernel")?;
         let version = modules.file_name().map(|v| v.to_string_lossy().into_owned());
@@ -343,6 +346,8 @@ pub fn run(m: &ArgMatches) -> Result<Built> {
             version,
         )
     } else {
+        let scratch =
+            _scratch.insert(Scratch(std::env::temp_dir().join(format!("plinth-kernel-{}", std::process::id()))));
         let _ = std::fs::remove_dir_all(&scratch.0);
         let k = crate::debpkg::unpack_kernel(&packages, &scratch.0)?;
         (k.image, k.modules, Some(k.version))
@@ -368,17 +373,19 @@ pub fn run(m: &ArgMatches) -> Result<Built> {
     let arch = elf_arch(&agent_bytes)
         .with_context(|| format!("the agent {} is not an x86-64 or ARM64 Linux executable", agent.display()))?;
     if elf_arch(&busybox_bytes) != Some(arch) {
-        bail!("busybox {} is not built for {arch}, as the agent is", busybox.display());
+        bail!("busybox {} is not built for {}, as the agent is", busybox.display(), arch.as_str());
     }
     let kernel_bytes = read(&kernel, "kernel")?;
     match kernel_arch(&kernel_bytes) {
-        Some(k) if k != arch => bail!("the kernel {} is for {k}, the agent for {arch}", kernel.display()),
+        Some(k) if k != arch => {
+            bail!("the kernel {} is for {}, the agent for {}", kernel.display(), k.as_str(), arch.as_str())
+        }
         _ => {}
     }
     if let Some(want) = m.get_one::<String>("arch")
-        && want != arch
+        && want != arch.as_str()
     {
-        bail!("--arch {want} was asked for, but the agent is built for {arch}");
+        bail!("--arch {want} was asked for, but the agent is built for {}", arch.as_str());
     }
     let ca_bytes = read(&ca, "CA certificate")?;
     let wanted: Vec<String> = match m.get_one::<String>("with-modules") {
@@ -405,9 +412,9 @@ pub fn run(m: &ArgMatches) -> Result<Built> {
     // The same agent, for installed systems to download (post.agent).
     let agents = root.join("agent");
     std::fs::create_dir_all(&agents).with_context(|| format!("cannot create {}", agents.display()))?;
-    let tmp = agents.join(format!(".plinth-agent-{arch}.tmp"));
+    let tmp = agents.join(format!(".plinth-agent-{}.tmp", arch.as_str()));
     std::fs::write(&tmp, &agent_bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, agents.join(format!("plinth-agent-{arch}")))?;
+    std::fs::rename(&tmp, agents.join(format!("plinth-agent-{}", arch.as_str())))?;
     Ok(Built { arch, dir: image_dir(arch), kernel_version, modules: modules.into_iter().map(|(n, _)| n).collect() })
 }
 
@@ -449,26 +456,29 @@ mod tests {
             h[18..20].copy_from_slice(&machine.to_le_bytes());
             h
         };
-        assert_eq!(elf_arch(&elf(0x3e)), Some("amd64"));
-        assert_eq!(elf_arch(&elf(0xb7)), Some("arm64"));
-        assert_eq!(elf_arch(&elf(0x28)), None, "32-bit ARM is not built");
+        assert_eq!(elf_arch(&elf(0x3e)).map(Arch::as_str), Some("amd64"));
+        assert_eq!(elf_arch(&elf(0xb7)).map(Arch::as_str), Some("arm64"));
+        assert_eq!(elf_arch(&elf(0x28)).map(Arch::as_str), None, "32-bit ARM is not built");
         assert_eq!(elf_arch(b"#!/bin/sh\n"), None);
         assert_eq!(elf_arch(b""), None);
         if let Ok(bytes) = std::fs::read("/proc/self/exe") {
-            assert_eq!(elf_arch(&bytes), Some(if cfg!(target_arch = "x86_64") { "amd64" } else { "arm64" }));
+            assert_eq!(
+                elf_arch(&bytes).map(Arch::as_str),
+                Some(if cfg!(target_arch = "x86_64") { "amd64" } else { "arm64" })
+            );
         }
         let mut bz = vec![0u8; 0x300];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
-        assert_eq!(kernel_arch(&bz), Some("amd64"));
+        assert_eq!(kernel_arch(&bz).map(Arch::as_str), Some("amd64"));
         let mut image = vec![0u8; 0x40];
         image[0x38..0x3c].copy_from_slice(b"ARM\x64");
-        assert_eq!(kernel_arch(&image), Some("arm64"));
+        assert_eq!(kernel_arch(&image).map(Arch::as_str), Some("arm64"));
         let mut zboot = vec![0u8; 0x100];
         zboot[..2].copy_from_slice(b"MZ");
         zboot[4..8].copy_from_slice(b"zimg");
         zboot[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
         zboot[0x84..0x86].copy_from_slice(&[0x64, 0xaa]);
-        assert_eq!(kernel_arch(&zboot), Some("arm64"));
+        assert_eq!(kernel_arch(&zboot).map(Arch::as_str), Some("arm64"));
         assert_eq!(kernel_arch(&zboot[..0x20]), None, "a truncated header is unknown, not a panic");
         assert_eq!(kernel_arch(b"junk"), None);
     }

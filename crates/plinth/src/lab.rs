@@ -98,7 +98,7 @@ pub struct Vm {
     /// Whether the guest may reboot (else it exits instead).
     pub reboot: bool,
     /// Boot order disk, then network, as most sites set it: a blank disk
-    /// falls through to PXE, an installed one boots. Else network only.
+    /// falls through to PXE, an installed one boots. Else network first.
     pub disk_first: bool,
 }
 

@@ -267,7 +267,7 @@ fn main() -> ExitCode {
             Some(Ok(built)) => {
                 println!(
                     "discovery image for {} (kernel {}) built in {}/ with modules: {}",
-                    built.arch,
+                    built.arch.as_str(),
                     built.kernel_version.as_deref().unwrap_or("?"),
                     built.dir,
                     built.modules.join(" ")

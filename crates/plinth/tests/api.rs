@@ -346,7 +346,8 @@ async fn first_start_writes_a_random_admin_password_readable_only_by_its_owner()
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(common::bin())
-        .args(["serve", "--api-addr", "127.0.0.1:0", "--http-addr", "off", "--tftp-addr", "off", "--data-dir"])
+        .args(["serve", "--api-addr", "127.0.0.1:0", "--http-addr", "off", "--tftp-addr", "off", "--dhcp-port", "off"])
+        .arg("--data-dir")
         .arg(tmp.path())
         .env_remove("PLINTH_ADMIN_PASSWORD")
         .stderr(std::process::Stdio::null())

@@ -224,11 +224,7 @@ fn an_unknown_arm64_machine_pxe_boots_discovery_registers_and_runs_a_workflow() 
     std::fs::write(&pw, common::PASSWORD).unwrap();
     ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
     let create = |kind: &str, v: serde_json::Value| ok(server.cli(&[kind, "create", "--data", &v.to_string()], None));
-    create(
-        "subnets",
-        json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100",
-        "range_end": "10.77.0.199", "interface": "br0", "lease_secs": 600, "router": "10.77.0.1"}),
-    );
+    create("subnets", lab::subnet());
     create("params", json!({"name": "uname-m", "schema": {"type": "string"}}));
     create(
         "tasks",

@@ -97,11 +97,7 @@ fn discover(uefi: bool, mac: &str, mode: Mode) {
     let task = |name: &str, retries: u32, script: &str| {
         create("tasks", json!({"name": name, "retries": retries, "templates": [{"name": "run", "contents": script}]}))
     };
-    create(
-        "subnets",
-        json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100",
-        "range_end": "10.77.0.199", "interface": "br0", "lease_secs": 600, "router": "10.77.0.1"}),
-    );
+    create("subnets", lab::subnet());
     create("params", json!({"name": "root-disk-bytes", "schema": {"type": "integer"}}));
     create("params", json!({"name": "fresh-boot", "schema": {"type": "boolean"}}));
     task(

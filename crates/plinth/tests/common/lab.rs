@@ -41,6 +41,13 @@ pub fn bridge(role: &str) -> Netns {
     ns
 }
 
+/// The subnet Plinth serves on [`bridge`]'s `br0`: `.100`–`.199`, the
+/// server (`.1`) as router.
+pub fn subnet() -> serde_json::Value {
+    serde_json::json!({"name": "lab", "cidr": "10.77.0.0/24", "range_start": "10.77.0.100",
+        "range_end": "10.77.0.199", "interface": "br0", "lease_secs": 600, "router": "10.77.0.1"})
+}
+
 /// The QEMU command line `plinth lab` uses, for a guest on `tap0`.
 pub fn qemu(
     ns: &Netns,
