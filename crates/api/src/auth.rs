@@ -521,6 +521,7 @@ mod tests {
     async fn sweeping_removes_expired_and_used_up_tokens_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = plinth_store::SqliteStore::open(&dir.path().join("db")).unwrap();
+        store.create(Kind::User, "admin", json!({"name": "admin"})).await.unwrap();
         let later = plinth_model::now() + chrono::Duration::hours(1);
         let earlier = plinth_model::now() - chrono::Duration::seconds(1);
         let put = |t: Token| {

@@ -182,15 +182,6 @@ async fn prepare(
     let (key, mut value) = plinth_model::normalize(kind, body)?;
     crate::secure::prepare_params(state, kind, &key, &mut value, previous).await?;
     check_template_syntax(kind, &key, &value)?;
-    if kind == Kind::User
-        && let Some(Value::Array(roles)) = value.get("roles")
-    {
-        for role in roles.iter().filter_map(Value::as_str) {
-            if state.store.get(Kind::Role, role).await?.is_none() {
-                return Err(ApiError::field("roles", format!("users `{key}`: role `{role}` does not exist")));
-            }
-        }
-    }
     if kind == Kind::User {
         let hash = match password {
             Some(pw) => Some(
@@ -478,8 +469,9 @@ pub async fn patch(
     Ok(object_response(StatusCode::OK, record))
 }
 
-/// `DELETE /api/v1/{kind}/{key}`. Deleting a user revokes its tokens in the
-/// same transaction.
+/// `DELETE /api/v1/{kind}/{key}`. Deleting a user revokes its tokens, and
+/// deleting a machine its tokens and jobs, in the same transaction; an
+/// object others still name is not deleted (409 naming them).
 pub async fn delete(
     State(state): State<AppState>,
     Path((kind, key)): Path<(String, String)>,
@@ -504,22 +496,19 @@ pub async fn delete(
             "{kind} `{key}` belongs to content pack `{p}`; remove the pack (`plinth content remove {p}`), or override the object first"
         )));
     }
-    if kind == Kind::Role {
-        let filter = Filter { path: vec!["roles".into()], value: Value::String(key.clone()) };
-        let users: Vec<String> =
-            state.store.list_all(Kind::User, vec![filter]).await?.into_iter().map(|r| r.key).collect();
-        if !users.is_empty() {
-            return Err(ApiError::Conflict(format!(
-                "role `{key}` is given to users {}; take it from them first",
-                users.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")
-            )));
-        }
-    }
+    // What goes with the object, in the same transaction: a user's tokens;
+    // a machine's tokens and its jobs (with their logs). Anything else that
+    // names it makes the store refuse the delete, naming who.
     let mut ops = vec![WriteOp::Delete { kind, key: key.clone(), expect }];
-    if kind == Kind::User {
-        let filter = Filter { path: vec!["user".into()], value: Value::String(key.clone()) };
-        for t in state.store.list_all(Kind::Token, vec![filter]).await? {
-            ops.push(WriteOp::Delete { kind: Kind::Token, key: t.key, expect: Expect::Any });
+    let owned: &[(Kind, &str)] = match kind {
+        Kind::User => &[(Kind::Token, "user")],
+        Kind::Machine => &[(Kind::Token, "machine"), (Kind::Job, "machine")],
+        _ => &[],
+    };
+    for (owned_kind, field) in owned {
+        let filter = Filter { path: vec![(*field).into()], value: Value::String(key.clone()) };
+        for r in state.store.list_all(*owned_kind, vec![filter]).await? {
+            ops.push(WriteOp::Delete { kind: *owned_kind, key: r.key, expect: Expect::Any });
         }
     }
     let changes = state.store.apply_audited(ops, principal.actor()).await?;

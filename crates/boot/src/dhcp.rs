@@ -204,20 +204,27 @@ struct BootTargets {
     disk_envs: std::collections::HashSet<String>,
     /// Machine id to (MACs, bootenv).
     machines: HashMap<String, (Vec<[u8; 6]>, String)>,
-    by_mac: HashMap<[u8; 6], String>,
+    /// The machines holding each MAC: one, except in a store from before
+    /// MACs were unique, where DHCP does not guess which one boots.
+    by_mac: HashMap<[u8; 6], Vec<String>>,
 }
 
 impl BootTargets {
     fn set_machine(&mut self, id: &str, body: Option<&serde_json::Value>) {
         if let Some((macs, _)) = self.machines.remove(id) {
             for m in macs {
-                self.by_mac.remove(&m);
+                if let Some(ids) = self.by_mac.get_mut(&m) {
+                    ids.retain(|i| i != id);
+                    if ids.is_empty() {
+                        self.by_mac.remove(&m);
+                    }
+                }
             }
         }
         let Some(m) = body.and_then(|b| plinth_model::decode::<plinth_model::Machine>(b.clone()).ok()) else { return };
         let macs: Vec<[u8; 6]> = m.macs.iter().map(|m| m.0).collect();
         for mac in &macs {
-            self.by_mac.insert(*mac, id.to_owned());
+            self.by_mac.entry(*mac).or_default().push(id.to_owned());
         }
         self.machines.insert(id.to_owned(), (macs, m.bootenv.to_string()));
     }
@@ -233,7 +240,12 @@ impl BootTargets {
 
     /// Whether the client with `mac` is to network-boot.
     fn netboot(&self, mac: Option<[u8; 6]>) -> bool {
-        let env = mac.and_then(|m| self.by_mac.get(&m)).and_then(|id| self.machines.get(id)).map(|(_, e)| e);
+        let env = match mac.and_then(|m| self.by_mac.get(&m)).map(Vec::as_slice) {
+            Some([id]) => self.machines.get(id).map(|(_, e)| e),
+            // Unknown, or claimed by several machines: the boot script then
+            // says which (see `generated`), so it network-boots.
+            _ => None,
+        };
         !env.is_some_and(|e| self.disk_envs.contains(e))
     }
 }
@@ -911,5 +923,14 @@ mod tests {
         t.set_bootenv("local", Some(&json!({"name": "local", "netboot": false})));
         t.set_machine("m1", None);
         assert!(t.netboot(Some(mac)), "deleted machines are unknown again");
+        // Two machines claiming one MAC (a store from before MACs were
+        // unique): no guess at whose bootenv applies.
+        let other = json!({"id": "0b5e1c1e-0000-4000-8000-000000000002", "name": "n", "macs": ["52:54:00:00:00:01"], "bootenv": "local"});
+        t.set_machine("0b5e1c1e-0000-4000-8000-000000000001", Some(&machine("local")));
+        assert!(!t.netboot(Some(mac)));
+        t.set_machine("0b5e1c1e-0000-4000-8000-000000000002", Some(&other));
+        assert!(t.netboot(Some(mac)), "ambiguous: boots the network, where the script refuses");
+        t.set_machine("0b5e1c1e-0000-4000-8000-000000000002", None);
+        assert!(!t.netboot(Some(mac)), "one holder again");
     }
 }

@@ -243,11 +243,16 @@ impl RenderedFiles {
 
     /// `ipxe-default` or `grub-default` (`name`) rendered for a machine
     /// Plinth does not know yet.
-    async fn unknown_machine_script(&self, request: &FileRequest<'_>, name: &'static str) -> Option<Vec<u8>> {
+    async fn unknown_machine_script(
+        &self,
+        request: &FileRequest<'_>,
+        target: &Target,
+        name: &'static str,
+    ) -> Option<Vec<u8>> {
         let stored = self.store.get(plinth_model::Kind::Template, name).await.ok()??;
         let template: plinth_model::Template = plinth_model::decode(stored.body).ok()?;
         let provisioner = self.provisioner(request);
-        let mac = request.mac.or_else(|| ipxe_path_mac(request.path)).map(|m| m.to_string());
+        let mac = request.mac.or(target.mac()).map(|m| m.to_string());
         let ctx = serde_json::json!({"mac": mac, "provisioner": {"http": provisioner.http, "api": provisioner.api},
             "boot": {"arch": provisioner.arch, "firmware": provisioner.firmware}});
         let templates = std::sync::Arc::new(std::collections::HashMap::from([(name.to_owned(), template.contents)]));
@@ -291,88 +296,193 @@ impl RenderedFiles {
         plinth_model::decode(machine.body).ok()
     }
 
-    async fn machine_of(&self, request: &FileRequest<'_>) -> Option<plinth_model::Machine> {
+    /// The machine a request is for: the token's, or the one holding the
+    /// MAC the path names (or, failing that, the MAC of the client's lease).
+    async fn machine_of(&self, request: &FileRequest<'_>, target: &Target) -> Found {
         use plinth_model::Kind;
         use plinth_store::StoreExt;
         if let Some(bearer) = request.token {
-            return self.token_machine(bearer).await;
+            return self.token_machine(bearer).await.map_or(Found::Unknown, |m| Found::One(Box::new(m)));
         }
-        let mac = match request.mac.or_else(|| ipxe_path_mac(request.path)) {
+        let mac = match request.mac.or(target.mac()) {
             Some(m) => m,
             None => {
-                let ip = request.client?;
-                let lease = self.store.get(Kind::Lease, &ip.to_string()).await.ok()??;
-                plinth_model::decode::<plinth_model::Lease>(lease.body).ok()?.mac
+                let Some(ip) = request.client else { return Found::Unknown };
+                let lease = self.store.get(Kind::Lease, &ip.to_string()).await.ok().flatten();
+                match lease.and_then(|l| plinth_model::decode::<plinth_model::Lease>(l.body).ok()) {
+                    Some(l) => l.mac,
+                    None => return Found::Unknown,
+                }
             }
         };
         let filter =
             plinth_store::Filter { path: vec!["macs".into()], value: serde_json::Value::String(mac.to_string()) };
-        let found = self.store.list_all(Kind::Machine, vec![filter]).await.ok()?;
-        plinth_model::decode(found.into_iter().next()?.body).ok()
+        let found = self.store.list_all(Kind::Machine, vec![filter]).await.unwrap_or_default();
+        let mut machines: Vec<plinth_model::Machine> =
+            found.into_iter().filter_map(|r| plinth_model::decode(r.body).ok()).collect();
+        match machines.len() {
+            0 => Found::Unknown,
+            1 => Found::One(Box::new(machines.remove(0))),
+            _ => Found::Ambiguous(mac, machines),
+        }
     }
+
+    /// A MAC several machines claim (a store from before MACs were unique):
+    /// the boot is refused with a boot event saying so, never guessed.
+    async fn refuse_ambiguous(
+        &self,
+        request: &FileRequest<'_>,
+        target: &Target,
+        mac: plinth_model::MacAddr,
+        machines: &[plinth_model::Machine],
+    ) -> Option<Vec<u8>> {
+        let names: Vec<String> = machines.iter().map(|m| format!("`{}` ({})", m.name, m.id)).collect();
+        let why = format!(
+            "MAC {mac} belongs to machines {}; not booting any of them: remove the MAC from all but one",
+            names.join(" and ")
+        );
+        tracing::warn!(%mac, path = %request.path.escape_debug(), "{why}");
+        let event = plinth_model::BootEvent {
+            id: 0,
+            at: plinth_model::now(),
+            mac: Some(mac),
+            address: request.client,
+            machine: None,
+            service: "http".into(),
+            detail: format!("refused {}: {why}", request.path.escape_debug()),
+        };
+        let _ = self.store.append_boot_events(vec![event]).await;
+        match target {
+            Target::Ipxe(_) => Some(format!("#!ipxe\necho Plinth: {why}\nsleep 60\nexit 1\n").into_bytes()),
+            Target::GrubConfig => Some(format!("echo \"Plinth: {why}\"\nsleep 60\nexit\n").into_bytes()),
+            Target::Path(_) => None,
+        }
+    }
+
+    /// The file `target` names rendered for a known machine: `Ok(None)`
+    /// when its bootenv has no such file, `Err(())` when it cannot be
+    /// served (the render failed, or a secure read could not be audited).
+    async fn render_for(
+        &self,
+        machine: plinth_model::Machine,
+        request: &FileRequest<'_>,
+        target: &Target,
+    ) -> Result<Option<Vec<u8>>, ()> {
+        let name = machine.name.to_string();
+        let loaded = match self.shared.get().await {
+            Ok(shared) => plinth_render::load_with(self.store.as_ref(), &shared, machine).await,
+            Err(e) => Err(e),
+        };
+        let view = match loaded {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!(machine = %name, error = %e, "cannot load what the machine's boot files need");
+                return Ok(None);
+            }
+        };
+        let mut provisioner = self.provisioner(request);
+        provisioner.hooks.machine_token = Some(self.minter(view.machine.id));
+        let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        provisioner.hooks.secure_param = Some(self.secure_params(&view, request, read.clone()));
+        let id = view.machine.id;
+        let target = target.clone();
+        let rendered = tokio::task::spawn_blocking(move || match &target {
+            // The iPXE entry script is the bootenv file named `ipxe`; GRUB's
+            // own `grub/grub.cfg`, the one named `grub`.
+            Target::Ipxe(_) => view.render_path("ipxe", &provisioner),
+            Target::GrubConfig => view.render_named("grub", &provisioner),
+            Target::Path(path) => view.render_path(path, &provisioner),
+        })
+        .await
+        .ok()
+        .flatten();
+        match rendered {
+            Some(Ok(text)) => {
+                self.audit_secure_read(id, request, &read).await.ok_or(())?;
+                Ok(Some(text.into_bytes()))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(machine = %name, path = %request.path.escape_debug(), error = %e, "cannot render boot file");
+                Err(())
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// What a generated-file request is for, decided once from its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `ipxe/<mac>`: the iPXE script of the machine with that MAC.
+    Ipxe(plinth_model::MacAddr),
+    /// `grub/grub.cfg`: GRUB's own configuration file.
+    GrubConfig,
+    /// Any other path: a file of the machine's bootenv at that path.
+    Path(String),
+}
+
+impl Target {
+    /// The target `path` (relative, cleaned) names.
+    pub fn of(path: &str) -> Target {
+        if let Some(mac) = ipxe_path_mac(path) {
+            Target::Ipxe(mac)
+        } else if is_grub_config(path) {
+            Target::GrubConfig
+        } else {
+            Target::Path(path.trim_start_matches('/').to_owned())
+        }
+    }
+
+    /// The MAC the path names.
+    pub fn mac(&self) -> Option<plinth_model::MacAddr> {
+        match self {
+            Target::Ipxe(mac) => Some(*mac),
+            _ => None,
+        }
+    }
+
+    /// Whether a regular file at this path in the file root is served as
+    /// it is, before any rendering (loaders, kernels, images): everything
+    /// but the iPXE scripts and GRUB's configuration, which are per machine.
+    pub fn file_root_first(&self) -> bool {
+        matches!(self, Target::Path(_))
+    }
+}
+
+/// Which machine a request is for.
+enum Found {
+    One(Box<plinth_model::Machine>),
+    /// Several machines claim the MAC.
+    Ambiguous(plinth_model::MacAddr, Vec<plinth_model::Machine>),
+    Unknown,
 }
 
 #[async_trait]
 impl Generated for RenderedFiles {
     async fn lookup(&self, request: &FileRequest<'_>) -> Option<Vec<u8>> {
-        let machine = self.machine_of(request).await;
-        let known = machine.is_some();
-        if let Some(machine) = machine {
-            let name = machine.name.to_string();
-            let loaded = match self.shared.get().await {
-                Ok(shared) => plinth_render::load_with(self.store.as_ref(), &shared, machine).await,
-                Err(e) => Err(e),
-            };
-            match loaded {
-                Ok(view) => {
-                    let mut provisioner = self.provisioner(request);
-                    provisioner.hooks.machine_token = Some(self.minter(view.machine.id));
-                    let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-                    provisioner.hooks.secure_param = Some(self.secure_params(&view, request, read.clone()));
-                    let id = view.machine.id;
-                    // The iPXE entry script is the bootenv file named `ipxe`;
-                    // GRUB's own `grub/grub.cfg`, the one named `grub`.
-                    let path =
-                        if ipxe_path_mac(request.path).is_some() { "ipxe".to_owned() } else { request.path.to_owned() };
-                    let grub = is_grub_config(request.path);
-                    let rendered = tokio::task::spawn_blocking(move || {
-                        if grub {
-                            view.render_named("grub", &provisioner)
-                        } else {
-                            view.render_path(&path, &provisioner)
-                        }
-                    })
-                    .await
-                    .ok()
-                    .flatten();
-                    match rendered {
-                        Some(Ok(text)) => {
-                            self.audit_secure_read(id, request, &read).await?;
-                            return Some(text.into_bytes());
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(machine = %name, path = %request.path.escape_debug(), error = %e, "cannot render boot file");
-                            return None;
-                        }
-                        None => {}
-                    }
-                }
-                Err(e) => tracing::warn!(machine = %name, error = %e, "cannot load what the machine's boot files need"),
-            }
-        }
+        let target = Target::of(request.path);
+        let known = match self.machine_of(request, &target).await {
+            Found::One(machine) => match self.render_for(*machine, request, &target).await {
+                Ok(Some(bytes)) => return Some(bytes),
+                Err(()) => return None,
+                Ok(None) => true,
+            },
+            Found::Ambiguous(mac, machines) => return self.refuse_ambiguous(request, &target, mac, &machines).await,
+            Found::Unknown => false,
+        };
         if request.token.is_some() {
             // A bad token gets nothing, not another machine's or the default file.
             return None;
         }
         match self.fallback.lookup(request).await {
             Some(found) => Some(found),
-            None if ipxe_path_mac(request.path).is_some() => {
-                self.unknown_machine_script(request, DEFAULT_IPXE_TEMPLATE).await
-            }
-            None if is_grub_config(request.path) && !known => {
-                self.unknown_machine_script(request, DEFAULT_GRUB_TEMPLATE).await
-            }
-            None => None,
+            // Only a machine Plinth does not know is sent to discovery.
+            None if known => None,
+            None => match target {
+                Target::Ipxe(_) => self.unknown_machine_script(request, &target, DEFAULT_IPXE_TEMPLATE).await,
+                Target::GrubConfig => self.unknown_machine_script(request, &target, DEFAULT_GRUB_TEMPLATE).await,
+                Target::Path(_) => None,
+            },
         }
     }
 }

@@ -225,12 +225,22 @@ async fn run_transfer(
     if socket.connect(peer).await.is_err() {
         return;
     }
-    // Generated files first (only for clean paths), then the file root.
+    // A regular file in the file root (a loader, a kernel) is served as it
+    // is; other clean paths are asked of the generated files first (iPXE
+    // scripts, GRUB configs, a machine's rendered files), then the root.
     let made = match FileRoot::clean(&request.filename) {
         Ok(clean) => {
             let path = clean.to_string_lossy().into_owned();
-            let http_base = Some(format!("http://{local_ip}:{}", config.http_port));
-            generated.lookup(&FileRequest { client: peer_v4, http_base, ..FileRequest::new(&path) }).await
+            let plain = crate::generated::Target::of(&path).file_root_first() && {
+                let (root, name) = (root.clone(), request.filename.clone());
+                tokio::task::spawn_blocking(move || root.resolve(&name).is_ok()).await.unwrap_or(false)
+            };
+            if plain {
+                None
+            } else {
+                let http_base = Some(format!("http://{local_ip}:{}", config.http_port));
+                generated.lookup(&FileRequest { client: peer_v4, http_base, ..FileRequest::new(&path) }).await
+            }
         }
         Err(_) => None,
     };

@@ -492,9 +492,11 @@ async fn compute(
                     .map(|p| format!("profile `{}`", p.name)),
             );
             if !holders.is_empty() {
-                plan.warnings.push(format!(
-                    "param `{pn}` would be removed; values stay on {} (untyped until a param defines it again)",
-                    holders.join(", ")
+                plan.errors.push(format!(
+                    "param `{pn}` would be removed but {} set{} a value for it; clear the value{} first",
+                    holders.join(", "),
+                    if holders.len() == 1 { "s" } else { "" },
+                    if holders.len() == 1 { "" } else { "s" }
                 ));
             }
         }

@@ -16,6 +16,9 @@ async fn setup() -> (Arc<dyn Store>, Engine, MachineId, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
     put(store.as_ref(), Kind::Param, json!({"name": "disk-count", "schema": {"type": "integer"}})).await;
+    for bootenv in ["discovery", "debian-12"] {
+        put(store.as_ref(), Kind::BootEnv, json!({"name": bootenv})).await;
+    }
     for (name, retries) in [("inventory", 0), ("flaky", 1), ("fatal", 0), ("configure", 0)] {
         put(
             store.as_ref(),

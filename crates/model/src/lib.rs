@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod integrity;
 mod kind;
 mod objects;
 mod types;

@@ -90,6 +90,17 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         Err(e) => return Err(anyhow::anyhow!(e)).context("cannot install the built-in content"),
     }
 
+    // Breaches of the integrity rules a store from an older Plinth may
+    // hold: writes refuse to add more; an operator must mend these.
+    match store.integrity().await {
+        Ok(problems) => {
+            for p in &problems {
+                tracing::warn!(problem = %p, "stored data breaks an integrity rule; fix it through the API");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot check the store's integrity"),
+    }
+
     let api_addr: std::net::SocketAddr = m
         .get_one::<String>("api-addr")
         .map(String::as_str)

@@ -92,12 +92,28 @@ async fn crud_works_for_every_kind() {
                 .unwrap();
             assert_eq!(r.status(), 201);
         }
-        if kind == "profiles" || kind == "params" || kind == "machines" {
-            continue; // referenced by later samples; deleted below
+        if ["params", "profiles", "machines", "templates", "bootenvs", "tasks", "stages"].contains(&kind) {
+            continue; // named by later samples; deleted below, after what names them
         }
         let deleted = api.send(Method::DELETE, &path, None, None).await;
         assert_eq!(deleted.status, 200, "{kind}");
         assert_eq!(api.get(&path).await.status, 404, "{kind}: gone");
+    }
+    // What others name is not deleted; once they are gone, it is.
+    let refused = api.send(Method::DELETE, "/api/v1/templates/hello", None, None).await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body["detail"].as_str().unwrap().contains("bootenvs `debian-site`"), "{}", refused.body);
+    for path in [
+        "/api/v1/stages/install",
+        "/api/v1/tasks/set-name",
+        "/api/v1/bootenvs/debian-site",
+        "/api/v1/templates/hello",
+        &format!("/api/v1/machines/{mid}"),
+        "/api/v1/profiles/site-a",
+        "/api/v1/params/site-ntp",
+    ] {
+        let deleted = api.send(Method::DELETE, path, None, None).await;
+        assert_eq!(deleted.status, 200, "{path}: {}", deleted.body);
     }
     // Tokens: listed and revoked, never written directly, secrets never shown.
     let tokens = api.get("/api/v1/tokens").await;

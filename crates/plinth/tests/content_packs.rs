@@ -284,17 +284,20 @@ async fn day_two_upgrade_is_planned_per_machine_then_applied_and_rolled_back() {
         assert_eq!(ks_of(&api, id).await, expected_ks(i, disk(i, true), true), "m-{i:02} on v2");
     }
 
-    // Roll back: v1's objects again, the site's changes kept.
+    // Roll back: v1 has no `location`, which `global` still sets: refused,
+    // naming it, until the value is cleared; then v1's objects again, the
+    // site's changes kept.
+    let refused = server.cli(&["content", "rollback", "site-base"], None);
+    assert_eq!(refused.status.code(), Some(4), "{}", String::from_utf8_lossy(&refused.stderr));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("`location` would be removed but profile `global` sets a value"), "{why}");
+    assert_eq!(api.get("/api/v1/contents/site-base").await.body["version"], "2.0.0");
+    let r = api
+        .send(reqwest::Method::PATCH, "/api/v1/profiles/global", Some(json!({"params": {"location": null}})), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let plan = cli_json(&server, &["content", "rollback", "site-base"]);
     assert_eq!(plan["to"], "1.0.0", "{plan}");
-    assert!(
-        plan["warnings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|w| w.as_str().unwrap().contains("`location` would be removed")),
-        "{plan}"
-    );
     assert_eq!(api.get("/api/v1/contents/site-base").await.body["version"], "1.0.0");
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(ks_of(&api, id).await, expected_ks(i, disk(i, true), false), "m-{i:02} rolled back");

@@ -80,6 +80,7 @@ async fn secure_values_are_sealed_redacted_everywhere_and_rendered_only_for_thei
         json!({"name": "creds", "contents": "password={{ secure_param('bmc-password') }}\n"}),
     )
     .await;
+    created(&api, "/api/v1/templates", json!({"name": "tok", "contents": "{{ machine_token() }}"})).await;
     created(
         &api,
         "/api/v1/bootenvs",
@@ -87,7 +88,6 @@ async fn secure_values_are_sealed_redacted_everywhere_and_rendered_only_for_thei
             {"name": "tok", "template": "tok", "path": "tok.txt"}]}),
     )
     .await;
-    created(&api, "/api/v1/templates", json!({"name": "tok", "contents": "{{ machine_token() }}"})).await;
 
     // A value that does not fit is refused without being echoed.
     let r = api.post("/api/v1/machines", json!({"name": "bad", "params": {"bmc-password": "short-pw"}})).await;

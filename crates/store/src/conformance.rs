@@ -28,6 +28,9 @@ macro_rules! conformance_tests {
             filters_follow_updates_and_deletes,
             job_logs_keep_order_and_ignore_resent_chunks,
             audited_writes_record_before_and_after_with_the_change,
+            unique_fields_have_one_holder,
+            references_must_exist_and_hold_what_they_name,
+            a_deleted_job_takes_its_log_with_it,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {
@@ -42,7 +45,7 @@ macro_rules! conformance_tests {
 }
 
 fn machine(name: &str) -> Value {
-    json!({"name": name, "bootenv": "discovery", "macs": []})
+    json!({"name": name, "macs": []})
 }
 
 pub async fn create_then_get_returns_the_body_with_revision_and_timestamps(s: Arc<dyn Store>) {
@@ -142,6 +145,9 @@ pub async fn filters_match_scalars_and_array_elements(s: Arc<dyn Store>) {
         ),
         ("c", json!({"bootenv": "local", "macs": [], "runnable": true, "n": 2, "workflow": null})),
     ];
+    for b in ["discovery", "local"] {
+        s.create(Kind::BootEnv, b, json!({"name": b})).await.unwrap();
+    }
     for (k, b) in bodies {
         s.create(Kind::Machine, k, b).await.unwrap();
     }
@@ -354,4 +360,129 @@ pub async fn audited_writes_record_before_and_after_with_the_change(s: Arc<dyn S
     let reads = s.audit(&AuditQuery { kind: Some("machines".into()), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(reads.len(), 1);
     assert_eq!(reads[0].action, "secure-read");
+}
+
+/// A MAC belongs to one machine, a name to one machine, an address to one
+/// reservation; the check runs when the whole batch is done, so a batch
+/// may move a value from one object to another in either order.
+pub async fn unique_fields_have_one_holder(s: Arc<dyn Store>) {
+    let (x, y) = ("52:54:00:00:bb:01", "52:54:00:00:bb:02");
+    s.create(Kind::Machine, "m1", json!({"name": "web-1", "macs": [x]})).await.unwrap();
+    let e = s.create(Kind::Machine, "m2", json!({"name": "web-2", "macs": [y, x]})).await.unwrap_err();
+    match &e {
+        StoreError::Unique { field, value, holder, .. } => {
+            assert_eq!((field.as_str(), value.as_str()), ("macs", x));
+            assert_eq!(holder, "machines `web-1` (m1)", "names the holder");
+        }
+        other => panic!("expected a uniqueness error, got {other}"),
+    }
+    assert!(e.to_string().contains("web-1"), "{e}");
+    assert!(s.get(Kind::Machine, "m2").await.unwrap().is_none(), "nothing written");
+    let e = s.create(Kind::Machine, "m2", json!({"name": "web-1", "macs": [y]})).await.unwrap_err();
+    assert!(matches!(&e, StoreError::Unique { field, .. } if field == "name"), "{e}");
+    s.create(Kind::Machine, "m2", json!({"name": "web-2", "macs": [y]})).await.unwrap();
+    // Rewriting an object with the values it has is no conflict.
+    s.put(Kind::Machine, "m1", json!({"name": "web-1", "macs": [x], "d": 1}), Expect::Any).await.unwrap();
+    // Moving a MAC: give it first, then take it away, in one batch.
+    let put = |key: &str, body: Value| WriteOp::Put { kind: Kind::Machine, key: key.into(), body, expect: Expect::Any };
+    s.apply(vec![put("m2", json!({"name": "web-2", "macs": [y, x]})), put("m1", json!({"name": "web-1", "macs": []}))])
+        .await
+        .unwrap();
+    let f = Filter { path: vec!["macs".into()], value: json!(x) };
+    let holders: Vec<String> = s.list_all(Kind::Machine, vec![f]).await.unwrap().into_iter().map(|r| r.key).collect();
+    assert_eq!(holders, ["m2"]);
+    // Swapping names in one batch.
+    s.apply(vec![put("m1", json!({"name": "web-2", "macs": []})), put("m2", json!({"name": "web-1", "macs": [y, x]}))])
+        .await
+        .unwrap();
+    // A deleted machine frees its values.
+    s.delete(Kind::Machine, "m2", Expect::Any).await.unwrap();
+    s.create(Kind::Machine, "m3", json!({"name": "web-1", "macs": [x, y]})).await.unwrap();
+
+    s.create(Kind::Reservation, "52:54:00:00:cc:01", json!({"mac": "52:54:00:00:cc:01", "address": "10.0.0.10"}))
+        .await
+        .unwrap();
+    let e = s
+        .create(Kind::Reservation, "52:54:00:00:cc:02", json!({"mac": "52:54:00:00:cc:02", "address": "10.0.0.10"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, StoreError::Unique { field, .. } if field == "address"), "{e}");
+    assert!(s.integrity().await.unwrap().is_empty(), "writes never make duplicates");
+}
+
+/// A write may not name an object that does not exist; an object that is
+/// named may not be deleted. Both are judged when the batch is done.
+pub async fn references_must_exist_and_hold_what_they_name(s: Arc<dyn Store>) {
+    let e = s.create(Kind::Machine, "m1", json!({"name": "a", "bootenv": "debian"})).await.unwrap_err();
+    match &e {
+        StoreError::Dangling { field, target_kind, target, .. } => {
+            assert_eq!((field.as_str(), *target_kind, target.as_str()), ("bootenv", Kind::BootEnv, "debian"));
+        }
+        other => panic!("expected a dangling reference, got {other}"),
+    }
+    // The target may come later in the same batch.
+    let put = |kind, key: &str, body: Value| WriteOp::Put { kind, key: key.into(), body, expect: Expect::Absent };
+    s.apply(vec![
+        put(Kind::Machine, "m1", json!({"name": "a", "bootenv": "debian", "profiles": ["rack"], "params": {"ntp": 1}})),
+        put(Kind::BootEnv, "debian", json!({"name": "debian"})),
+        put(Kind::Profile, "rack", json!({"name": "rack"})),
+        put(Kind::Param, "ntp", json!({"name": "ntp"})),
+    ])
+    .await
+    .unwrap();
+    let e = s.delete(Kind::Profile, "rack", Expect::Any).await.unwrap_err();
+    match &e {
+        StoreError::Referenced { by, .. } => assert_eq!(by, &["machines `a` (m1) (field `profiles[0]`)"]),
+        other => panic!("expected a held reference, got {other}"),
+    }
+    let e = s.delete(Kind::Param, "ntp", Expect::Any).await.unwrap_err();
+    assert!(e.to_string().contains("params.ntp"), "{e}");
+    // Taking the reference away first (in the same batch) frees it.
+    s.apply(vec![
+        WriteOp::Delete { kind: Kind::Profile, key: "rack".into(), expect: Expect::Any },
+        WriteOp::Put {
+            kind: Kind::Machine,
+            key: "m1".into(),
+            body: json!({"name": "a", "bootenv": "debian", "params": {"ntp": 1}}),
+            expect: Expect::Any,
+        },
+    ])
+    .await
+    .unwrap();
+    // A job's task is checked when written but does not hold the task.
+    s.create(Kind::Task, "t", json!({"name": "t"})).await.unwrap();
+    let e = s.create(Kind::Job, "j0", json!({"machine": "nope", "task": "t"})).await.unwrap_err();
+    assert!(matches!(&e, StoreError::Dangling { field, .. } if field == "machine"), "{e}");
+    let e = s.create(Kind::Job, "j0", json!({"machine": "m1", "task": "nope"})).await.unwrap_err();
+    assert!(matches!(&e, StoreError::Dangling { field, .. } if field == "task"), "{e}");
+    s.create(Kind::Job, "j1", json!({"machine": "m1", "task": "t"})).await.unwrap();
+    s.delete(Kind::Task, "t", Expect::Any).await.unwrap();
+    // The job still holds its machine.
+    let e = s.delete(Kind::Machine, "m1", Expect::Any).await.unwrap_err();
+    assert!(matches!(e, StoreError::Referenced { .. }), "{e}");
+    s.apply(vec![
+        WriteOp::Delete { kind: Kind::Machine, key: "m1".into(), expect: Expect::Any },
+        WriteOp::Delete { kind: Kind::Job, key: "j1".into(), expect: Expect::Any },
+    ])
+    .await
+    .unwrap();
+    // A delete and re-create of a named object in one batch is no breach.
+    s.create(Kind::Machine, "m2", json!({"name": "b", "bootenv": "debian"})).await.unwrap();
+    s.apply(vec![
+        WriteOp::Delete { kind: Kind::BootEnv, key: "debian".into(), expect: Expect::Any },
+        put(Kind::BootEnv, "debian", json!({"name": "debian", "description": "again"})),
+    ])
+    .await
+    .unwrap();
+    assert!(s.integrity().await.unwrap().is_empty());
+}
+
+pub async fn a_deleted_job_takes_its_log_with_it(s: Arc<dyn Store>) {
+    s.create(Kind::Machine, "m", json!({"name": "m"})).await.unwrap();
+    s.create(Kind::Task, "t", json!({"name": "t"})).await.unwrap();
+    let job = plinth_model::JobId::generate();
+    s.create(Kind::Job, &job.to_string(), json!({"machine": "m", "task": "t"})).await.unwrap();
+    s.append_job_log(job, 0, "output".into()).await.unwrap();
+    s.delete(Kind::Job, &job.to_string(), Expect::Any).await.unwrap();
+    assert_eq!(s.job_log(job).await.unwrap(), "");
 }

@@ -135,6 +135,16 @@ pub enum StoreError {
     Conflict { kind: Kind, key: String, expected: u64, actual: u64 },
     #[error("invalid query: {0}")]
     Query(String),
+    /// A write gives an object a value of a unique field that another
+    /// object holds (a MAC, a machine name, a reserved address).
+    #[error("{object}: {field} `{value}` already belongs to {holder}")]
+    Unique { kind: Kind, object: String, field: String, value: String, holder: String },
+    /// A write names an object that does not exist.
+    #[error("{object}: field `{field}` names {target_kind} `{target}`, which does not exist")]
+    Dangling { kind: Kind, object: String, field: String, target_kind: Kind, target: String },
+    /// A delete would leave objects naming the deleted one.
+    #[error("{object} is still named by {}; change or delete {} first", .by.join(", "), if .by.len() == 1 { "it" } else { "them" })]
+    Referenced { kind: Kind, object: String, by: Vec<String> },
     #[error("storage failure: {0}")]
     Backend(String),
 }
@@ -178,6 +188,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Audit entries in sequence order.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<plinth_model::AuditEntry>, StoreError>;
+
+    /// What breaks the integrity rules (`plinth_model::integrity`) among the
+    /// stored objects: values of unique fields that several objects share,
+    /// and references to objects that do not exist. Writes refuse to make
+    /// either; a store written by an older Plinth may hold them.
+    async fn integrity(&self) -> Result<Vec<Problem>, StoreError>;
+}
+
+/// A breach of the integrity rules found in stored data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// Several objects of `kind` share a value of a unique field.
+    Duplicate { kind: Kind, field: String, value: String, holders: Vec<String> },
+    /// An object names one that does not exist.
+    Dangling { object: String, field: String, target_kind: Kind, target: String },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Duplicate { kind, field, value, holders } => {
+                write!(f, "{kind} share {field} `{value}`: {}; keep it on one of them", holders.join(", "))
+            }
+            Problem::Dangling { object, field, target_kind, target } => {
+                write!(f, "{object}: field `{field}` names {target_kind} `{target}`, which does not exist")
+            }
+        }
+    }
 }
 
 /// An audit log query; every field given must match.

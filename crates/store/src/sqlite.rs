@@ -9,10 +9,11 @@ use crate::{
 };
 use async_trait::async_trait;
 use plinth_model::BootEvent;
-use plinth_model::Kind;
+use plinth_model::{Kind, integrity};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,27 +73,46 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_actor ON audit (actor, seq);
     CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    // Every reference between objects (`plinth_model::integrity`), so a
+    // delete finds what names the object by index; filled on the next start.
+    "CREATE TABLE refs (
+        to_kind TEXT NOT NULL,
+        to_key TEXT NOT NULL,
+        from_kind TEXT NOT NULL,
+        from_key TEXT NOT NULL,
+        field TEXT NOT NULL,
+        holds INTEGER NOT NULL,
+        PRIMARY KEY (to_kind, to_key, from_kind, from_key, field)
+    ) WITHOUT ROWID;
+    CREATE INDEX refs_from ON refs (from_kind, from_key);",
 ];
 
 /// Top-level fields whose text values (or arrays of text) are kept in the
 /// `lookup` table, so an equality filter on them is an index lookup instead
 /// of a scan of the kind: the lookups a boot request makes (a machine by
-/// MAC, a lease by MAC) and the agent's (jobs and tokens of a machine).
-/// Changing this list rebuilds the table on the next start.
+/// MAC, a lease by MAC), the agent's (jobs and tokens of a machine), and
+/// every unique field (`plinth_model::integrity::unique_fields`), whose
+/// holders a write checks. Changing this list rebuilds the table on the
+/// next start.
 const INDEXED: &[(Kind, &str)] = &[
     (Kind::Machine, "macs"),
     (Kind::Machine, "name"),
     (Kind::Lease, "mac"),
     (Kind::Job, "machine"),
     (Kind::Token, "machine"),
+    (Kind::Reservation, "address"),
 ];
+
+/// Bumped when what the `refs` table holds changes, which rebuilds it.
+const REFS_VERSION: &str = "refs-1";
 
 fn indexed(kind: Kind, field: &str) -> bool {
     INDEXED.iter().any(|(k, f)| *k == kind && *f == field)
 }
 
 fn lookup_signature() -> String {
-    INDEXED.iter().map(|(k, f)| format!("{}.{f}", k.plural())).collect::<Vec<_>>().join(",")
+    let fields: Vec<String> = INDEXED.iter().map(|(k, f)| format!("{}.{f}", k.plural())).collect();
+    format!("{};{REFS_VERSION}", fields.join(","))
 }
 
 /// Replaces the lookup rows of one object.
@@ -109,20 +129,181 @@ fn index_object(tx: &Connection, kind: Kind, key: &str, body: Option<&Value>) ->
         .prepare_cached("INSERT OR IGNORE INTO lookup (kind, field, value, key) VALUES (?1, ?2, ?3, ?4)")
         .map_err(backend)?;
     for (_, field) in INDEXED.iter().filter(|(k, _)| *k == kind) {
-        let values: Vec<&str> = match body.get(*field) {
-            Some(Value::String(s)) => vec![s.as_str()],
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
-        for v in values {
+        for v in integrity::field_values(body, field) {
             insert.execute(params![kind.plural(), field, v, key]).map_err(backend)?;
         }
     }
     Ok(())
 }
 
-/// Rebuilds the lookup table when the indexed fields changed (or on the
-/// migration that created it).
+/// Values of `kind`'s unique fields that `body` gives object `key` and its
+/// stored version did not have (read before [`index_object`] replaces them).
+fn added_unique(tx: &Connection, kind: Kind, key: &str, body: &Value) -> Result<Vec<(String, String)>, StoreError> {
+    let fields = integrity::unique_fields(kind);
+    if fields.is_empty() {
+        return Ok(Vec::new());
+    }
+    let old: HashSet<(String, String)> = tx
+        .prepare_cached("SELECT field, value FROM lookup WHERE kind = ?1 AND key = ?2")
+        .map_err(backend)?
+        .query_map(params![kind.plural(), key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for field in fields {
+        for v in integrity::field_values(body, field) {
+            let pair = ((*field).to_owned(), v.to_owned());
+            if !old.contains(&pair) {
+                out.push(pair);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces the `refs` rows of one object; returns the references whose
+/// target the stored version did not name (those must exist at commit).
+fn index_refs(
+    tx: &Connection,
+    kind: Kind,
+    key: &str,
+    body: Option<&Value>,
+) -> Result<Vec<integrity::Reference>, StoreError> {
+    if !integrity::has_references(kind) {
+        return Ok(Vec::new());
+    }
+    let old: HashSet<(String, String)> = tx
+        .prepare_cached("SELECT to_kind, to_key FROM refs WHERE from_kind = ?1 AND from_key = ?2")
+        .map_err(backend)?
+        .query_map(params![kind.plural(), key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    tx.prepare_cached("DELETE FROM refs WHERE from_kind = ?1 AND from_key = ?2")
+        .map_err(backend)?
+        .execute(params![kind.plural(), key])
+        .map_err(backend)?;
+    let Some(body) = body else { return Ok(Vec::new()) };
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO refs (to_kind, to_key, from_kind, from_key, field, holds) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(backend)?;
+    let mut added = Vec::new();
+    for r in integrity::references(kind, body) {
+        insert.execute(params![r.kind.plural(), r.key, kind.plural(), key, r.field, r.holds]).map_err(backend)?;
+        if !old.contains(&(r.kind.plural().to_owned(), r.key.clone())) {
+            added.push(r);
+        }
+    }
+    Ok(added)
+}
+
+/// An object as an integrity message names it (machines by name and id).
+fn describe_stored(tx: &Connection, kind: Kind, key: &str) -> Result<String, StoreError> {
+    let name: Option<Option<String>> = tx
+        .prepare_cached("SELECT json_extract(body, '$.name') FROM objects WHERE kind = ?1 AND key = ?2")
+        .map_err(backend)?
+        .query_row(params![kind.plural(), key], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    let body = name.flatten().map(|n| serde_json::json!({ "name": n }));
+    Ok(integrity::describe(kind, key, body.as_ref()))
+}
+
+fn exists(tx: &Connection, kind: &str, key: &str) -> Result<bool, StoreError> {
+    tx.prepare_cached("SELECT 1 FROM objects WHERE kind = ?1 AND key = ?2")
+        .map_err(backend)?
+        .exists(params![kind, key])
+        .map_err(backend)
+}
+
+/// What a batch's writes must still satisfy when all of them are done:
+/// the checks are deferred to the end, so a batch may move a MAC between
+/// machines or create objects in any order.
+#[derive(Default)]
+struct Deferred {
+    /// (kind, key, description, field, value) of unique values written.
+    unique: Vec<(Kind, String, String, String, String)>,
+    /// (kind, key, description, reference) of references written.
+    refs: Vec<(Kind, String, String, integrity::Reference)>,
+    /// (kind, key, description) of deleted objects.
+    deleted: Vec<(Kind, String, String)>,
+}
+
+impl Deferred {
+    fn check(self, tx: &Connection) -> Result<(), StoreError> {
+        for (kind, key, object, field, value) in self.unique {
+            let holder: Option<String> = tx
+                .prepare_cached(
+                    "SELECT key FROM lookup WHERE kind = ?1 AND field = ?2 AND value = ?3 AND key <> ?4 ORDER BY key LIMIT 1",
+                )
+                .map_err(backend)?
+                .query_row(params![kind.plural(), field, value, key], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            // Still this object's value (a later write in the batch may
+            // have taken it away again)?
+            let still: bool = tx
+                .prepare_cached("SELECT 1 FROM lookup WHERE kind = ?1 AND field = ?2 AND value = ?3 AND key = ?4")
+                .map_err(backend)?
+                .exists(params![kind.plural(), field, value, key])
+                .map_err(backend)?;
+            if let (Some(holder), true) = (holder, still) {
+                let holder = describe_stored(tx, kind, &holder)?;
+                return Err(StoreError::Unique { kind, object, field, value, holder });
+            }
+        }
+        for (kind, key, object, r) in self.refs {
+            let still: bool = tx
+                .prepare_cached(
+                    "SELECT 1 FROM refs WHERE to_kind = ?1 AND to_key = ?2 AND from_kind = ?3 AND from_key = ?4 AND field = ?5",
+                )
+                .map_err(backend)?
+                .exists(params![r.kind.plural(), r.key, kind.plural(), key, r.field])
+                .map_err(backend)?;
+            if still && !exists(tx, r.kind.plural(), &r.key)? {
+                return Err(StoreError::Dangling { kind, object, field: r.field, target_kind: r.kind, target: r.key });
+            }
+        }
+        for (kind, key, object) in self.deleted {
+            if exists(tx, kind.plural(), &key)? {
+                continue;
+            }
+            let by: Vec<(String, String, String)> = tx
+                .prepare_cached(
+                    "SELECT from_kind, from_key, field FROM refs WHERE to_kind = ?1 AND to_key = ?2 AND holds = 1
+                     ORDER BY from_kind, from_key LIMIT 11",
+                )
+                .map_err(backend)?
+                .query_map(params![kind.plural(), key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            if by.is_empty() {
+                continue;
+            }
+            let mut names = Vec::new();
+            for (i, (from_kind, from_key, field)) in by.iter().enumerate() {
+                if i == 10 {
+                    names.push("and more".to_owned());
+                    break;
+                }
+                let from = Kind::from_plural(from_kind)
+                    .map(|k| describe_stored(tx, k, from_key))
+                    .transpose()?
+                    .unwrap_or_else(|| format!("{from_kind} `{from_key}`"));
+                names.push(format!("{from} (field `{field}`)"));
+            }
+            return Err(StoreError::Referenced { kind, object, by: names });
+        }
+        Ok(())
+    }
+}
+
+/// Rebuilds the lookup and refs tables when what they hold changed (or on
+/// the migration that created them).
 fn rebuild_lookup(tx: &Connection) -> Result<(), StoreError> {
     let have: Option<String> =
         tx.query_row("SELECT signature FROM lookup_fields", [], |r| r.get(0)).optional().map_err(backend)?;
@@ -131,8 +312,8 @@ fn rebuild_lookup(tx: &Connection) -> Result<(), StoreError> {
         return Ok(());
     }
     tx.execute("DELETE FROM lookup", []).map_err(backend)?;
-    let mut kinds: Vec<Kind> = INDEXED.iter().map(|(k, _)| *k).collect();
-    kinds.dedup();
+    tx.execute("DELETE FROM refs", []).map_err(backend)?;
+    let kinds = Kind::ALL.into_iter().filter(|k| INDEXED.iter().any(|(i, _)| i == k) || integrity::has_references(*k));
     for kind in kinds {
         let rows: Vec<(String, String)> = tx
             .prepare("SELECT key, body FROM objects WHERE kind = ?1")
@@ -142,7 +323,9 @@ fn rebuild_lookup(tx: &Connection) -> Result<(), StoreError> {
             .collect::<Result<_, _>>()
             .map_err(backend)?;
         for (key, text) in rows {
-            index_object(tx, kind, &key, Some(&parse_body(kind, &key, &text)?))?;
+            let body = parse_body(kind, &key, &text)?;
+            index_object(tx, kind, &key, Some(&body))?;
+            index_refs(tx, kind, &key, Some(&body))?;
         }
     }
     tx.execute("DELETE FROM lookup_fields", []).map_err(backend)?;
@@ -388,6 +571,7 @@ fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>, actor: Option<&str>) -> 
     let now = serde_json::to_value(plinth_model::now()).map_err(backend)?;
     let now_text = now.as_str().unwrap_or_default().to_owned();
     let mut changes = Vec::with_capacity(ops.len());
+    let mut deferred = Deferred::default();
     for op in ops {
         match op {
             WriteOp::Put { kind, key, mut body, expect } => {
@@ -417,7 +601,14 @@ fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>, actor: Option<&str>) -> 
                     params![kind.plural(), key, revision, created, now_text, text],
                 )
                 .map_err(backend)?;
+                let object = || integrity::describe(kind, &key, Some(&body));
+                for (field, value) in added_unique(&tx, kind, &key, &body)? {
+                    deferred.unique.push((kind, key.clone(), object(), field, value));
+                }
                 index_object(&tx, kind, &key, Some(&body))?;
+                for r in index_refs(&tx, kind, &key, Some(&body))? {
+                    deferred.refs.push((kind, key.clone(), object(), r));
+                }
                 let action = if revision == 1 { Action::Created } else { Action::Updated };
                 if let Some(actor) = actor {
                     let before = before.and_then(|b| serde_json::from_str::<Value>(&b).ok());
@@ -442,6 +633,15 @@ fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>, actor: Option<&str>) -> 
                 tx.execute("DELETE FROM objects WHERE kind = ?1 AND key = ?2", params![kind.plural(), key])
                     .map_err(backend)?;
                 index_object(&tx, kind, &key, None)?;
+                index_refs(&tx, kind, &key, None)?;
+                if kind == Kind::Job {
+                    // A job's log goes with it.
+                    tx.prepare_cached("DELETE FROM job_logs WHERE job = ?1")
+                        .map_err(backend)?
+                        .execute(params![key])
+                        .map_err(backend)?;
+                }
+                deferred.deleted.push((kind, key.clone(), integrity::describe(kind, &key, Some(&object))));
                 if let Some(actor) = actor {
                     audit_change(&tx, actor, Action::Deleted, kind, &key, Some(&object), None)?;
                 }
@@ -449,6 +649,7 @@ fn apply_sync(conn: &mut Connection, ops: Vec<WriteOp>, actor: Option<&str>) -> 
             }
         }
     }
+    deferred.check(&tx)?;
     tx.commit().map_err(backend)?;
     Ok(changes)
 }
@@ -597,6 +798,57 @@ impl Store for SqliteStore {
         self.inner.events.subscribe()
     }
 
+    async fn integrity(&self) -> Result<Vec<crate::Problem>, StoreError> {
+        self.with_reader(|conn| {
+            let mut out = Vec::new();
+            for kind in Kind::ALL {
+                for field in integrity::unique_fields(kind) {
+                    let mut stmt = conn
+                        .prepare_cached(
+                            "SELECT value, group_concat(key, char(10)) FROM lookup WHERE kind = ?1 AND field = ?2
+                             GROUP BY value HAVING count(*) > 1 ORDER BY value",
+                        )
+                        .map_err(backend)?;
+                    let rows: Vec<(String, String)> = stmt
+                        .query_map(params![kind.plural(), field], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(backend)?
+                        .collect::<Result<_, _>>()
+                        .map_err(backend)?;
+                    for (value, keys) in rows {
+                        let mut holders = Vec::new();
+                        for key in keys.split('\n') {
+                            holders.push(describe_stored(conn, kind, key)?);
+                        }
+                        holders.sort();
+                        out.push(crate::Problem::Duplicate { kind, field: (*field).to_owned(), value, holders });
+                    }
+                }
+            }
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT from_kind, from_key, field, to_kind, to_key FROM refs r WHERE holds = 1 AND NOT EXISTS
+                     (SELECT 1 FROM objects o WHERE o.kind = r.to_kind AND o.key = r.to_key)
+                     ORDER BY from_kind, from_key, field LIMIT 10000",
+                )
+                .map_err(backend)?;
+            let rows: Vec<(String, String, String, String, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            for (from_kind, from_key, field, to_kind, target) in rows {
+                let (Some(from), Some(target_kind)) = (Kind::from_plural(&from_kind), Kind::from_plural(&to_kind))
+                else {
+                    continue;
+                };
+                let object = describe_stored(conn, from, &from_key)?;
+                out.push(crate::Problem::Dangling { object, field, target_kind, target });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn append_boot_events(&self, events: Vec<BootEvent>) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -691,5 +943,17 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_unique_field_is_indexed() {
+        for kind in plinth_model::Kind::ALL {
+            for field in plinth_model::integrity::unique_fields(kind) {
+                assert!(super::indexed(kind, field), "{kind}.{field} is unique but not in INDEXED");
+            }
+        }
     }
 }
