@@ -364,31 +364,19 @@ fn set_inventory(m: &mut Machine, inv: &Value) {
 }
 
 /// Applies `change` to the stored machine, conditioned on the revision it
-/// read, so a concurrent write (the workflow engine's) is never overwritten;
-/// a lost race is retried from a fresh read.
-async fn update_machine(state: &AppState, id: MachineId, change: impl Fn(&mut Machine)) -> Result<Machine, ApiError> {
-    for _ in 0..20 {
-        let record = state
-            .store
-            .get(Kind::Machine, &id.to_string())
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("machines `{id}` not found")))?;
-        let mut m: Machine = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-        change(&mut m);
-        let body = serde_json::to_value(&m).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let (_, body) =
-            plinth_model::normalize(Kind::Machine, body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        match state
-            .store
-            .put(Kind::Machine, &id.to_string(), body, plinth_store::Expect::Revision(record.revision))
-            .await
-        {
-            Ok(_) => return Ok(m),
-            Err(plinth_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::Conflict("the machine kept changing; try again".into()))
+/// read, so a concurrent write (the workflow engine's) is never overwritten.
+async fn update_machine(
+    state: &AppState,
+    id: MachineId,
+    change: impl Fn(&mut Machine) + Send + Sync,
+) -> Result<Machine, ApiError> {
+    state
+        .store
+        .update_as::<Machine, ApiError, _>(&id.to_string(), |m| {
+            change(m);
+            Ok(())
+        })
+        .await
 }
 
 /// Issues a machine token (the server's default lifetime) and stores it;
@@ -536,26 +524,22 @@ struct WhoamiRequest {
     inventory: Option<Value>,
 }
 
-/// Takes one use of a join token; false when none is left.
-async fn use_join_token(state: &AppState, id: plinth_model::TokenId) -> Result<(bool, plinth_model::Token), ApiError> {
-    for _ in 0..20 {
-        let Some(r) = state.store.get(Kind::Token, &id.to_string()).await? else {
-            return Err(ApiError::Unauthorized("invalid, expired or revoked token".into()));
-        };
-        let mut t: plinth_model::Token = plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let left = t.uses_left.unwrap_or(0);
-        if left == 0 {
-            return Ok((false, t));
-        }
-        t.uses_left = Some(left - 1);
-        let v = serde_json::to_value(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
-        match state.store.put(Kind::Token, &id.to_string(), v, plinth_store::Expect::Revision(r.revision)).await {
-            Ok(_) => return Ok((true, t)),
-            Err(plinth_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
+/// Takes one use of a join token; refused when none is left.
+async fn use_join_token(state: &AppState, id: plinth_model::TokenId) -> Result<plinth_model::Token, ApiError> {
+    let taken = state
+        .store
+        .update_as::<plinth_model::Token, ApiError, _>(&id.to_string(), |t| match t.uses_left.unwrap_or(0) {
+            0 => Err(ApiError::Unauthorized("this join token has no uses left".into())),
+            left => {
+                t.uses_left = Some(left - 1);
+                Ok(())
+            }
+        })
+        .await;
+    match taken {
+        Err(ApiError::NotFound(_)) => Err(ApiError::Unauthorized("invalid, expired or revoked token".into())),
+        other => other,
     }
-    Err(ApiError::Conflict("the join token is in heavy use; try again".into()))
 }
 
 /// `POST /api/v1/machines/whoami`: a machine says who it is (MACs, system
@@ -596,15 +580,7 @@ pub async fn whoami(
     if claim.macs.is_empty() && claim.uuid().is_none() {
         return Err(ApiError::field("macs", "give at least one MAC address or a system UUID"));
     }
-    let join = if principal.join {
-        let (ok, t) = use_join_token(&state, principal.token).await?;
-        if !ok {
-            return Err(ApiError::Unauthorized("this join token has no uses left".into()));
-        }
-        Some(t)
-    } else {
-        None
-    };
+    let join = if principal.join { Some(use_join_token(&state, principal.token).await?) } else { None };
     // Candidates: machines sharing a MAC (an index lookup each) or the UUID.
     let mut candidates: Vec<Machine> = Vec::new();
     let mut filters: Vec<plinth_store::Filter> =

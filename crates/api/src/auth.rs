@@ -421,8 +421,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
     let invalid = || ApiError::Unauthorized("invalid, expired or revoked token".into());
     let value = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(missing)?;
     let token = value.strip_prefix("Bearer ").ok_or_else(missing)?.trim();
-    let (id, secret) = token.strip_prefix("plt_").and_then(|t| t.split_once('.')).ok_or_else(invalid)?;
-    let id: TokenId = id.parse().map_err(|_| invalid())?;
+    let (id, secret) = Token::parse_bearer(token).ok_or_else(invalid)?;
     let record = state.store.get(Kind::Token, &id.to_string()).await?.ok_or_else(invalid)?;
     let stored: Token = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
     if !stored.secret_matches(secret) || stored.expires_at <= plinth_model::now() {

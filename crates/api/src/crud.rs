@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use plinth_model::Kind;
+use plinth_model::{Kind, meta};
 use plinth_store::{Expect, Filter, ListQuery, Record, StoreExt, WriteOp};
 use serde_json::{Value, json};
 
@@ -114,33 +114,29 @@ impl WriteQuery {
     }
 }
 
-fn meta_str<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
-    body.get("meta").and_then(|m| m.get(field)).and_then(Value::as_str)
-}
-
 /// The content-pack layering rules for a write of `body` over `previous`:
 /// a pack's object changes only as an explicit override (recorded in
 /// `meta.override`); an override stays one; nobody else sets these marks.
 fn pack_layer(kind: Kind, previous: Option<&Value>, override_pack: bool, body: &mut Value) -> Result<(), ApiError> {
-    let pack = previous.and_then(|p| meta_str(p, "pack")).map(str::to_owned);
-    let kept = previous.and_then(|p| meta_str(p, "override")).map(str::to_owned);
+    let pack = previous.and_then(|p| meta::get(p, meta::PACK)).map(str::to_owned);
+    let kept = previous.and_then(|p| meta::get(p, meta::OVERRIDE)).map(str::to_owned);
     if let Some(p) = &pack
         && !override_pack
     {
-        let version = previous.and_then(|b| meta_str(b, "pack_version")).unwrap_or_default();
+        let version = previous.and_then(|b| meta::get(b, meta::PACK_VERSION)).unwrap_or_default();
         return Err(ApiError::Conflict(format!(
             "{kind} `{}` belongs to content pack `{p}` {version}; change it in the pack, or override it here with `?override=true` (upgrades then leave it alone and report it)",
             previous.and_then(|b| b.get(kind.key_field())).and_then(Value::as_str).unwrap_or_default()
         )));
     }
     let Value::Object(m) = body else { return Ok(()) };
-    let meta = m.entry("meta").or_insert_with(|| serde_json::json!({}));
-    if let Value::Object(meta) = meta {
-        meta.remove("pack");
-        meta.remove("pack_version");
-        meta.remove("override");
+    let labels = m.entry("meta").or_insert_with(|| serde_json::json!({}));
+    if let Value::Object(labels) = labels {
+        for k in meta::PACK_KEYS {
+            labels.remove(k);
+        }
         if let Some(o) = pack.or(kept) {
-            meta.insert("override".into(), Value::String(o));
+            labels.insert(meta::OVERRIDE.into(), Value::String(o));
         }
     }
     Ok(())
@@ -490,7 +486,7 @@ pub async fn delete(
     }
     check_not_builtin(kind, &key)?;
     if let Some(current) = state.store.get(kind, &key).await?
-        && let Some(p) = meta_str(&current.body, "pack")
+        && let Some(p) = meta::get(&current.body, meta::PACK)
     {
         return Err(ApiError::Conflict(format!(
             "{kind} `{key}` belongs to content pack `{p}`; remove the pack (`plinth content remove {p}`), or override the object first"

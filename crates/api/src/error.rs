@@ -98,7 +98,9 @@ impl From<StoreError> for ApiError {
             StoreError::Exists { .. } => ApiError::Conflict(e.to_string()),
             StoreError::Conflict { .. } => ApiError::PreconditionFailed(e.to_string()),
             StoreError::Query(m) => ApiError::BadRequest(m),
-            StoreError::Unique { .. } | StoreError::Referenced { .. } => ApiError::Conflict(e.to_string()),
+            StoreError::Unique { .. } | StoreError::Referenced { .. } | StoreError::Busy { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
             StoreError::Dangling { ref field, .. } => {
                 ApiError::Invalid { field: Some(field.clone()), detail: e.to_string() }
             }

@@ -21,6 +21,9 @@ mod params;
 mod secure;
 pub mod tls;
 
+/// The TLS configuration [`serve`] takes.
+pub use rustls::ServerConfig as TlsConfig;
+
 pub use auth::{BootstrapError, LoginLimiter, Principal, bootstrap, hash_password, sweep_tokens};
 pub use error::ApiError;
 pub use secure::{reseal_all, sealed_under_old_keys};

@@ -1,6 +1,12 @@
-//! Files made per request instead of read from the file root: the seam the
-//! rendering engine plugs into. TFTP asks it before the file root, and the
-//! boot HTTP server's per-machine routes (`/ipxe/<mac>`) are answered by it.
+//! Files made per request instead of read from the file root.
+//! [`RenderedFiles`] renders a known machine's bootenv files (the machine
+//! found by MAC, from the path or the client's lease, or by the machine
+//! token in `/t/<token>/…`); for a machine Plinth does not know it falls
+//! back to the file root's `ipxe/<mac>.ipxe` or `ipxe/default.ipxe`
+//! ([`IpxeScripts`]), then the `ipxe-default` and `grub-default` templates.
+//! TFTP asks it for paths that are not plain files of the file root; boot
+//! HTTP answers `/ipxe/<mac>`, `/machines/<mac>/<path>` and
+//! `/t/<token>/<path>` with it.
 
 use crate::files::FileRoot;
 use async_trait::async_trait;
@@ -41,7 +47,7 @@ pub trait Generated: Send + Sync + 'static {
     async fn lookup(&self, request: &FileRequest<'_>) -> Option<Vec<u8>>;
 }
 
-/// The built-in provider until templates render per machine: `ipxe/<mac>`
+/// The file-root scripts for machines Plinth does not know: `ipxe/<mac>`
 /// is the file root's `ipxe/<mac>.ipxe` (MAC as `52-54-00-12-34-56`), else
 /// `ipxe/default.ipxe`.
 pub struct IpxeScripts {
@@ -285,8 +291,7 @@ impl RenderedFiles {
     /// The machine a valid, unexpired machine token belongs to.
     async fn token_machine(&self, bearer: &str) -> Option<plinth_model::Machine> {
         use plinth_model::Kind;
-        let (id, secret) = bearer.strip_prefix("plt_")?.split_once('.')?;
-        let id: plinth_model::TokenId = id.parse().ok()?;
+        let (id, secret) = plinth_model::Token::parse_bearer(bearer)?;
         let record = self.store.get(Kind::Token, &id.to_string()).await.ok()??;
         let token: plinth_model::Token = plinth_model::decode(record.body).ok()?;
         if !token.secret_matches(secret) || token.expires_at <= plinth_model::now() {

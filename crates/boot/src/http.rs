@@ -4,7 +4,11 @@
 //! `Last-Modified` and conditional requests, streaming large files in big
 //! chunks. The path is percent-decoded exactly once and then resolved by
 //! [`FileRoot::resolve`], so encoded or double-encoded traversal cannot
-//! leave the root. Nothing of the API is reachable here.
+//! leave the root. `GET /ipxe/<mac>` (the iPXE script),
+//! `GET /machines/<mac>/<path>` (a file of the machine's bootenv, rendered
+//! for it) and `GET /t/<machine-token>/<path>` (the same for the token's
+//! machine) are answered by the generated-files hook and sent with
+//! `Cache-Control: no-store`. Nothing of the API is reachable here.
 
 use crate::events::BootLog;
 use crate::files::{FileRoot, PathError};
@@ -318,9 +322,10 @@ fn parse_range(value: &str, size: u64) -> Range {
     }
 }
 
-/// `GET /ipxe/<mac>`: the iPXE script DHCP points iPXE at. Until the
-/// rendering engine fills this per machine, it is `ipxe/<mac>.ipxe` from the
-/// file root if present, else `ipxe/default.ipxe`.
+/// `GET /ipxe/<mac>`: the iPXE script DHCP points iPXE at: a known
+/// machine's bootenv file `ipxe` rendered for it; for an unknown one the
+/// file root's `ipxe/<mac>.ipxe`, else `ipxe/default.ipxe`, else the
+/// `ipxe-default` template.
 async fn ipxe_script(
     State(state): State<HttpState>,
     axum::extract::Path(mac): axum::extract::Path<String>,

@@ -1,5 +1,6 @@
-//! A small HTTPS client for the Plinth API, shared by the CLI and (later)
-//! the agent.
+//! A small HTTPS client for the Plinth API, used by the CLI. (The agent
+//! has its own in `plinth-agent`, so its static build carries only the
+//! agent's dependencies.)
 
 use reqwest::{Method, StatusCode, header};
 use serde_json::Value;

@@ -86,7 +86,7 @@ pub fn table(columns: &[&str], items: &[Value]) -> String {
 pub fn list(kind: Kind, items: &[Value], format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(items).unwrap_or_default() + "\n",
-        Format::Yaml => serde_yaml::to_string(items).unwrap_or_default(),
+        Format::Yaml => serde_yaml_ng::to_string(items).unwrap_or_default(),
         Format::Table => table(kind.table_columns(), items),
     }
 }
@@ -95,7 +95,7 @@ pub fn list(kind: Kind, items: &[Value], format: Format) -> String {
 pub fn one(value: &Value, format: Format) -> String {
     match (format, value) {
         (Format::Json, _) => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
-        (Format::Yaml, _) => serde_yaml::to_string(value).unwrap_or_default(),
+        (Format::Yaml, _) => serde_yaml_ng::to_string(value).unwrap_or_default(),
         (Format::Table, Value::Object(map)) => {
             let headers = vec!["FIELD".to_owned(), "VALUE".to_owned()];
             let rows: Vec<Vec<String>> = map.iter().map(|(k, v)| vec![k.clone(), cell(v)]).collect();

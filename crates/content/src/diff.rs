@@ -1,60 +1,13 @@
-//! Unified diffs of rendered files, line by line (longest common
-//! subsequence; files too large for that are shown as replaced whole).
+//! Unified diffs of rendered files, line by line, by `similar` (Myers'
+//! algorithm with a deadline: a pathological pair of files gets a correct
+//! but less minimal diff instead of an unbounded wait).
 
-/// Largest `old lines × new lines` diffed line by line.
-const MAX_CELLS: usize = 4_000_000;
+use std::time::Duration;
+
 /// Lines of context around each change.
 const CONTEXT: usize = 3;
-
-#[derive(Clone, Copy, PartialEq)]
-enum Op {
-    Same,
-    Del,
-    Add,
-}
-
-/// The edit script from `a` to `b`, as `(op, index into a or b)`.
-fn script(a: &[&str], b: &[&str]) -> Vec<(Op, usize)> {
-    // Common prefix and suffix first: rendered files mostly change in a few places.
-    let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let suf = a[pre..].iter().rev().zip(b[pre..].iter().rev()).take_while(|(x, y)| x == y).count();
-    let (am, bm) = (&a[pre..a.len() - suf], &b[pre..b.len() - suf]);
-    let mut out: Vec<(Op, usize)> = (0..pre).map(|i| (Op::Same, i)).collect();
-    if am.len().saturating_mul(bm.len()) > MAX_CELLS {
-        out.extend((0..am.len()).map(|i| (Op::Del, pre + i)));
-        out.extend((0..bm.len()).map(|j| (Op::Add, pre + j)));
-    } else {
-        // lcs[i][j]: length of the LCS of am[i..] and bm[j..].
-        let (n, m) = (am.len(), bm.len());
-        let mut lcs = vec![0u32; (n + 1) * (m + 1)];
-        for i in (0..n).rev() {
-            for j in (0..m).rev() {
-                lcs[i * (m + 1) + j] = if am[i] == bm[j] {
-                    lcs[(i + 1) * (m + 1) + j + 1] + 1
-                } else {
-                    lcs[(i + 1) * (m + 1) + j].max(lcs[i * (m + 1) + j + 1])
-                };
-            }
-        }
-        let (mut i, mut j) = (0, 0);
-        while i < n || j < m {
-            if i < n && j < m && am[i] == bm[j] {
-                out.push((Op::Same, pre + i));
-                i += 1;
-                j += 1;
-            } else if i < n && (j == m || lcs[(i + 1) * (m + 1) + j] >= lcs[i * (m + 1) + j + 1]) {
-                // Deletions before additions, as diff(1) shows them.
-                out.push((Op::Del, pre + i));
-                i += 1;
-            } else {
-                out.push((Op::Add, pre + j));
-                j += 1;
-            }
-        }
-    }
-    out.extend((0..suf).map(|k| (Op::Same, a.len() - suf + k)));
-    out
-}
+/// Longest one diff may search for the smallest edit script.
+const DEADLINE: Duration = Duration::from_millis(500);
 
 /// A unified diff of `old` to `new` (headers `--- a/<name>`, `+++ b/<name>`),
 /// or `None` when they are equal.
@@ -62,55 +15,18 @@ pub fn unified(name: &str, old: &str, new: &str) -> Option<String> {
     if old == new {
         return None;
     }
-    let a: Vec<&str> = old.lines().collect();
-    let b: Vec<&str> = new.lines().collect();
-    let ops = script(&a, &b);
-    // Positions in a and b before each op.
-    let mut pos = Vec::with_capacity(ops.len() + 1);
-    let (mut ai, mut bi) = (0usize, 0usize);
-    for (op, _) in &ops {
-        pos.push((ai, bi));
-        match op {
-            Op::Same => {
-                ai += 1;
-                bi += 1;
-            }
-            Op::Del => ai += 1,
-            Op::Add => bi += 1,
-        }
+    // Lines compare without their ending, so a last line that gained a
+    // newline (or a line after it) is not shown as changed.
+    let ended = |t: &str| if t.is_empty() || t.ends_with('\n') { t.to_owned() } else { format!("{t}\n") };
+    let (old, new) = (ended(old), ended(new));
+    if old == new {
+        return Some(format!("--- a/{name}\n+++ b/{name}\n@@ end of file @@\n\\ trailing newline differs\n"));
     }
-    pos.push((ai, bi));
-    let changed: Vec<usize> = ops.iter().enumerate().filter(|(_, (op, _))| *op != Op::Same).map(|(k, _)| k).collect();
-    let mut out = format!("--- a/{name}\n+++ b/{name}\n");
-    if changed.is_empty() {
-        // Only the trailing newline differs.
-        out.push_str("@@ end of file @@\n\\ trailing newline differs\n");
-        return Some(out);
-    }
-    // Group changes whose context overlaps into hunks.
-    let mut k = 0;
-    while k < changed.len() {
-        let start = changed[k].saturating_sub(CONTEXT);
-        let mut end = changed[k];
-        while k + 1 < changed.len() && changed[k + 1] <= end + 2 * CONTEXT + 1 {
-            k += 1;
-            end = changed[k];
-        }
-        let end = (end + CONTEXT + 1).min(ops.len());
-        let (a0, b0) = pos[start];
-        let (a1, b1) = pos[end];
-        let range = |s: usize, n: usize| if n == 0 { format!("{s},0") } else { format!("{},{n}", s + 1) };
-        out.push_str(&format!("@@ -{} +{} @@\n", range(a0, a1 - a0), range(b0, b1 - b0)));
-        for (op, idx) in &ops[start..end] {
-            match op {
-                Op::Same => out.push_str(&format!(" {}\n", a[*idx])),
-                Op::Del => out.push_str(&format!("-{}\n", a[*idx])),
-                Op::Add => out.push_str(&format!("+{}\n", b[*idx])),
-            }
-        }
-        k += 1;
-    }
-    Some(out)
+    let diff =
+        similar::TextDiff::configure().algorithm(similar::Algorithm::Myers).timeout(DEADLINE).diff_lines(&old, &new);
+    let text =
+        diff.unified_diff().context_radius(CONTEXT).header(&format!("a/{name}"), &format!("b/{name}")).to_string();
+    Some(text)
 }
 
 #[cfg(test)]
@@ -139,7 +55,7 @@ mod tests {
         let d = unified("f", &old, &new).unwrap();
         assert_eq!(d.matches("@@ -").count(), 2, "{d}");
         assert!(d.contains("-line 3\n+three\n") && d.contains("-line 27\n+x27\n"), "{d}");
-        assert!(unified("f", "a", "a\n").unwrap().contains("trailing newline"));
-        assert_eq!(unified("f", "", "x\n").unwrap(), "--- a/f\n+++ b/f\n@@ -0,0 +1,1 @@\n+x\n");
+        assert!(unified("f", "a", "a\n").unwrap().contains("trailing newline differs"));
+        assert_eq!(unified("f", "", "x\n").unwrap(), "--- a/f\n+++ b/f\n@@ -0,0 +1 @@\n+x\n");
     }
 }

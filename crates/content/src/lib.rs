@@ -1,12 +1,15 @@
-//! The content Plinth ships: iPXE and GRUB boot templates, the `local` and
-//! `discovery` bootenvs, installers (Debian 12 preseed, Ubuntu 24.04
-//! autoinstall, Rocky/Alma 9 kickstart, cloud-init user-data) built from
-//! small parts chosen by params, and those params with schemas and
-//! defaults. The files live in `default/`; they are compiled in and
-//! written to the store by [`install_missing`] on every start, so a site
-//! overrides any of them by editing the stored object, and a new Plinth
-//! adds what it newly ships. (The content-pack issue turns this into the
-//! default pack with versioned upgrades.)
+//! Content packs ([`pack`]: the format; [`plan`]: plans, install, upgrade,
+//! rollback, remove, promote, canaries, site export) and the content Plinth
+//! ships: iPXE and GRUB boot templates, the `local` and `discovery`
+//! bootenvs, installers (Debian 12 preseed, Ubuntu 24.04 autoinstall,
+//! Rocky/Alma 9 kickstart, cloud-init user-data) built from small parts
+//! chosen by params, those params with schemas and defaults, the common
+//! tasks and the `base-configure` stage and workflow. The files live in
+//! `default/` and are compiled in; [`install_default`] installs them at
+//! start as the `plinth-default` pack, or upgrades it when this Plinth
+//! ships a newer version. A site changes a pack's object by overriding it
+//! (`?override=true`), which upgrades keep. [`install_missing`] (store
+//! what is absent, outside any pack) is for tests and benchmarks.
 #![forbid(unsafe_code)]
 
 mod diff;
@@ -15,7 +18,7 @@ pub mod plan;
 
 pub use diff::unified as unified_diff;
 
-use plinth_model::Kind;
+use plinth_model::{Kind, meta};
 #[cfg(test)]
 use plinth_store::StoreExt;
 use plinth_store::{Expect, Store, StoreError, WriteOp};
@@ -102,14 +105,14 @@ pub enum ContentError {
 pub fn objects() -> Result<Vec<(Kind, String, Value)>, ContentError> {
     let mut raw: Vec<(Kind, Value)> = Vec::new();
     let params: Vec<Value> =
-        serde_yaml::from_str(PARAMS).map_err(|e| ContentError::Yaml("params.yaml".into(), e.to_string()))?;
+        serde_yaml_ng::from_str(PARAMS).map_err(|e| ContentError::Yaml("params.yaml".into(), e.to_string()))?;
     raw.extend(params.into_iter().map(|p| (Kind::Param, p)));
     for (name, text) in TEMPLATES {
-        raw.push((Kind::Template, json!({"name": name, "contents": text, "meta": {"source": "builtin"}})));
+        raw.push((Kind::Template, json!({"name": name, "contents": text, "meta": {meta::SOURCE: meta::BUILTIN}})));
     }
     for (i, text) in BOOTENVS.iter().enumerate() {
         let v: Value =
-            serde_yaml::from_str(text).map_err(|e| ContentError::Yaml(format!("bootenvs[{i}]"), e.to_string()))?;
+            serde_yaml_ng::from_str(text).map_err(|e| ContentError::Yaml(format!("bootenvs[{i}]"), e.to_string()))?;
         raw.push((Kind::BootEnv, v));
     }
     for (kind, file, text) in [
@@ -118,13 +121,13 @@ pub fn objects() -> Result<Vec<(Kind, String, Value)>, ContentError> {
         (Kind::Workflow, "workflows.yaml", WORKFLOWS),
     ] {
         let items: Vec<Value> =
-            serde_yaml::from_str(text).map_err(|e| ContentError::Yaml(file.into(), e.to_string()))?;
+            serde_yaml_ng::from_str(text).map_err(|e| ContentError::Yaml(file.into(), e.to_string()))?;
         raw.extend(items.into_iter().map(|v| (kind, v)));
     }
     raw.into_iter()
         .map(|(kind, mut v)| {
             if let Value::Object(m) = &mut v {
-                m.entry("meta").or_insert_with(|| json!({"source": "builtin"}));
+                m.entry("meta").or_insert_with(|| json!({meta::SOURCE: meta::BUILTIN}));
             }
             let name = v.get("name").and_then(Value::as_str).unwrap_or("?").to_owned();
             let (key, body) =

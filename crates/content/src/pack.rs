@@ -127,9 +127,9 @@ fn admit(kind: Kind, origin: &str, raw: Value, out: &mut Vec<String>) -> Option<
     if let Value::Object(m) = &mut raw {
         // Which pack an object belongs to is the server's to say.
         if let Some(Value::Object(meta)) = m.get_mut("meta") {
-            meta.remove("pack");
-            meta.remove("pack_version");
-            meta.remove("override");
+            for k in plinth_model::meta::PACK_KEYS {
+                meta.remove(k);
+            }
         }
     }
     match plinth_model::normalize(kind, raw) {
@@ -146,7 +146,7 @@ pub fn load_dir(dir: &Path) -> Result<Pack, Problems> {
     let mut problems = Vec::new();
     let manifest_path = dir.join("pack.yaml");
     let manifest: Option<Manifest> = match std::fs::read_to_string(&manifest_path) {
-        Ok(text) => match serde_yaml::from_str(&text) {
+        Ok(text) => match serde_yaml_ng::from_str(&text) {
             Ok(m) => Some(m),
             Err(e) => {
                 problems.push(format!("pack.yaml: {e}"));
@@ -201,7 +201,7 @@ pub fn load_dir(dir: &Path) -> Result<Pack, Problems> {
                     let parsed: Result<Value, String> = if ext == "json" {
                         serde_json::from_str(&text).map_err(|e| e.to_string())
                     } else {
-                        serde_yaml::from_str(&text).map_err(|e| e.to_string())
+                        serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())
                     };
                     match parsed {
                         Ok(Value::Array(items)) => {
@@ -296,6 +296,30 @@ impl Pack {
         json!({"format": FORMAT, "manifest": self.manifest, "objects": objects})
     }
 
+    /// The bundle as the store keeps it (in the pack's `Content` record).
+    pub fn to_stored(&self) -> plinth_model::Bundle {
+        let objects = self
+            .objects
+            .iter()
+            .map(|(kind, key, body)| plinth_model::BundleObject {
+                kind: kind.plural().to_owned(),
+                key: key.clone(),
+                body: strip_server_fields(body),
+            })
+            .collect();
+        plinth_model::Bundle {
+            format: FORMAT.to_owned(),
+            manifest: serde_json::to_value(&self.manifest).unwrap_or(Value::Null),
+            objects,
+        }
+    }
+
+    /// Reads a bundle the store kept. Every problem is listed.
+    pub fn from_stored(bundle: &plinth_model::Bundle) -> Result<Pack, Problems> {
+        let value = serde_json::to_value(bundle).map_err(|e| Problems(vec![e.to_string()]))?;
+        Pack::from_bundle(&value)
+    }
+
     /// Reads a bundle. Every problem is listed.
     pub fn from_bundle(bundle: &Value) -> Result<Pack, Problems> {
         let mut problems = Vec::new();
@@ -348,7 +372,7 @@ impl Pack {
         }
         let value: Value = match serde_json::from_slice(bytes) {
             Ok(v) => v,
-            Err(json_err) => match std::str::from_utf8(bytes).ok().and_then(|t| serde_yaml::from_str(t).ok()) {
+            Err(json_err) => match std::str::from_utf8(bytes).ok().and_then(|t| serde_yaml_ng::from_str(t).ok()) {
                 Some(v) => v,
                 None => return Err(Problems(vec![format!("the bundle is not JSON: {json_err}")])),
             },
@@ -360,7 +384,7 @@ impl Pack {
     /// objects as one YAML file each).
     pub fn write_dir(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let yaml = |v: &Value| serde_yaml::to_string(v).map_err(std::io::Error::other);
+        let yaml = |v: &Value| serde_yaml_ng::to_string(v).map_err(std::io::Error::other);
         std::fs::write(
             dir.join("pack.yaml"),
             yaml(&serde_json::to_value(&self.manifest).map_err(std::io::Error::other)?)?,
@@ -394,9 +418,9 @@ pub fn strip_server_fields(body: &Value) -> Value {
             m.remove(f);
         }
         if let Some(Value::Object(meta)) = m.get_mut("meta") {
-            meta.remove("pack");
-            meta.remove("pack_version");
-            meta.remove("override");
+            for k in plinth_model::meta::PACK_KEYS {
+                meta.remove(k);
+            }
         }
     }
     b

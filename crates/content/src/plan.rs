@@ -12,7 +12,7 @@
 //! `overrides: [other]`.
 
 use crate::pack::{PACK_KINDS, Pack, Problems, strip_server_fields};
-use plinth_model::{Kind, Machine};
+use plinth_model::{Kind, Machine, meta};
 use plinth_store::{Expect, Store, StoreError, WriteOp};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -98,18 +98,14 @@ pub enum PackError {
     Corrupt(String),
 }
 
-fn meta<'a>(body: &'a Value, field: &str) -> Option<&'a str> {
-    body.get("meta").and_then(|m| m.get(field)).and_then(Value::as_str)
-}
-
 /// `body` as the pack installs it: marked as the pack's.
 fn owned(body: &Value, pack: &str, version: &str) -> Value {
     let mut b = strip_server_fields(body);
     if let Value::Object(m) = &mut b {
         let meta = m.entry("meta").or_insert_with(|| json!({}));
         if let Value::Object(meta) = meta {
-            meta.insert("pack".into(), json!(pack));
-            meta.insert("pack_version".into(), json!(version));
+            meta.insert(meta::PACK.into(), json!(pack));
+            meta.insert(meta::PACK_VERSION.into(), json!(version));
         }
     }
     b
@@ -128,10 +124,13 @@ fn same_definition(a: &Value, b: &Value) -> bool {
 }
 
 /// The installed pack `name`, with its stored record's revision.
-async fn installed(store: &dyn Store, name: &str) -> Result<Option<(Pack, plinth_model::Content, u64)>, PackError> {
+/// An installed pack: its objects, its record and the record's revision.
+type Installed = (Pack, plinth_model::Content, u64);
+
+async fn installed(store: &dyn Store, name: &str) -> Result<Option<Installed>, PackError> {
     let Some(r) = store.get(Kind::Content, name).await? else { return Ok(None) };
     let c: plinth_model::Content = plinth_model::decode(r.body).map_err(|e| PackError::Corrupt(e.to_string()))?;
-    let pack = Pack::from_bundle(&c.bundle).map_err(|e| PackError::Corrupt(e.to_string()))?;
+    let pack = Pack::from_stored(&c.bundle).map_err(|e| PackError::Corrupt(e.to_string()))?;
     Ok(Some((pack, c, r.revision)))
 }
 
@@ -186,7 +185,41 @@ fn rendered(
     (out, errors)
 }
 
-/// Plans installing or upgrading to `pack` (`None`: removing `name`).
+/// Stored objects a plan reads before anything changes.
+struct World {
+    shared_old: plinth_render::Shared,
+    tasks_old: HashMap<String, plinth_model::Task>,
+    machines: Vec<Machine>,
+    /// Each machine's stored revision and body, by id.
+    revisions: HashMap<String, (u64, Value)>,
+}
+
+impl World {
+    async fn load(store: &dyn Store) -> Result<World, PackError> {
+        let shared_old = plinth_render::load_shared(store).await.map_err(|e| PackError::Corrupt(e.to_string()))?;
+        let mut tasks_old: HashMap<String, plinth_model::Task> = HashMap::new();
+        for r in plinth_store::StoreExt::list_all(store, Kind::Task, vec![]).await? {
+            let t: plinth_model::Task = plinth_model::decode(r.body).map_err(|e| PackError::Corrupt(e.to_string()))?;
+            tasks_old.insert(t.name.to_string(), t);
+        }
+        let mut revisions: HashMap<String, (u64, Value)> = HashMap::new();
+        let mut machines: Vec<Machine> = Vec::new();
+        for r in plinth_store::StoreExt::list_all(store, Kind::Machine, vec![]).await? {
+            machines.push(plinth_model::decode(r.body.clone()).map_err(|e| PackError::Corrupt(e.to_string()))?);
+            revisions.insert(r.key, (r.revision, r.body));
+        }
+        Ok(World { shared_old, tasks_old, machines, revisions })
+    }
+}
+
+/// The new content after a plan: the old snapshot with the changed objects.
+type Snapshot = (plinth_render::Shared, HashMap<String, plinth_model::Task>);
+/// What a plan changes: each touched object's body after (`None`: removed),
+/// and the names of the changed ones.
+type After = (HashMap<(Kind, String), Option<Value>>, BTreeSet<(Kind, String)>);
+
+/// Plans installing or upgrading to `pack` (`None`: removing `name`), phase
+/// by phase; each phase adds its findings to the plan.
 async fn compute(
     store: &dyn Store,
     name: &str,
@@ -207,7 +240,32 @@ async fn compute(
     {
         plan.warnings.push(format!("{} is older than the installed {}", new.manifest.version, old.manifest.version));
     }
-    // Requirements on other packs.
+    check_requirements(store, new, &mut plan).await?;
+    let world = World::load(store).await?;
+    let installed_version = current.as_ref().map(|c| c.1.version.as_str());
+    let (pinned, pin_ops) = plan_pins(name, &world, installed_version, new.is_some(), canary, &mut plan);
+    let (after, changed_names) = object_changes(store, name, new, old_pack, force, &mut plan).await?;
+    let (shared_new, tasks_new) = snapshot(&world, &after)?;
+    refuse_secrets(new, &shared_new, &mut plan);
+    check_references(&after, &world.machines, &shared_new, &tasks_new, &mut plan);
+    check_schemas(&world, &shared_new, &mut plan);
+    machine_diffs(store, world, &shared_new, &tasks_new, &pinned, &changed_names, &mut plan).await?;
+    let record_op = record_op(name, new, current.as_ref())?;
+    // Install kinds in order (params before what uses them); removals after.
+    let order = |op: &WriteOp| match op {
+        WriteOp::Put { kind, .. } => PACK_KINDS.iter().position(|k| k == kind).unwrap_or(99),
+        WriteOp::Delete { kind, .. } => {
+            100 + (PACK_KINDS.len() - PACK_KINDS.iter().position(|k| k == kind).unwrap_or(0))
+        }
+    };
+    plan.ops.sort_by_key(order);
+    plan.ops.extend(pin_ops);
+    plan.ops.push(record_op);
+    Ok(plan)
+}
+
+/// Requirements on other packs, each met by an installed version.
+async fn check_requirements(store: &dyn Store, new: Option<&Pack>, plan: &mut Plan) -> Result<(), PackError> {
     if let Some(new) = new {
         for r in &new.manifest.requires {
             let req = semver::VersionReq::parse(&r.version).ok();
@@ -220,32 +278,32 @@ async fn compute(
             }
         }
     }
-    // What refers to the removed packs' objects: refuse to remove what is used.
-    let shared_old = plinth_render::load_shared(store).await.map_err(|e| PackError::Corrupt(e.to_string()))?;
-    let mut tasks_old: HashMap<String, plinth_model::Task> = HashMap::new();
-    for r in plinth_store::StoreExt::list_all(store, Kind::Task, vec![]).await? {
-        let t: plinth_model::Task = plinth_model::decode(r.body).map_err(|e| PackError::Corrupt(e.to_string()))?;
-        tasks_old.insert(t.name.to_string(), t);
-    }
-    let mut revisions: HashMap<String, (u64, Value)> = HashMap::new();
-    let mut machines: Vec<Machine> = Vec::new();
-    for r in plinth_store::StoreExt::list_all(store, Kind::Machine, vec![]).await? {
-        machines.push(plinth_model::decode(r.body.clone()).map_err(|e| PackError::Corrupt(e.to_string()))?);
-        revisions.insert(r.key, (r.revision, r.body));
-    }
-    // Pins: with a canary set, every other machine stays on the installed
-    // version (or the one it is already pinned to).
-    let pin_key = format!("{}{name}", plinth_render::pins::PIN_PREFIX);
+    Ok(())
+}
+
+/// Pins: with a canary set, every other machine stays on the installed
+/// version (or the one it is already pinned to). The machines pinned, and
+/// the writes that pin and unpin.
+fn plan_pins(
+    name: &str,
+    world: &World,
+    installed: Option<&str>,
+    installing: bool,
+    canary: Option<&BTreeSet<String>>,
+    plan: &mut Plan,
+) -> (BTreeSet<String>, Vec<WriteOp>) {
+    let (machines, revisions) = (&world.machines, &world.revisions);
+    let pin_key = meta::pin_key(name);
     let mut pinned: BTreeSet<String> = BTreeSet::new();
     let mut pin_ops = Vec::new();
-    for m in &machines {
+    for m in machines {
         let id = m.id.to_string();
         let current_pin = m.meta.get(&pin_key).cloned();
         let in_canary = canary.is_none_or(|c| c.contains(&id) || c.contains(m.name.as_str()));
         // Without a canary every machine moves (that is how `promote` and
         // `rollback` clear pins).
-        let want_pin = match (&current, new) {
-            (Some(cur), Some(_)) if !in_canary => Some(current_pin.clone().unwrap_or_else(|| cur.1.version.clone())),
+        let want_pin = match installed {
+            Some(cur) if installing && !in_canary => Some(current_pin.clone().unwrap_or_else(|| cur.to_owned())),
             _ => None,
         };
         if want_pin.is_some() {
@@ -269,12 +327,25 @@ async fn compute(
         for want in c.iter().filter(|w| !known.contains(*w)) {
             plan.errors.push(format!("canary machine `{want}` does not exist"));
         }
-        if current.is_none() {
+        if installed.is_none() {
             plan.errors.push("a canary needs an installed version to keep the other machines on".into());
         }
     }
     plan.pinned = pinned.len();
+    plan.pinned = pinned.len();
+    (pinned, pin_ops)
+}
 
+/// Each object the pack adds, changes, keeps as the site's override, takes
+/// over or adopts, and each it removes, with the writes that do it.
+async fn object_changes(
+    store: &dyn Store,
+    name: &str,
+    new: Option<&Pack>,
+    old_pack: Option<&Pack>,
+    force: bool,
+    plan: &mut Plan,
+) -> Result<After, PackError> {
     let new_objects: BTreeMap<(Kind, String), &Value> =
         new.map(|p| p.objects.iter().map(|(k, key, b)| ((*k, key.clone()), b)).collect()).unwrap_or_default();
     let old_objects: BTreeMap<(Kind, String), &Value> =
@@ -297,10 +368,10 @@ async fn compute(
             Some(r) => {
                 let expect = Expect::Revision(r.revision);
                 let put = WriteOp::Put { kind: *kind, key: key.clone(), body: target.clone(), expect };
-                match (meta(&r.body, "pack"), meta(&r.body, "override")) {
+                match (meta::get(&r.body, meta::PACK), meta::get(&r.body, meta::OVERRIDE)) {
                     (Some(p), _) if p == name => {
                         let same = strip_server_fields(&r.body) == strip_server_fields(&target);
-                        let relabel = meta(&r.body, "pack_version") != Some(version.as_str());
+                        let relabel = meta::get(&r.body, meta::PACK_VERSION) != Some(version.as_str());
                         (if same { None } else { Some("changed") }, (!same || relabel).then_some(put))
                     }
                     (_, Some(o)) if o == name => {
@@ -324,13 +395,15 @@ async fn compute(
                     // Built-in content an earlier Plinth installed without a
                     // pack: the default pack adopts it, or, where the site
                     // changed it, keeps the site's as an override.
-                    (None, None) if name == crate::DEFAULT_PACK && meta(&r.body, "source") == Some("builtin") => {
+                    (None, None)
+                        if name == crate::DEFAULT_PACK && meta::get(&r.body, meta::SOURCE) == Some(meta::BUILTIN) =>
+                    {
                         if same_definition(&r.body, &target) {
                             (Some("adopted"), Some(put))
                         } else {
                             let mut kept = strip_server_fields(&r.body);
                             if let Some(Value::Object(m)) = kept.get_mut("meta") {
-                                m.insert("override".into(), json!(name));
+                                m.insert(meta::OVERRIDE.into(), json!(name));
                             }
                             (
                                 Some("override-kept"),
@@ -365,7 +438,7 @@ async fn compute(
             continue;
         }
         let Some(r) = store.get(*kind, key).await? else { continue };
-        if meta(&r.body, "pack") != Some(name) {
+        if meta::get(&r.body, meta::PACK) != Some(name) {
             // The site overrides it: it stays, now the site's alone.
             continue;
         }
@@ -375,11 +448,16 @@ async fn compute(
         changed_names.insert((*kind, key.clone()));
     }
 
-    // The new snapshot.
+    Ok((after, changed_names))
+}
+
+/// The new snapshot: the old one with the pack's changes applied.
+fn snapshot(world: &World, after: &HashMap<(Kind, String), Option<Value>>) -> Result<Snapshot, PackError> {
+    let (shared_old, tasks_old) = (&world.shared_old, &world.tasks_old);
     let mut shared_new = shared_old.clone();
     let mut tasks_new = tasks_old.clone();
     let mut templates_new = (*shared_old.templates).clone();
-    for ((kind, key), body) in &after {
+    for ((kind, key), body) in after {
         macro_rules! put {
             ($map:expr, $t:ty, $k:expr) => {
                 match body {
@@ -414,9 +492,14 @@ async fn compute(
     }
     shared_new.templates = Arc::new(templates_new);
 
-    // A pack never carries secrets: values of secure params belong to the
-    // site, where they are sealed when written.
-    for ((kind, key), body) in &new_objects {
+    Ok((shared_new, tasks_new))
+}
+
+/// A pack never carries secrets: values of secure params belong to the
+/// site, where they are sealed when written.
+fn refuse_secrets(new: Option<&Pack>, shared_new: &plinth_render::Shared, plan: &mut Plan) {
+    let Some(new) = new else { return };
+    for (kind, key, body) in &new.objects {
         if !matches!(kind, Kind::Profile | Kind::Stage | Kind::Workflow) {
             continue;
         }
@@ -434,7 +517,17 @@ async fn compute(
             }
         }
     }
-    // References the new world leaves dangling.
+}
+
+/// References the new world leaves dangling: what is removed but still
+/// named, and what is named but does not exist.
+fn check_references(
+    after: &HashMap<(Kind, String), Option<Value>>,
+    machines: &[Machine],
+    shared_new: &plinth_render::Shared,
+    tasks_new: &HashMap<String, plinth_model::Task>,
+    plan: &mut Plan,
+) {
     for (kind, key) in after.iter().filter(|(_, b)| b.is_none()).map(|(k, _)| k) {
         let users: Vec<String> = match kind {
             Kind::Workflow => machines
@@ -524,8 +617,11 @@ async fn compute(
             }
         }
     }
+}
 
-    // Stored values the new schemas refuse (params whose schema changed).
+/// Stored values the new schemas refuse (params whose schema changed).
+fn check_schemas(world: &World, shared_new: &plinth_render::Shared, plan: &mut Plan) {
+    let (shared_old, machines) = (&world.shared_old, &world.machines);
     let schema_changed: Vec<&plinth_model::Param> = shared_new
         .params
         .values()
@@ -533,7 +629,7 @@ async fn compute(
         .collect();
     if !schema_changed.is_empty() {
         let mut places: Vec<(String, &plinth_model::ParamValues)> = Vec::new();
-        for m in &machines {
+        for m in machines {
             places.push((format!("machine `{}`", m.name), &m.params));
         }
         for p in shared_new.profiles.values() {
@@ -565,8 +661,20 @@ async fn compute(
             }
         }
     }
+}
 
-    // Every machine, rendered with the old content and with the new.
+/// Every machine, rendered with the old content and with the new: the
+/// diffs of what changes, and what would no longer render.
+async fn machine_diffs(
+    store: &dyn Store,
+    world: World,
+    shared_new: &plinth_render::Shared,
+    tasks_new: &HashMap<String, plinth_model::Task>,
+    pinned: &BTreeSet<String>,
+    changed_names: &BTreeSet<(Kind, String)>,
+    plan: &mut Plan,
+) -> Result<(), PackError> {
+    let World { shared_old, tasks_old, machines, .. } = world;
     let mut leases: HashMap<plinth_model::MacAddr, plinth_model::Lease> = HashMap::new();
     for r in plinth_store::StoreExt::list_all(store, Kind::Lease, vec![]).await? {
         let Ok(l) = plinth_model::decode::<plinth_model::Lease>(r.body) else { continue };
@@ -601,7 +709,7 @@ async fn compute(
         }
         let (id, mname) = (m.id.to_string(), m.name.to_string());
         let old = plinth_render::view_from(&shared_old, m.clone(), lease.clone());
-        let new = plinth_render::view_from(&shared_new, m, lease);
+        let new = plinth_render::view_from(shared_new, m, lease);
         let mut mp =
             MachinePlan { id, name: mname, files: Vec::new(), errors: Vec::new(), workflow_affected: affected };
         let (old_files, _) = match &old {
@@ -610,7 +718,7 @@ async fn compute(
         };
         match &new {
             Ok(v) => {
-                let (new_files, errors) = rendered(v, &shared_new, &tasks_new);
+                let (new_files, errors) = rendered(v, shared_new, tasks_new);
                 mp.errors = errors;
                 // A file that fails to render is an error, not a removal.
                 let names: BTreeSet<&String> = if mp.errors.is_empty() {
@@ -640,16 +748,20 @@ async fn compute(
     for v in &plan.schema_violations {
         plan.errors.push(format!("param `{}` on {}: {}", v.param, v.location, v.why));
     }
-    // The pack's own record, with the version it replaces kept for rollback.
-    let record_op = match (new, &current) {
+    Ok(())
+}
+
+/// The pack's own record, with the version it replaces kept for rollback.
+fn record_op(name: &str, new: Option<&Pack>, current: Option<&Installed>) -> Result<WriteOp, PackError> {
+    Ok(match (new, current) {
         (Some(p), cur) => {
-            let bundle = p.to_bundle();
+            let bundle = p.to_stored();
             // Re-applying the installed version (`promote`) keeps what it replaced.
             let previous = cur
                 .as_ref()
                 .map(|c| if c.1.bundle == bundle { c.1.previous.clone() } else { Some(c.1.bundle.clone()) });
             let body = json!({"name": p.manifest.name, "version": p.manifest.version, "description": p.manifest.description,
-                "bundle": bundle, "previous": previous.flatten()});
+            "bundle": bundle, "previous": previous.flatten()});
             let (key, body) =
                 plinth_model::normalize(Kind::Content, body).map_err(|e| PackError::Corrupt(e.to_string()))?;
             let expect = cur.as_ref().map_or(Expect::Absent, |c| Expect::Revision(c.2));
@@ -657,18 +769,7 @@ async fn compute(
         }
         (None, Some(c)) => WriteOp::Delete { kind: Kind::Content, key: name.to_owned(), expect: Expect::Revision(c.2) },
         (None, None) => return Err(PackError::NotInstalled(name.to_owned())),
-    };
-    // Install kinds in order (params before what uses them); removals after.
-    let order = |op: &WriteOp| match op {
-        WriteOp::Put { kind, .. } => PACK_KINDS.iter().position(|k| k == kind).unwrap_or(99),
-        WriteOp::Delete { kind, .. } => {
-            100 + (PACK_KINDS.len() - PACK_KINDS.iter().position(|k| k == kind).unwrap_or(0))
-        }
-    };
-    plan.ops.sort_by_key(order);
-    plan.ops.extend(pin_ops);
-    plan.ops.push(record_op);
-    Ok(plan)
+    })
 }
 
 /// What installing or upgrading to `pack` would do. Nothing is written.
@@ -712,7 +813,7 @@ pub async fn promote(store: &dyn Store, name: &str, force: bool, actor: &str) ->
 pub async fn rollback(store: &dyn Store, name: &str, force: bool, actor: &str) -> Result<Plan, PackError> {
     let (_, content, _) = installed(store, name).await?.ok_or_else(|| PackError::NotInstalled(name.to_owned()))?;
     let previous = content.previous.ok_or_else(|| PackError::NoPrevious(name.to_owned()))?;
-    let pack = Pack::from_bundle(&previous).map_err(|e| PackError::Corrupt(e.to_string()))?;
+    let pack = Pack::from_stored(&previous).map_err(|e| PackError::Corrupt(e.to_string()))?;
     let plan = compute(store, name, Some(&pack), force, None).await?;
     apply(store, plan, force, actor).await
 }
@@ -746,7 +847,7 @@ pub async fn export_site(store: &dyn Store, name: &str, version: &str) -> Result
     let mut objects = Vec::new();
     for kind in PACK_KINDS {
         for r in plinth_store::StoreExt::list_all(store, kind, vec![]).await? {
-            if meta(&r.body, "pack").is_some() || meta(&r.body, "source") == Some("builtin") {
+            if meta::get(&r.body, meta::PACK).is_some() || meta::get(&r.body, meta::SOURCE) == Some(meta::BUILTIN) {
                 continue;
             }
             objects.push((kind, r.key, strip_server_fields(&r.body)));

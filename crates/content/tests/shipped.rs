@@ -154,7 +154,7 @@ async fn installer_answers_pass_the_installers_own_checkers() {
                     check(Command::new("cloud-init").args(["schema", "--config-file"]).arg(f), &what, &text)
                 }
                 "meta-data" => {
-                    serde_yaml::from_str::<Value>(&text).unwrap();
+                    serde_yaml_ng::from_str::<Value>(&text).unwrap();
                 }
                 _ => continue,
             }

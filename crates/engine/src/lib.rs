@@ -113,8 +113,7 @@ impl Engine {
     }
 
     async fn get<T: plinth_model::Object>(&self, kind: Kind, key: &str) -> Result<(T, u64), EngineError> {
-        let r = self.store.get(kind, key).await?.ok_or_else(|| EngineError::NotFound(format!("{kind} `{key}`")))?;
-        Ok((decode(r.body)?, r.revision))
+        self.store.get_as::<T>(key).await?.ok_or_else(|| EngineError::NotFound(format!("{kind} `{key}`")))
     }
 
     /// The definitions `m` runs by (see [`Defs`]).
@@ -128,6 +127,21 @@ impl Engine {
             Vec::new()
         };
         Ok(Defs { engine: self, pinned })
+    }
+
+    /// Runs `attempt` until it commits (`Some`), at most [`RACE_RETRIES`]
+    /// times: each attempt reads afresh, and `None` means it lost a race on
+    /// the machine's revision.
+    async fn retrying<T, F: Future<Output = Result<Option<T>, EngineError>>>(
+        &self,
+        mut attempt: impl FnMut() -> F,
+    ) -> Result<T, EngineError> {
+        for _ in 0..RACE_RETRIES {
+            if let Some(done) = attempt().await? {
+                return Ok(done);
+            }
+        }
+        Err(EngineError::Conflict("the machine kept changing; try again".into()))
     }
 
     /// Writes `machine` (at `revision`) and `others` in one batch; `Ok(false)`
@@ -150,56 +164,12 @@ impl Engine {
     /// Starts `workflow` on a machine from its first stage (switching to
     /// that stage's bootenv, if it names one).
     pub async fn assign(&self, id: MachineId, workflow: &Name) -> Result<Machine, EngineError> {
-        for _ in 0..RACE_RETRIES {
-            let (mut m, rev) = self.get::<Machine>(Kind::Machine, &id.to_string()).await?;
-            let defs = self.defs(&m).await?;
-            let wf = defs.get::<Workflow>(Kind::Workflow, workflow.as_str()).await?;
-            for s in &wf.stages {
-                defs.get::<Stage>(Kind::Stage, s.as_str()).await?;
-            }
-            if m.locked {
-                return Err(EngineError::Conflict(format!("machine `{}` is locked", m.name)));
-            }
-            let mut others = Vec::new();
-            if let Some(j) = m.current_job {
-                others.extend(self.end_job(j, JobState::Incomplete, "the machine was given another workflow").await?);
-            }
-            m.workflow = Some(wf.name.clone());
-            m.stage = None;
-            m.current_job = None;
-            m.workflow_state = WorkflowState::Running;
-            Self::enter_stage(&defs, &mut m, &wf, 0).await?;
-            if self.commit(&m, rev, others).await? {
-                let stage = m.stage.as_ref().map(|s| s.to_string()).unwrap_or_default();
-                let mut detail = format!("workflow `{}` assigned; stage `{stage}`", wf.name);
-                if m.workflow_state == WorkflowState::Rebooting {
-                    detail.push_str(&format!("; bootenv `{}`, reboot", m.bootenv));
-                }
-                self.note(&m, detail).await;
-                return Ok(m);
-            }
-        }
-        Err(EngineError::Conflict("the machine kept changing; try again".into()))
+        self.retrying(|| self.assign_once(id, workflow)).await
     }
 
     /// Goes on after a failure or a pause: the failed task runs again.
     pub async fn resume(&self, id: MachineId) -> Result<Machine, EngineError> {
-        for _ in 0..RACE_RETRIES {
-            let (mut m, rev) = self.get::<Machine>(Kind::Machine, &id.to_string()).await?;
-            if m.workflow.is_none() {
-                return Err(EngineError::Invalid(format!("machine `{}` has no workflow", m.name)));
-            }
-            if !matches!(m.workflow_state, WorkflowState::Failed | WorkflowState::Paused) {
-                return Ok(m);
-            }
-            m.workflow_state = WorkflowState::Running;
-            m.task_attempts = 0;
-            if self.commit(&m, rev, Vec::new()).await? {
-                self.note(&m, "workflow resumed".into()).await;
-                return Ok(m);
-            }
-        }
-        Err(EngineError::Conflict("the machine kept changing; try again".into()))
+        self.retrying(|| self.resume_once(id)).await
     }
 
     /// Sets stage number `index` of `wf` as current: its bootenv (and a
@@ -248,149 +218,265 @@ impl Engine {
     /// job is running means the agent lost it (restarted), so that run is
     /// `incomplete` and counts as a failed attempt.
     pub async fn next(&self, id: MachineId, boot_id: Option<&str>) -> Result<Next, EngineError> {
-        for _ in 0..RACE_RETRIES {
-            let (mut m, rev) = self.get::<Machine>(Kind::Machine, &id.to_string()).await?;
-            let mut others = Vec::new();
-            let seen_boot = boot_id.map(str::to_owned);
-            let new_boot = seen_boot.is_some() && seen_boot != m.boot_id;
-            if new_boot {
-                m.boot_id = seen_boot.clone();
+        self.retrying(|| self.next_once(id, boot_id)).await
+    }
+
+    /// One attempt of [`Engine::assign`]: `None` when it lost a race.
+    async fn assign_once(&self, id: MachineId, workflow: &Name) -> Result<Option<Machine>, EngineError> {
+        let (mut m, rev) = self.get::<Machine>(Kind::Machine, &id.to_string()).await?;
+        let defs = self.defs(&m).await?;
+        let wf = defs.get::<Workflow>(Kind::Workflow, workflow.as_str()).await?;
+        for s in &wf.stages {
+            defs.get::<Stage>(Kind::Stage, s.as_str()).await?;
+        }
+        if m.locked {
+            return Err(EngineError::Conflict(format!("machine `{}` is locked", m.name)));
+        }
+        let mut others = Vec::new();
+        if let Some(j) = m.current_job {
+            others.extend(self.end_job(j, JobState::Incomplete, "the machine was given another workflow").await?);
+        }
+        m.workflow = Some(wf.name.clone());
+        m.stage = None;
+        m.current_job = None;
+        m.workflow_state = WorkflowState::Running;
+        Self::enter_stage(&defs, &mut m, &wf, 0).await?;
+        if self.commit(&m, rev, others).await? {
+            let stage = m.stage.as_ref().map(|s| s.to_string()).unwrap_or_default();
+            let mut detail = format!("workflow `{}` assigned; stage `{stage}`", wf.name);
+            if m.workflow_state == WorkflowState::Rebooting {
+                detail.push_str(&format!("; bootenv `{}`, reboot", m.bootenv));
+            }
+            self.note(&m, detail).await;
+            return Ok(Some(m));
+        }
+        Ok(None)
+    }
+
+    /// One attempt of [`Engine::resume`]: `None` when it lost a race.
+    async fn resume_once(&self, id: MachineId) -> Result<Option<Machine>, EngineError> {
+        let (mut m, rev) = self.get::<Machine>(Kind::Machine, &id.to_string()).await?;
+        if m.workflow.is_none() {
+            return Err(EngineError::Invalid(format!("machine `{}` has no workflow", m.name)));
+        }
+        if !matches!(m.workflow_state, WorkflowState::Failed | WorkflowState::Paused) {
+            return Ok(Some(m));
+        }
+        m.workflow_state = WorkflowState::Running;
+        m.task_attempts = 0;
+        if self.commit(&m, rev, Vec::new()).await? {
+            self.note(&m, "workflow resumed".into()).await;
+            return Ok(Some(m));
+        }
+        Ok(None)
+    }
+
+    /// One attempt of [`Engine::next`]: `None` when it lost a race.
+    async fn next_once(&self, id: MachineId, boot_id: Option<&str>) -> Result<Option<Next>, EngineError> {
+        let (mut m, rev) = self.get::<Machine>(Kind::Machine, &id.to_string()).await?;
+        let mut others = Vec::new();
+        let seen_boot = boot_id.map(str::to_owned);
+        let new_boot = seen_boot.is_some() && seen_boot != m.boot_id;
+        if new_boot {
+            m.boot_id = seen_boot.clone();
+        }
+        match m.workflow_state {
+            WorkflowState::Rebooting => {
+                let still_old = m.reboot_from.is_some() && m.reboot_from == seen_boot;
+                if still_old || seen_boot.is_none() {
+                    if new_boot && !self.commit(&m, rev, others).await? {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Next::Reboot));
+                }
+                m.workflow_state = WorkflowState::Running;
+                m.reboot_from = None;
+                self.note(&m, format!("agent back from a reboot (boot {})", seen_boot.as_deref().unwrap_or("?"))).await;
+            }
+            WorkflowState::Running => {}
+            state => {
+                if new_boot && !self.commit(&m, rev, others).await? {
+                    return Ok(None);
+                }
+                return Ok(Some(Next::Wait { state }));
+            }
+        }
+        if let Some(jid) = m.current_job {
+            match self.store.get(Kind::Job, &jid.to_string()).await? {
+                Some(r) => {
+                    let job: Job = decode(r.body)?;
+                    match job.state {
+                        // Asked again before starting it: the same job.
+                        JobState::Created if !new_boot => return Ok(Some(Next::Run { job: Box::new(job) })),
+                        JobState::Created | JobState::Running => {
+                            let why = if new_boot {
+                                "the machine rebooted while the job was handed out or running"
+                            } else {
+                                "the agent asked for work while this job was running (agent restarted?)"
+                            };
+                            others.extend(self.end_job(jid, JobState::Incomplete, why).await?);
+                            self.note(&m, format!("job {jid} ({}) incomplete: {why}", job.task)).await;
+                            m.current_job = None;
+                            m.last_job = Some(jid);
+                            self.count_failure(&mut m).await?;
+                            if m.workflow_state != WorkflowState::Running {
+                                if !self.commit(&m, rev, others).await? {
+                                    return Ok(None);
+                                }
+                                return Ok(Some(Next::Wait { state: m.workflow_state }));
+                            }
+                        }
+                        _ => m.current_job = None,
+                    }
+                }
+                None => m.current_job = None,
+            }
+        }
+        let Some(wf_name) = m.workflow.clone() else {
+            return Ok(Some(Next::Wait { state: m.workflow_state }));
+        };
+        let defs = self.defs(&m).await?;
+        let wf = defs.get::<Workflow>(Kind::Workflow, wf_name.as_str()).await?;
+        // Walk forward to the next task, across finished stages.
+        while let Some(stage_name) = m.stage.clone() {
+            let stage = defs.get::<Stage>(Kind::Stage, stage_name.as_str()).await?;
+            if let Some(task_name) = stage.tasks.get(m.task_index as usize) {
+                let task = defs.get::<Task>(Kind::Task, task_name.as_str()).await?;
+                let job = Job {
+                    id: JobId::generate(),
+                    machine: m.id,
+                    task: task.name.clone(),
+                    stage: Some(stage.name.clone()),
+                    workflow: Some(wf.name.clone()),
+                    state: JobState::Created,
+                    exit_code: None,
+                    started_at: None,
+                    ended_at: None,
+                    attempt: m.task_attempts + 1,
+                    timeout_secs: task.timeout_secs,
+                    action: None,
+                    reason: String::new(),
+                    meta: Default::default(),
+                    revision: 0,
+                    created_at: None,
+                    updated_at: None,
+                };
+                m.current_job = Some(job.id);
+                others.push(WriteOp::Put {
+                    kind: Kind::Job,
+                    key: job.id.to_string(),
+                    body: body(&job)?,
+                    expect: Expect::Absent,
+                });
+                if !self.commit(&m, rev, others).await? {
+                    break;
+                }
+                let stored = self.get::<Job>(Kind::Job, &job.id.to_string()).await?.0;
+                self.note(
+                    &m,
+                    format!(
+                        "job {} handed out: task `{}`, stage `{}`, attempt {}",
+                        job.id, task.name, stage.name, job.attempt
+                    ),
+                )
+                .await;
+                return Ok(Some(Next::Run { job: Box::new(stored) }));
+            }
+            // The stage is done.
+            let index = wf.stages.iter().position(|s| *s == stage.name).map_or(wf.stages.len(), |i| i + 1);
+            let reboot_after = stage.reboot;
+            Self::enter_stage(&defs, &mut m, &wf, index).await?;
+            if reboot_after && m.workflow_state == WorkflowState::Running {
+                m.workflow_state = WorkflowState::Rebooting;
+                m.reboot_from = m.boot_id.clone();
             }
             match m.workflow_state {
+                WorkflowState::Running => continue,
                 WorkflowState::Rebooting => {
-                    let still_old = m.reboot_from.is_some() && m.reboot_from == seen_boot;
-                    if still_old || seen_boot.is_none() {
-                        if new_boot && !self.commit(&m, rev, others).await? {
-                            continue;
-                        }
-                        return Ok(Next::Reboot);
-                    }
-                    m.workflow_state = WorkflowState::Running;
-                    m.reboot_from = None;
-                    self.note(&m, format!("agent back from a reboot (boot {})", seen_boot.as_deref().unwrap_or("?")))
-                        .await;
-                }
-                WorkflowState::Running => {}
-                state => {
-                    if new_boot && !self.commit(&m, rev, others).await? {
-                        continue;
-                    }
-                    return Ok(Next::Wait { state });
-                }
-            }
-            if let Some(jid) = m.current_job {
-                match self.store.get(Kind::Job, &jid.to_string()).await? {
-                    Some(r) => {
-                        let job: Job = decode(r.body)?;
-                        match job.state {
-                            // Asked again before starting it: the same job.
-                            JobState::Created if !new_boot => return Ok(Next::Run { job: Box::new(job) }),
-                            JobState::Created | JobState::Running => {
-                                let why = if new_boot {
-                                    "the machine rebooted while the job was handed out or running"
-                                } else {
-                                    "the agent asked for work while this job was running (agent restarted?)"
-                                };
-                                others.extend(self.end_job(jid, JobState::Incomplete, why).await?);
-                                self.note(&m, format!("job {jid} ({}) incomplete: {why}", job.task)).await;
-                                m.current_job = None;
-                                m.last_job = Some(jid);
-                                self.count_failure(&mut m).await?;
-                                if m.workflow_state != WorkflowState::Running {
-                                    if !self.commit(&m, rev, others).await? {
-                                        continue;
-                                    }
-                                    return Ok(Next::Wait { state: m.workflow_state });
-                                }
-                            }
-                            _ => m.current_job = None,
-                        }
-                    }
-                    None => m.current_job = None,
-                }
-            }
-            let Some(wf_name) = m.workflow.clone() else {
-                return Ok(Next::Wait { state: m.workflow_state });
-            };
-            let defs = self.defs(&m).await?;
-            let wf = defs.get::<Workflow>(Kind::Workflow, wf_name.as_str()).await?;
-            // Walk forward to the next task, across finished stages.
-            while let Some(stage_name) = m.stage.clone() {
-                let stage = defs.get::<Stage>(Kind::Stage, stage_name.as_str()).await?;
-                if let Some(task_name) = stage.tasks.get(m.task_index as usize) {
-                    let task = defs.get::<Task>(Kind::Task, task_name.as_str()).await?;
-                    let job = Job {
-                        id: JobId::generate(),
-                        machine: m.id,
-                        task: task.name.clone(),
-                        stage: Some(stage.name.clone()),
-                        workflow: Some(wf.name.clone()),
-                        state: JobState::Created,
-                        exit_code: None,
-                        started_at: None,
-                        ended_at: None,
-                        attempt: m.task_attempts + 1,
-                        timeout_secs: task.timeout_secs,
-                        action: None,
-                        reason: String::new(),
-                        meta: Default::default(),
-                        revision: 0,
-                        created_at: None,
-                        updated_at: None,
-                    };
-                    m.current_job = Some(job.id);
-                    others.push(WriteOp::Put {
-                        kind: Kind::Job,
-                        key: job.id.to_string(),
-                        body: body(&job)?,
-                        expect: Expect::Absent,
-                    });
                     if !self.commit(&m, rev, others).await? {
                         break;
                     }
-                    let stored = self.get::<Job>(Kind::Job, &job.id.to_string()).await?.0;
-                    self.note(
-                        &m,
-                        format!(
-                            "job {} handed out: task `{}`, stage `{}`, attempt {}",
-                            job.id, task.name, stage.name, job.attempt
-                        ),
-                    )
-                    .await;
-                    return Ok(Next::Run { job: Box::new(stored) });
+                    let stage = m.stage.as_ref().map(|s| s.to_string()).unwrap_or_default();
+                    self.note(&m, format!("stage `{stage}`, bootenv `{}`: reboot", m.bootenv)).await;
+                    return Ok(Some(Next::Reboot));
                 }
-                // The stage is done.
-                let index = wf.stages.iter().position(|s| *s == stage.name).map_or(wf.stages.len(), |i| i + 1);
-                let reboot_after = stage.reboot;
-                Self::enter_stage(&defs, &mut m, &wf, index).await?;
-                if reboot_after && m.workflow_state == WorkflowState::Running {
+                state => {
+                    if !self.commit(&m, rev, others).await? {
+                        break;
+                    }
+                    self.note(&m, format!("workflow {}", format!("{state:?}").to_lowercase())).await;
+                    return Ok(Some(Next::Wait { state }));
+                }
+            }
+        }
+        if m.stage.is_none() {
+            return Ok(Some(Next::Wait { state: m.workflow_state }));
+        }
+        Ok(None)
+    }
+
+    /// One attempt of [`Engine::finish`]: `None` when it lost a race.
+    async fn finish_once(&self, machine: MachineId, job: JobId, outcome: &Outcome) -> Result<Option<Job>, EngineError> {
+        let (mut j, jrev) = self.get::<Job>(Kind::Job, &job.to_string()).await?;
+        if j.machine != machine {
+            return Err(EngineError::NotFound(format!("job `{job}`")));
+        }
+        if j.state.ended() {
+            return Ok(Some(j));
+        }
+        let (mut m, rev) = self.get::<Machine>(Kind::Machine, &machine.to_string()).await?;
+        if m.current_job != Some(job) {
+            return Err(EngineError::Conflict(format!("job `{job}` is not the machine's current job")));
+        }
+        let ok = matches!(outcome.exit_code, 0 | EXIT_REBOOT | EXIT_POWEROFF | EXIT_STOP);
+        j.state = if ok { JobState::Finished } else { JobState::Failed };
+        j.exit_code = Some(outcome.exit_code);
+        j.ended_at = Some(plinth_model::now());
+        j.started_at.get_or_insert(j.ended_at.unwrap_or_default());
+        j.reason = outcome.reason.clone();
+        j.action = match outcome.exit_code {
+            EXIT_REBOOT => Some("reboot".into()),
+            EXIT_POWEROFF => Some("poweroff".into()),
+            EXIT_STOP => Some("stop".into()),
+            _ => None,
+        };
+        m.current_job = None;
+        m.last_job = Some(job);
+        if ok {
+            m.task_index += 1;
+            m.task_attempts = 0;
+            m.params.extend(outcome.params.clone());
+            match outcome.exit_code {
+                EXIT_REBOOT | EXIT_POWEROFF => {
                     m.workflow_state = WorkflowState::Rebooting;
                     m.reboot_from = m.boot_id.clone();
                 }
-                match m.workflow_state {
-                    WorkflowState::Running => continue,
-                    WorkflowState::Rebooting => {
-                        if !self.commit(&m, rev, others).await? {
-                            break;
-                        }
-                        let stage = m.stage.as_ref().map(|s| s.to_string()).unwrap_or_default();
-                        self.note(&m, format!("stage `{stage}`, bootenv `{}`: reboot", m.bootenv)).await;
-                        return Ok(Next::Reboot);
-                    }
-                    state => {
-                        if !self.commit(&m, rev, others).await? {
-                            break;
-                        }
-                        self.note(&m, format!("workflow {}", format!("{state:?}").to_lowercase())).await;
-                        return Ok(Next::Wait { state });
-                    }
-                }
+                EXIT_STOP => m.workflow_state = WorkflowState::Paused,
+                _ => {}
             }
-            if m.stage.is_none() {
-                return Ok(Next::Wait { state: m.workflow_state });
-            }
+        } else {
+            self.count_failure(&mut m).await?;
         }
-        Err(EngineError::Conflict("the machine kept changing; try again".into()))
+        let op =
+            WriteOp::Put { kind: Kind::Job, key: job.to_string(), body: body(&j)?, expect: Expect::Revision(jrev) };
+        if self.commit(&m, rev, vec![op]).await? {
+            let mut detail = format!(
+                "job {job} {}: task `{}`, exit {}{}",
+                if ok { "finished" } else { "failed" },
+                j.task,
+                outcome.exit_code,
+                if outcome.reason.is_empty() { String::new() } else { format!(" ({})", outcome.reason) }
+            );
+            if let Some(a) = &j.action {
+                detail.push_str(&format!("; {a}"));
+            }
+            if m.workflow_state == WorkflowState::Failed {
+                detail.push_str("; workflow failed");
+            }
+            self.note(&m, detail).await;
+            return Ok(Some(self.get::<Job>(Kind::Job, &job.to_string()).await?.0));
+        }
+        Ok(None)
     }
 
     /// One more failed run of the current task: retry, or stop as `failed`.
@@ -438,67 +524,6 @@ impl Engine {
     /// The job ended with `outcome`. Reporting the same end twice is
     /// harmless (the second is ignored).
     pub async fn finish(&self, machine: MachineId, job: JobId, outcome: Outcome) -> Result<Job, EngineError> {
-        for _ in 0..RACE_RETRIES {
-            let (mut j, jrev) = self.get::<Job>(Kind::Job, &job.to_string()).await?;
-            if j.machine != machine {
-                return Err(EngineError::NotFound(format!("job `{job}`")));
-            }
-            if j.state.ended() {
-                return Ok(j);
-            }
-            let (mut m, rev) = self.get::<Machine>(Kind::Machine, &machine.to_string()).await?;
-            if m.current_job != Some(job) {
-                return Err(EngineError::Conflict(format!("job `{job}` is not the machine's current job")));
-            }
-            let ok = matches!(outcome.exit_code, 0 | EXIT_REBOOT | EXIT_POWEROFF | EXIT_STOP);
-            j.state = if ok { JobState::Finished } else { JobState::Failed };
-            j.exit_code = Some(outcome.exit_code);
-            j.ended_at = Some(plinth_model::now());
-            j.started_at.get_or_insert(j.ended_at.unwrap_or_default());
-            j.reason = outcome.reason.clone();
-            j.action = match outcome.exit_code {
-                EXIT_REBOOT => Some("reboot".into()),
-                EXIT_POWEROFF => Some("poweroff".into()),
-                EXIT_STOP => Some("stop".into()),
-                _ => None,
-            };
-            m.current_job = None;
-            m.last_job = Some(job);
-            if ok {
-                m.task_index += 1;
-                m.task_attempts = 0;
-                m.params.extend(outcome.params.clone());
-                match outcome.exit_code {
-                    EXIT_REBOOT | EXIT_POWEROFF => {
-                        m.workflow_state = WorkflowState::Rebooting;
-                        m.reboot_from = m.boot_id.clone();
-                    }
-                    EXIT_STOP => m.workflow_state = WorkflowState::Paused,
-                    _ => {}
-                }
-            } else {
-                self.count_failure(&mut m).await?;
-            }
-            let op =
-                WriteOp::Put { kind: Kind::Job, key: job.to_string(), body: body(&j)?, expect: Expect::Revision(jrev) };
-            if self.commit(&m, rev, vec![op]).await? {
-                let mut detail = format!(
-                    "job {job} {}: task `{}`, exit {}{}",
-                    if ok { "finished" } else { "failed" },
-                    j.task,
-                    outcome.exit_code,
-                    if outcome.reason.is_empty() { String::new() } else { format!(" ({})", outcome.reason) }
-                );
-                if let Some(a) = &j.action {
-                    detail.push_str(&format!("; {a}"));
-                }
-                if m.workflow_state == WorkflowState::Failed {
-                    detail.push_str("; workflow failed");
-                }
-                self.note(&m, detail).await;
-                return Ok(self.get::<Job>(Kind::Job, &job.to_string()).await?.0);
-            }
-        }
-        Err(EngineError::Conflict("the machine kept changing; try again".into()))
+        self.retrying(|| self.finish_once(machine, job, &outcome)).await
     }
 }

@@ -10,6 +10,7 @@
 mod error;
 pub mod integrity;
 mod kind;
+pub mod meta;
 mod objects;
 mod types;
 
@@ -30,7 +31,7 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
 }
 
 /// A typed object that can be stored.
-pub trait Object: Serialize + DeserializeOwned + schemars::JsonSchema + Clone + Send + 'static {
+pub trait Object: Serialize + DeserializeOwned + schemars::JsonSchema + Clone + Send + Sync + 'static {
     /// The kind this type represents.
     const KIND: Kind;
 

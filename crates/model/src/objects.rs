@@ -1134,6 +1134,44 @@ impl Role {
     }
 }
 
+/// One object of a pack bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BundleObject {
+    /// Its kind (plural).
+    pub kind: String,
+    /// Its key.
+    pub key: String,
+    /// The object.
+    pub body: Value,
+}
+
+/// A content pack as one document: its manifest and its objects (the
+/// content crate reads and checks the manifest; the model keeps it as the
+/// pack wrote it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// The bundle format's name and version.
+    pub format: String,
+    /// `pack.yaml`: name, version, description, requirements, overrides.
+    pub manifest: Value,
+    /// Every object of the pack.
+    pub objects: Vec<BundleObject>,
+}
+
+impl Bundle {
+    /// The pack version the manifest names.
+    pub fn version(&self) -> Option<&str> {
+        self.manifest.get("version").and_then(Value::as_str)
+    }
+
+    /// Its objects, with their kinds parsed (unknown kinds left out).
+    pub fn kinds_and_objects(&self) -> impl Iterator<Item = (Kind, &str, &Value)> {
+        self.objects.iter().filter_map(|o| Some((Kind::from_plural(&o.kind)?, o.key.as_str(), &o.body)))
+    }
+}
+
 object! {
     /// An installed content pack: its manifest and every object it holds
     /// (a bundle), and the bundle it replaced, for rollback. Written only
@@ -1146,17 +1184,26 @@ object! {
         /// Description for humans.
         #[serde(default)]
         pub description: String,
-        /// The whole pack as installed: `{manifest, objects}`.
-        pub bundle: Value,
+        /// The whole pack as installed.
+        pub bundle: Bundle,
         /// The bundle this one replaced, which `rollback` restores.
         #[serde(default)]
-        pub previous: Option<Value>,
+        pub previous: Option<Bundle>,
     }
 }
 
 impl Content {
     fn check_fields(&self) -> Result<(), ValidationError> {
         Ok(())
+    }
+
+    /// The bundle of `version` as this record keeps it: the installed one,
+    /// or the one it replaced (what a machine pinned by a canary renders).
+    pub fn objects_at(&self, version: &str) -> Option<&Bundle> {
+        if self.version == version {
+            return Some(&self.bundle);
+        }
+        self.previous.as_ref().filter(|p| p.version() == Some(version))
     }
 }
 
@@ -1236,6 +1283,15 @@ impl Token {
             updated_at: None,
         };
         (token, format!("plt_{id}.{secret}"))
+    }
+
+    /// Splits a bearer string `plt_<id>.<secret>` into the token's id and
+    /// its secret; `None` for anything else. The one parser of bearer
+    /// strings (the API, boot files' `/t/<token>/` and the CLI use it).
+    pub fn parse_bearer(bearer: &str) -> Option<(TokenId, &str)> {
+        let (id, secret) = bearer.trim().strip_prefix("plt_")?.split_once('.')?;
+        let id = id.parse().ok()?;
+        (!secret.is_empty()).then_some((id, secret))
     }
 
     /// Whether `secret` is this token's, compared in constant time.

@@ -1,241 +1,21 @@
-//! The `plinth` binary: `plinth serve` runs the server; every other
-//! subcommand is the CLI client (see the `plinth-cli` crate).
+//! The `plinth` binary: `plinth serve` runs the server; `secrets`,
+//! `bootloaders`, `discovery` and `lab` work on the local data dir, file
+//! root or host; every other subcommand is the CLI client (see the
+//! `plinth-cli` crate).
 #![forbid(unsafe_code)]
 
+mod args;
 mod bootloaders;
 mod debpkg;
 mod discovery;
+mod secrets;
 mod serve;
 
-use clap::{Arg, ArgAction, Command, value_parser};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn command() -> Command {
-    let serve = Command::new("serve")
-        .about("Run the Plinth server on its embedded store")
-        .arg(
-            Arg::new("data-dir")
-                .long("data-dir")
-                .env("PLINTH_DATA_DIR")
-                .default_value("./plinth-data")
-                .value_parser(value_parser!(PathBuf))
-                .help("Where the store, TLS material and files live"),
-        )
-        .arg(Arg::new("api-addr").long("api-addr").default_value("0.0.0.0:8092").help("HTTPS API listen address"))
-        .arg(
-            Arg::new("http-addr")
-                .long("http-addr")
-                .default_value("0.0.0.0:8091")
-                .help("Plain-HTTP boot file server address, or `off`"),
-        )
-        .arg(
-            Arg::new("dhcp-port")
-                .long("dhcp-port")
-                .default_value("67")
-                .help("DHCP server port, or `off`; DHCP answers only on interfaces named by enabled subnets"),
-        )
-        .arg(Arg::new("tftp-addr").long("tftp-addr").default_value("0.0.0.0:69").help("TFTP server address, or `off`"))
-        .arg(
-            Arg::new("file-root")
-                .long("file-root")
-                .value_parser(value_parser!(PathBuf))
-                .help("Directory served over TFTP and HTTP [default: <data-dir>/files]"),
-        )
-        .arg(
-            Arg::new("tls-cert")
-                .long("tls-cert")
-                .requires("tls-key")
-                .value_parser(value_parser!(PathBuf))
-                .help("PEM certificate chain instead of the local CA's"),
-        )
-        .arg(
-            Arg::new("tls-key")
-                .long("tls-key")
-                .requires("tls-cert")
-                .value_parser(value_parser!(PathBuf))
-                .help("PEM private key for --tls-cert"),
-        )
-        .arg(
-            Arg::new("tls-san")
-                .long("tls-san")
-                .action(ArgAction::Append)
-                .help("Extra DNS name or IP for the generated certificate (repeatable)"),
-        )
-        .arg(
-            Arg::new("token-ttl")
-                .long("token-ttl")
-                .default_value("86400")
-                .value_parser(value_parser!(u64).range(60..=2_592_000))
-                .help("Default token lifetime, seconds"),
-        )
-        .arg(
-            Arg::new("machine-token-ttl")
-                .long("machine-token-ttl")
-                .default_value("3600")
-                .value_parser(value_parser!(u64).range(60..=86_400))
-                .help("Lifetime of the machine tokens that boot files carry (machine_token()), seconds"),
-        )
-        .arg(
-            Arg::new("log-format")
-                .long("log-format")
-                .default_value("text")
-                .value_parser(["text", "json"])
-                .help("Log format"),
-        );
-    let bootloaders =
-        Command::new("bootloaders").about("Manage boot loaders in the file root").subcommand_required(true).subcommand(
-            Command::new("install")
-                .about("Copy iPXE loaders from the system's ipxe package into the file root")
-                .arg(
-                    Arg::new("from")
-                        .long("from")
-                        .value_parser(value_parser!(PathBuf))
-                        .help("Folder with the loaders [default: /usr/lib/ipxe]"),
-                )
-                .arg(
-                    Arg::new("data-dir")
-                        .long("data-dir")
-                        .env("PLINTH_DATA_DIR")
-                        .value_parser(value_parser!(PathBuf))
-                        .help("Data dir whose files/ to fill [default: ./plinth-data]"),
-                )
-                .arg(
-                    Arg::new("file-root")
-                        .long("file-root")
-                        .value_parser(value_parser!(PathBuf))
-                        .help("File root to fill (instead of <data-dir>/files)"),
-                ),
-        );
-    let path_arg = |name: &'static str, help: &'static str| {
-        Arg::new(name).long(name).value_parser(value_parser!(PathBuf)).help(help)
-    };
-    let discovery = Command::new("discovery").about("Manage the discovery image").subcommand_required(true).subcommand(
-        Command::new("build")
-            .about("Assemble the discovery image (vmlinuz, initrd.img) in the file root from a distribution kernel")
-            .long_about(
-                "Assembles the discovery image from a kernel and its modules (--kernel-package \
-                 linux-image-*.deb, read by Plinth itself; or a package unpacked with `dpkg -x PKG.deb DIR`: \
-                 --kernel DIR/boot/vmlinuz-*, --modules DIR/lib/modules/<version>), a static busybox and a static \
-                 plinth-agent. The initramfs holds the \
-                 server's CA certificate, the NIC and disk modules with their dependencies, and an init that gets an \
-                 address by DHCP and runs `plinth-agent join`. The architecture is the agent's: an x86-64 image \
-                 goes to discovery/, an ARM64 one to discovery/arm64/ (the discovery bootenv's UEFI variant); the \
-                 busybox and the kernel must match it. The agent is also copied to agent/plinth-agent-<arch> for \
-                 installed systems.",
-            )
-            .arg(
-                Arg::new("kernel-package")
-                    .long("kernel-package")
-                    .value_parser(value_parser!(PathBuf))
-                    .action(clap::ArgAction::Append)
-                    .conflicts_with_all(["kernel", "modules"])
-                    .required_unless_present("kernel")
-                    .help(
-                        "A kernel package (linux-image-*.deb; for Ubuntu give linux-modules-*.deb too): the kernel \
-                         and its modules are taken from it, no dpkg needed",
-                    ),
-            )
-            .arg(path_arg("kernel", "The kernel image (vmlinuz), instead of --kernel-package").requires("modules"))
-            .arg(path_arg("modules", "The kernel's modules folder (lib/modules/<version>)").requires("kernel"))
-            .arg(path_arg("busybox", "A static busybox [default: /bin/busybox from busybox-static]"))
-            .arg(path_arg("agent", "A static plinth-agent [default: next to this binary]"))
-            .arg(path_arg("ca-cert", "The server's CA certificate [default: <data-dir>/tls/ca.pem]"))
-            .arg(
-                Arg::new("arch")
-                    .long("arch")
-                    .value_parser(["amd64", "arm64"])
-                    .help("Fail unless the agent is built for this architecture"),
-            )
-            .arg(
-                Arg::new("data-dir")
-                    .long("data-dir")
-                    .env("PLINTH_DATA_DIR")
-                    .value_parser(value_parser!(PathBuf))
-                    .help("The server's data dir [default: ./plinth-data]"),
-            )
-            .arg(path_arg("file-root", "The file root (instead of <data-dir>/files)"))
-            .arg(
-                Arg::new("with-modules")
-                    .long("with-modules")
-                    .help("Comma-separated module names [default: common NICs and disks]"),
-            ),
-    );
-    let data_dir_arg = || {
-        Arg::new("data-dir")
-            .long("data-dir")
-            .env("PLINTH_DATA_DIR")
-            .value_parser(value_parser!(PathBuf))
-            .help("The server's data dir [default: ./plinth-data]")
-    };
-    let secrets = Command::new("secrets")
-        .about("Manage the keys that seal secure param values (in <data-dir>/secret.keys)")
-        .subcommand_required(true)
-        .subcommand(
-            Command::new("rotate")
-                .about("Add a new sealing key; the server re-seals every secure value under it at its next start")
-                .arg(data_dir_arg()),
-        )
-        .subcommand(
-            Command::new("prune")
-                .about("Drop every key but the current one (after a restart has re-sealed under it)")
-                .arg(data_dir_arg()),
-        );
-    let lab_dir = || {
-        Arg::new("dir")
-            .long("dir")
-            .value_parser(value_parser!(PathBuf))
-            .default_value("./plinth-lab")
-            .help("Where the lab keeps its server's data, VM disks, consoles and state")
-    };
-    let lab = Command::new("lab")
-        .about("Rehearse on VMs: a private network namespace, a Plinth server on its bridge, QEMU guests")
-        .subcommand_required(true)
-        .subcommand(
-            Command::new("up")
-                .about(
-                    "Create the namespace and bridge, start the server and the guests (needs root, QEMU, iPXE, OVMF)",
-                )
-                .arg(lab_dir())
-                .arg(Arg::new("name").long("name").default_value("plinth-lab").help("The namespace's name"))
-                .arg(Arg::new("machines").long("machines").value_parser(value_parser!(usize)).default_value("1"))
-                .arg(
-                    Arg::new("firmware").long("firmware").value_parser(["bios", "uefi", "mixed"]).default_value("bios"),
-                )
-                .arg(
-                    Arg::new("memory")
-                        .long("memory")
-                        .value_parser(value_parser!(u32))
-                        .default_value("768")
-                        .help("MiB per guest"),
-                )
-                .arg(
-                    Arg::new("disk")
-                        .long("disk")
-                        .value_parser(value_parser!(u64))
-                        .default_value("4")
-                        .help("GiB per guest"),
-                )
-                .arg(
-                    Arg::new("net").long("net").default_value("10.123.0").help("The lab network's first three octets"),
-                ),
-        )
-        .subcommand(Command::new("down").about("Stop what `up` started and delete the namespace").arg(lab_dir()));
-    let root = Command::new("plinth")
-        .version(env!("CARGO_PKG_VERSION"))
-        .about("Provisioning for bare metal and cloud machines")
-        .subcommand_required(true)
-        .arg_required_else_help(true)
-        .subcommand(serve)
-        .subcommand(bootloaders)
-        .subcommand(discovery)
-        .subcommand(secrets)
-        .subcommand(lab);
-    plinth_cli::augment(root)
-}
-
 fn main() -> ExitCode {
-    let mut root = command();
+    let mut root = args::command();
     let matches = match root.try_get_matches_from_mut(std::env::args_os()) {
         Ok(m) => m,
         Err(e) => {
@@ -251,133 +31,54 @@ fn main() -> ExitCode {
         }
     };
     let Some((name, sub)) = matches.subcommand() else { return ExitCode::from(2) };
-    if name == "bootloaders" {
-        let result = sub.subcommand().map(|(_, m)| bootloaders::run(m));
-        return match result {
-            Some(Ok(())) => ExitCode::SUCCESS,
-            Some(Err(e)) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-            None => ExitCode::from(2),
-        };
-    }
-    if name == "discovery" {
-        return match sub.subcommand().map(|(_, m)| discovery::run(m)) {
-            Some(Ok(built)) => {
-                println!(
-                    "discovery image for {} (kernel {}) built in {}/ with modules: {}",
-                    built.arch.as_str(),
-                    built.kernel_version.as_deref().unwrap_or("?"),
-                    built.dir,
-                    built.modules.join(" ")
-                );
-                ExitCode::SUCCESS
-            }
-            Some(Err(e)) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-            None => ExitCode::from(2),
-        };
-    }
-    if name == "lab" {
-        let result = match sub.subcommand() {
-            Some(("up", m)) => plinth::lab::up(&plinth::lab::Options {
-                dir: m.get_one::<PathBuf>("dir").cloned().unwrap_or_default(),
-                name: m.get_one::<String>("name").cloned().unwrap_or_default(),
-                machines: m.get_one::<usize>("machines").copied().unwrap_or(1),
-                firmware: m.get_one::<String>("firmware").cloned().unwrap_or_default(),
-                memory_mib: m.get_one::<u32>("memory").copied().unwrap_or(768),
-                disk_gib: m.get_one::<u64>("disk").copied().unwrap_or(4),
-                net: m.get_one::<String>("net").cloned().unwrap_or_default(),
-            }),
-            Some(("down", m)) => plinth::lab::down(&m.get_one::<PathBuf>("dir").cloned().unwrap_or_default()),
-            _ => return ExitCode::from(2),
-        };
-        return match result {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    if name == "secrets" {
-        return match sub.subcommand().map(|(action, m)| secrets(&runtime, action, m)) {
-            Some(Ok(text)) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Some(Err(e)) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-            None => ExitCode::from(2),
-        };
-    }
-    if name == "serve" {
-        return match runtime.block_on(serve::run(sub)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e:#}");
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    ExitCode::from(runtime.block_on(plinth_cli::run(name, sub, &matches, &mut root)))
-}
-
-/// `plinth secrets rotate|prune`: edits the keyring file in place.
-fn secrets(runtime: &tokio::runtime::Runtime, action: &str, m: &clap::ArgMatches) -> anyhow::Result<String> {
-    use anyhow::Context;
-    let dir = m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data"));
-    let path = dir.join(serve::KEYRING_FILE);
-    if std::env::var(plinth_secrets::KEYS_ENV).is_ok_and(|v| !v.trim().is_empty()) {
-        anyhow::bail!("the keys come from {}; rotate them where that value is kept", plinth_secrets::KEYS_ENV);
-    }
-    // Loading checks the file (mode, format) before it is changed.
-    let before = plinth_secrets::Keyring::load_or_create(&path).context("cannot load the keyring")?;
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    if action == "prune" {
-        let db = dir.join("plinth.db");
-        let old = runtime.block_on(async {
-            let store = plinth_store::SqliteStore::open(&db)?;
-            plinth_api::sealed_under_old_keys(&store, &before).await
-        })?;
-        if old > 0 {
-            anyhow::bail!(
-                "{old} secure values are still sealed under an older key; restart the server (it re-seals them), then prune"
-            );
+    // One dispatch: each local command gives the text to print.
+    let action = sub.subcommand();
+    let result: anyhow::Result<String> = match (name, action) {
+        ("serve", _) => {
+            return match serve::Config::from_matches(sub).and_then(|c| runtime.block_on(serve::run(c))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
         }
-    }
-    let new = match action {
-        "rotate" => plinth_secrets::rotated(&text)?,
-        _ => format!(
-            "{}\n",
-            text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or_default()
-        ),
+        ("bootloaders", Some((_, m))) => bootloaders::run(m).map(|()| String::new()),
+        ("discovery", Some((_, m))) => discovery::run(m).map(|built| {
+            format!(
+                "discovery image for {} (kernel {}) built in {}/ with modules: {}\n",
+                built.arch.as_str(),
+                built.kernel_version.as_deref().unwrap_or("?"),
+                built.dir,
+                built.modules.join(" ")
+            )
+        }),
+        ("secrets", Some((action, m))) => secrets::run(&runtime, action, m).map(|text| format!("{text}\n")),
+        ("lab", Some(("up", m))) => plinth::lab::up(&plinth::lab::Options {
+            dir: m.get_one::<PathBuf>("dir").cloned().unwrap_or_default(),
+            name: m.get_one::<String>("name").cloned().unwrap_or_default(),
+            machines: m.get_one::<usize>("machines").copied().unwrap_or(1),
+            firmware: m.get_one::<String>("firmware").cloned().unwrap_or_default(),
+            memory_mib: m.get_one::<u32>("memory").copied().unwrap_or(768),
+            disk_gib: m.get_one::<u64>("disk").copied().unwrap_or(4),
+            net: m.get_one::<String>("net").cloned().unwrap_or_default(),
+        })
+        .map_err(anyhow::Error::from),
+        ("lab", Some(("down", m))) => {
+            plinth::lab::down(&m.get_one::<PathBuf>("dir").cloned().unwrap_or_default()).map_err(anyhow::Error::from)
+        }
+        ("bootloaders" | "discovery" | "secrets" | "lab", _) => return ExitCode::from(2),
+        _ => return ExitCode::from(runtime.block_on(plinth_cli::run(name, sub, &matches, &mut root))),
     };
-    plinth_secrets::write_private(&path, &new).with_context(|| format!("cannot write {}", path.display()))?;
-    let after = plinth_secrets::Keyring::load_or_create(&path)?;
-    Ok(match action {
-        "rotate" => format!(
-            "new sealing key {}; keys {} still open older values. Restart the server to re-seal, then run `plinth secrets prune`.",
-            after.key_ids()[0],
-            before.key_ids().join(", ")
-        ),
-        _ => format!("kept key {}; dropped {}", after.key_ids()[0], before.key_ids()[1..].join(", ")),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn command_line_is_consistent() {
-        super::command().debug_assert();
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -5,7 +5,8 @@ use anyhow::{Context, Result};
 use clap::ArgMatches;
 use plinth_api::AppState;
 use plinth_store::SqliteStore;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,22 +46,83 @@ async fn shutdown_signal() {
 /// The keyring file in the data dir (see `plinth_secrets`).
 pub const KEYRING_FILE: &str = "secret.keys";
 
-/// Runs the server.
-pub async fn run(m: &ArgMatches) -> Result<()> {
-    init_logging(m.get_one::<String>("log-format").map(String::as_str).unwrap_or("text"));
-    let data_dir = m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data"));
+/// How `plinth serve` runs: its flags, parsed and checked once, before
+/// anything is opened.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store, TLS material, keys and (by default) files live.
+    pub data_dir: PathBuf,
+    /// The HTTPS API's address.
+    pub api_addr: SocketAddr,
+    /// The boot HTTP server's address; `None` is off.
+    pub http_addr: Option<SocketAddr>,
+    /// The TFTP server's address; `None` is off.
+    pub tftp_addr: Option<SocketAddr>,
+    /// The DHCP server port; `None` is off.
+    pub dhcp_port: Option<u16>,
+    /// The file root TFTP and HTTP serve.
+    pub file_root: PathBuf,
+    /// A certificate chain and key instead of the local CA's.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Extra names for the generated certificate.
+    pub tls_sans: Vec<String>,
+    /// Lifetime of tokens minted without an explicit one.
+    pub token_ttl: Duration,
+    /// Lifetime of the machine tokens boot files carry.
+    pub machine_token_ttl: Duration,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Config {
+    /// The configuration the flags (and their environment variables) give.
+    pub fn from_matches(m: &ArgMatches) -> Result<Config> {
+        let data_dir = m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data"));
+        let api_addr = m
+            .get_one::<String>("api-addr")
+            .map(String::as_str)
+            .unwrap_or("0.0.0.0:8092")
+            .parse()
+            .context("--api-addr must be IP:PORT, e.g. 0.0.0.0:8092")?;
+        let dhcp_port = match m.get_one::<String>("dhcp-port").map(String::as_str) {
+            None | Some("off") => None,
+            Some(p) => {
+                Some(p.parse().with_context(|| format!("--dhcp-port must be a port number or `off`, got `{p}`"))?)
+            }
+        };
+        let secs = |name: &str, default: u64| Duration::from_secs(m.get_one::<u64>(name).copied().unwrap_or(default));
+        Ok(Config {
+            file_root: m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| data_dir.join("files")),
+            data_dir,
+            api_addr,
+            http_addr: optional_addr(m, "http-addr")?,
+            tftp_addr: optional_addr(m, "tftp-addr")?,
+            dhcp_port,
+            tls: m.get_one::<PathBuf>("tls-cert").cloned().zip(m.get_one::<PathBuf>("tls-key").cloned()),
+            tls_sans: m.get_many::<String>("tls-san").into_iter().flatten().cloned().collect(),
+            token_ttl: secs("token-ttl", 86_400),
+            machine_token_ttl: secs("machine-token-ttl", 3600),
+            log_format: m.get_one::<String>("log-format").cloned().unwrap_or_else(|| "text".into()),
+        })
+    }
+}
+
+/// Opens the store and makes it ready: first-start objects, the keyring
+/// (re-sealing values under an older key), the built-in content pack, and
+/// a report of what breaks the integrity rules.
+async fn open_store(data_dir: &Path) -> Result<(Arc<dyn plinth_store::Store>, Arc<plinth_secrets::Keyring>)> {
     if !data_dir.exists() {
         use std::os::unix::fs::DirBuilderExt;
         // The data dir holds the store, keys and the initial password: owner only.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&data_dir)
+            .create(data_dir)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     }
     let store = SqliteStore::open(&data_dir.join("plinth.db")).context("cannot open the store")?;
     let store: Arc<dyn plinth_store::Store> = Arc::new(store);
-    plinth_api::bootstrap(store.as_ref(), &data_dir, std::env::var("PLINTH_ADMIN_PASSWORD").ok())
+    plinth_api::bootstrap(store.as_ref(), data_dir, std::env::var("PLINTH_ADMIN_PASSWORD").ok())
         .await
         .context("cannot prepare the store")?;
     // Secure param values are sealed under this keyring; values sealed under
@@ -89,7 +151,6 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         }
         Err(e) => return Err(anyhow::anyhow!(e)).context("cannot install the built-in content"),
     }
-
     // Breaches of the integrity rules a store from an older Plinth may
     // hold: writes refuse to add more; an operator must mend these.
     match store.integrity().await {
@@ -100,23 +161,19 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         }
         Err(e) => tracing::warn!(error = %e, "cannot check the store's integrity"),
     }
+    Ok((store, keyring))
+}
 
-    let api_addr: std::net::SocketAddr = m
-        .get_one::<String>("api-addr")
-        .map(String::as_str)
-        .unwrap_or("0.0.0.0:8092")
-        .parse()
-        .context("--api-addr must be IP:PORT, e.g. 0.0.0.0:8092")?;
-    // The CA that machines' agents are given in their boot files (only
-    // with the local CA; a site's own certificate chains to a CA its
-    // machines trust already).
-    let mut agent_ca = String::new();
-    let (cert, key) = match (m.get_one::<PathBuf>("tls-cert"), m.get_one::<PathBuf>("tls-key")) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => {
+/// The API's TLS: the site's certificate, or the local CA's (made on first
+/// start, for every name and address machines may reach the API by). The
+/// CA's PEM is returned too when it is the local one: agents are given it.
+fn tls(config: &Config) -> Result<(Arc<plinth_api::TlsConfig>, String)> {
+    let (cert, key, agent_ca) = match &config.tls {
+        Some((c, k)) => (c.clone(), k.clone(), String::new()),
+        None => {
             let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
             names.extend(hostname());
-            if api_addr.ip().is_unspecified() {
+            if config.api_addr.ip().is_unspecified() {
                 // Listening everywhere: machines reach the API on any of
                 // this host's addresses.
                 for iface in if_addrs::get_if_addrs().unwrap_or_default() {
@@ -125,32 +182,39 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
                     }
                 }
             } else {
-                names.push(api_addr.ip().to_string());
+                names.push(config.api_addr.ip().to_string());
             }
-            names.extend(m.get_many::<String>("tls-san").into_iter().flatten().cloned());
+            names.extend(config.tls_sans.iter().cloned());
             names.sort();
             names.dedup();
-            let files = plinth_api::tls::ensure_local_ca(&data_dir, &names).context("cannot set up TLS")?;
-            agent_ca = std::fs::read_to_string(&files.ca_cert).unwrap_or_default();
-            (files.cert, files.key)
+            let files = plinth_api::tls::ensure_local_ca(&config.data_dir, &names).context("cannot set up TLS")?;
+            let ca = std::fs::read_to_string(&files.ca_cert).unwrap_or_default();
+            (files.cert, files.key, ca)
         }
     };
     let tls = plinth_api::tls::server_config(&cert, &key).context("cannot load the TLS certificate")?;
-    let listener =
-        std::net::TcpListener::bind(api_addr).with_context(|| format!("cannot listen on {api_addr} (--api-addr)"))?;
+    Ok((tls, agent_ca))
+}
+
+/// Runs the server until SIGTERM or SIGINT, or until a listener fails.
+pub async fn run(config: Config) -> Result<()> {
+    init_logging(&config.log_format);
+    let (store, keyring) = open_store(&config.data_dir).await?;
+    let (tls, agent_ca) = tls(&config)?;
+    let listener = std::net::TcpListener::bind(config.api_addr)
+        .with_context(|| format!("cannot listen on {} (--api-addr)", config.api_addr))?;
     let bound = listener.local_addr()?;
     let state = AppState {
         agent_ca: agent_ca.clone(),
         store,
-        default_token_ttl: Duration::from_secs(m.get_one::<u64>("token-ttl").copied().unwrap_or(86_400)),
+        default_token_ttl: config.token_ttl,
         keyring: keyring.clone(),
         logins: Default::default(),
     };
     tracing::info!(service = "api", url = %format!("https://{bound}"), "listening");
 
-    let file_root = m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| data_dir.join("files"));
-    let file_root = plinth_boot::files::FileRoot::new(&file_root)
-        .with_context(|| format!("cannot use file root {}", file_root.display()))?;
+    let file_root = plinth_boot::files::FileRoot::new(&config.file_root)
+        .with_context(|| format!("cannot use file root {}", config.file_root.display()))?;
     tracing::info!(path = %file_root.path().display(), "serving boot files from the file root");
 
     let boot_log = plinth_boot::events::BootLog::start(state.store.clone());
@@ -158,12 +222,12 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         state.store.clone(),
         file_root.clone(),
         bound.port(),
-        Duration::from_secs(m.get_one::<u64>("machine-token-ttl").copied().unwrap_or(3600)),
+        config.machine_token_ttl,
         agent_ca,
         keyring,
     ));
 
-    // One shutdown signal fans out to every listener.
+    // One shutdown signal fans out to every task.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -172,22 +236,29 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
-    // Unusable tokens (expired, join tokens used up) are removed every 10 minutes.
-    let sweep_store = state.store.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(600));
-        loop {
-            every.tick().await;
-            match plinth_api::sweep_tokens(sweep_store.as_ref()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(tokens = n, "removed expired and used-up tokens"),
-                Err(e) => tracing::warn!(error = %e, "cannot sweep tokens"),
+    // Unusable tokens (expired, join tokens used up) are removed every 10
+    // minutes, until the server stops.
+    let (sweep_store, stop) = (state.store.clone(), stopped());
+    tasks.spawn(async move {
+        let sweep = async {
+            let mut every = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                every.tick().await;
+                match plinth_api::sweep_tokens(sweep_store.as_ref()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(tokens = n, "removed expired and used-up tokens"),
+                    Err(e) => tracing::warn!(error = %e, "cannot sweep tokens"),
+                }
             }
+        };
+        tokio::select! {
+            _ = stop => Ok(()),
+            () = sweep => Ok(()),
         }
     });
 
     let mut http_port = 8091;
-    if let Some(addr) = optional_addr(m, "http-addr")? {
+    if let Some(addr) = config.http_addr {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 http_port = l.local_addr()?.port();
@@ -202,7 +273,7 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
             }
         }
     }
-    if let Some(addr) = optional_addr(m, "tftp-addr")? {
+    if let Some(addr) = config.tftp_addr {
         match tokio::net::UdpSocket::bind(addr).await {
             Ok(s) => {
                 tracing::info!(service = "tftp", url = %format!("tftp://{}", s.local_addr()?), "listening");
@@ -224,15 +295,13 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
             }
         }
     }
-    match m.get_one::<String>("dhcp-port").map(String::as_str) {
-        None | Some("off") => tracing::info!("dhcp: disabled (--dhcp-port off)"),
-        Some(p) => {
-            let server_port: u16 =
-                p.parse().with_context(|| format!("--dhcp-port must be a port number or `off`, got `{p}`"))?;
-            let config = plinth_boot::dhcp::DhcpConfig { server_port, http_port, ..Default::default() };
+    match config.dhcp_port {
+        None => tracing::info!("dhcp: disabled (--dhcp-port off)"),
+        Some(server_port) => {
+            let dhcp = plinth_boot::dhcp::DhcpConfig { server_port, http_port, ..Default::default() };
             let (store, log, stop) = (state.store.clone(), boot_log.clone(), stopped());
             tasks.spawn(async move {
-                plinth_boot::dhcp::serve(store, config, log, stop).await;
+                plinth_boot::dhcp::serve(store, dhcp, log, stop).await;
                 Ok(())
             });
         }
@@ -242,7 +311,7 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
     tokio::select! {
         _ = shutdown_signal() => {}
         Some(r) = tasks.join_next() => {
-            // A listener ended on its own: that is a failure; stop the rest.
+            // A task ended on its own: that is a failure; stop the rest.
             let _ = stop_tx.send(true);
             r.context("listener task")??;
         }
@@ -256,7 +325,7 @@ pub async fn run(m: &ArgMatches) -> Result<()> {
 }
 
 /// A listen address flag, where `off` disables the listener.
-fn optional_addr(m: &ArgMatches, name: &str) -> Result<Option<std::net::SocketAddr>> {
+fn optional_addr(m: &ArgMatches, name: &str) -> Result<Option<SocketAddr>> {
     match m.get_one::<String>(name).map(String::as_str) {
         None | Some("off") | Some("") => Ok(None),
         Some(a) => a.parse().map(Some).with_context(|| format!("--{name} must be IP:PORT or `off`, got `{a}`")),

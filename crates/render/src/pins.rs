@@ -1,37 +1,31 @@
 //! Canary upgrades: a machine may be pinned to the version of a content
-//! pack it had before an upgrade (`meta["pin:<pack>"] = "<version>"`). Its
+//! pack it had before an upgrade (`meta["pin:<pack>"] = "<version>"`, see
+//! `plinth_model::meta`). Its
 //! renders then see that version's objects: the pack's record keeps the
 //! bundle it replaced for exactly this (and for rollback).
 
-use crate::machine::{LoadError, Shared};
-use plinth_model::{Kind, Machine};
-use plinth_store::Store;
+use crate::shared::{LoadError, Shared};
+use plinth_model::{Kind, Machine, meta};
+use plinth_store::{Store, StoreExt};
 use serde_json::Value;
 use std::sync::Arc;
-
-/// The prefix of a pin in a machine's `meta`.
-pub const PIN_PREFIX: &str = "pin:";
 
 /// The objects of every pack version `machine` is pinned to that is not
 /// the installed one, as `(kind, key, body)`.
 pub async fn pinned_objects(store: &dyn Store, machine: &Machine) -> Result<Vec<(Kind, String, Value)>, LoadError> {
     let mut out = Vec::new();
     for (k, version) in &machine.meta {
-        let Some(pack) = k.strip_prefix(PIN_PREFIX) else { continue };
-        let Some(r) = store.get(Kind::Content, pack).await? else {
+        let Some(pack) = k.strip_prefix(meta::PIN_PREFIX) else { continue };
+        let Some((content, _)) = store.get_as::<plinth_model::Content>(pack).await? else {
             return Err(LoadError::Corrupt(format!(
                 "machine `{}` is pinned to pack `{pack}`, which is not installed",
                 machine.name
             )));
         };
-        let content: plinth_model::Content =
-            plinth_model::decode(r.body).map_err(|e| LoadError::Corrupt(e.to_string()))?;
         if &content.version == version {
             continue;
         }
-        let previous =
-            content.previous.as_ref().filter(|p| p["manifest"]["version"].as_str() == Some(version.as_str()));
-        let Some(bundle) = previous else {
+        let Some(bundle) = content.objects_at(version) else {
             return Err(LoadError::Corrupt(format!(
                 "machine `{}` is pinned to pack `{pack}` {version}, which is no longer kept (installed: {}); promote or unpin it",
                 machine.name, content.version
@@ -39,27 +33,18 @@ pub async fn pinned_objects(store: &dyn Store, machine: &Machine) -> Result<Vec<
         };
         // Only what differs from the installed version, and never over the
         // site's own override of an object.
-        let installed: std::collections::HashMap<(&str, &str), &Value> = content.bundle["objects"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|i| Some(((i["kind"].as_str()?, i["key"].as_str()?), &i["body"])))
-            .collect();
-        for item in bundle["objects"].as_array().into_iter().flatten() {
-            let (Some(kind), Some(key)) =
-                (item["kind"].as_str().and_then(Kind::from_plural), item["key"].as_str().map(str::to_owned))
-            else {
-                continue;
-            };
-            if installed.get(&(kind.plural(), key.as_str())) == Some(&&item["body"]) {
+        let installed: std::collections::HashMap<(Kind, &str), &Value> =
+            content.bundle.kinds_and_objects().map(|(kind, key, body)| ((kind, key), body)).collect();
+        for (kind, key, body) in bundle.kinds_and_objects() {
+            if installed.get(&(kind, key)) == Some(&body) {
                 continue;
             }
-            if let Some(current) = store.get(kind, &key).await?
-                && current.body.get("meta").and_then(|m| m.get("override")).and_then(Value::as_str) == Some(pack)
+            if let Some(current) = store.get(kind, key).await?
+                && meta::get(&current.body, meta::OVERRIDE) == Some(pack)
             {
                 continue;
             }
-            out.push((kind, key, item["body"].clone()));
+            out.push((kind, key.to_owned(), body.clone()));
         }
     }
     Ok(out)
@@ -106,5 +91,5 @@ pub fn overlay(shared: &Shared, objects: &[(Kind, String, Value)]) -> Result<Sha
 
 /// Whether `machine` has any pin.
 pub fn is_pinned(machine: &Machine) -> bool {
-    machine.meta.keys().any(|k| k.starts_with(PIN_PREFIX))
+    machine.meta.keys().any(|k| k.starts_with(meta::PIN_PREFIX))
 }

@@ -138,7 +138,7 @@ fn environment(
     env.add_filter("to_yaml", |v: JValue| -> Result<String, Error> {
         let json: Value =
             serde_json::to_value(&v).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-        serde_yaml::to_string(&json)
+        serde_yaml_ng::to_string(&json)
             .map(|y| y.trim_end().to_owned())
             .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
     });

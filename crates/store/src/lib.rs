@@ -7,8 +7,10 @@
 //! job hand-out are built on. Every committed change is published to
 //! subscribers (the event stream) after the commit, never before.
 //!
-//! The embedded backend is [`SqliteStore`]. A PostgreSQL backend will implement
-//! the same trait and must pass the same [`conformance`] suite.
+//! The embedded backend, and the only one, is [`SqliteStore`]; a backend
+//! implements this trait and passes the [`conformance`] suite. Every backend
+//! enforces the integrity rules of `plinth_model::integrity` on every batch
+//! (unique MACs, names and addresses; references that exist and hold).
 //!
 //! This crate never validates object shapes: callers pass bodies that went
 //! through `plinth_model::normalize`. It owns exactly three body fields:
@@ -115,6 +117,9 @@ pub struct ListQuery {
 /// The largest page a backend returns.
 pub const MAX_PAGE: usize = 10_000;
 
+/// How many times [`StoreExt::update_as`] retries after losing a race.
+pub const UPDATE_RETRIES: usize = 20;
+
 /// A page of results, ordered by key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -147,6 +152,9 @@ pub enum StoreError {
     Referenced { kind: Kind, object: String, by: Vec<String> },
     #[error("storage failure: {0}")]
     Backend(String),
+    /// Every attempt of a read-modify-write lost a race with another writer.
+    #[error("{kind} `{key}` kept changing while this change was made; try again")]
+    Busy { kind: Kind, key: String },
 }
 
 /// The storage seam. Implementations are cheap to share (`Arc<dyn Store>`).
@@ -265,6 +273,46 @@ pub trait StoreExt: Store {
         let mut changes = self.apply(vec![WriteOp::Delete { kind, key: key.to_owned(), expect }]).await?;
         let c = changes.pop().ok_or_else(|| StoreError::Backend("delete returned no change".into()))?;
         Ok(Record { kind, key: c.key, revision: c.revision, body: c.object })
+    }
+
+    /// Reads one object as its type, with its revision.
+    async fn get_as<T: plinth_model::Object>(&self, key: &str) -> Result<Option<(T, u64)>, StoreError> {
+        let Some(r) = self.get(T::KIND, key).await? else { return Ok(None) };
+        let object = plinth_model::decode(r.body).map_err(|e| {
+            StoreError::Backend(format!("{} `{key}` is stored in a shape Plinth cannot read: {e}", T::KIND))
+        })?;
+        Ok(Some((object, r.revision)))
+    }
+
+    /// Reads an object, lets `change` edit it, and writes it back on
+    /// condition that nobody wrote it meanwhile; a lost race is retried
+    /// from a fresh read (up to [`UPDATE_RETRIES`] times). The edited object
+    /// is validated as an API body would be. `change` may refuse with its
+    /// own error.
+    async fn update_as<T, E, F>(&self, key: &str, mut change: F) -> Result<T, E>
+    where
+        T: plinth_model::Object,
+        E: From<StoreError> + Send,
+        F: FnMut(&mut T) -> Result<(), E> + Send,
+    {
+        for _ in 0..UPDATE_RETRIES {
+            let (mut object, revision) = self
+                .get_as::<T>(key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound { kind: T::KIND, key: key.to_owned() })?;
+            change(&mut object)?;
+            let body = serde_json::to_value(&object).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let (_, body) = plinth_model::normalize(T::KIND, body)
+                .map_err(|e| StoreError::Query(format!("the change makes an invalid object: {e}")))?;
+            match self.put(T::KIND, key, body, Expect::Revision(revision)).await {
+                Ok(r) => {
+                    return plinth_model::decode(r.body).map_err(|e| E::from(StoreError::Backend(e.to_string())));
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Busy { kind: T::KIND, key: key.to_owned() }.into())
     }
 
     /// Lists every object of a kind matching `filters`, page by page.
