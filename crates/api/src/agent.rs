@@ -2,6 +2,7 @@
 //! a machine (with its machine token) asks for its next job, fetches the
 //! job's rendered files, streams its log and reports how it ended.
 
+use crate::auth::PeerAddr;
 use crate::{ApiError, AppState, Principal};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -215,13 +216,42 @@ pub async fn finish(
     if req.reason.len() > 4096 {
         return Err(ApiError::field("reason", "at most 4096 bytes"));
     }
+    // A task sets only the params it declares it reports.
+    if !req.params.is_empty() {
+        let task = task_of(&state, &job).await?;
+        for name in req.params.keys() {
+            if !task.reports.contains(name) {
+                return Err(ApiError::field(
+                    format!("params.{name}"),
+                    format!(
+                        "task `{}` does not report param `{name}`; a task sets only the params listed in its `reports`",
+                        task.name
+                    ),
+                ));
+            }
+        }
+    }
+    let reported: Vec<String> = req.params.keys().map(ToString::to_string).collect();
     // Checked, and secure values sealed, as if written through the API.
     let mut params = json!({"params": req.params});
     crate::secure::prepare_params(&state, Kind::Machine, &job.machine.to_string(), &mut params, None).await?;
     let params: plinth_model::ParamValues =
         serde_json::from_value(params["params"].take()).map_err(|e| ApiError::Internal(e.to_string()))?;
     let outcome = Outcome { exit_code: req.exit_code, reason: req.reason, params };
-    Ok(Json(Engine::new(state.store.clone()).finish(job.machine, job.id, outcome).await?))
+    let done = Engine::new(state.store.clone()).finish(job.machine, job.id, outcome).await?;
+    if !reported.is_empty() && done.state == plinth_model::JobState::Finished {
+        let entry = plinth_model::AuditEntry::new(
+            principal.actor(),
+            "updated",
+            Kind::Machine,
+            job.machine.to_string(),
+            None,
+            None,
+            format!("job {} (task `{}`) set params {}", job.id, job.task, reported.join(", ")),
+        );
+        state.store.append_audit(vec![entry]).await?;
+    }
+    Ok(Json(done))
 }
 
 #[derive(Deserialize, Default)]
@@ -245,8 +275,9 @@ pub async fn append_log(
     if req.text.len() > MAX_LOG_CHUNK {
         return Err(ApiError::field("text", format!("a chunk is at most {MAX_LOG_CHUNK} bytes")));
     }
-    let stored = state.store.append_job_log(job.id, req.seq, req.text).await?;
-    Ok(Json(json!({"stored": stored})))
+    let outcome = state.store.append_job_log(job.id, req.seq, req.text, state.job_log_max).await?;
+    Ok(Json(json!({"stored": outcome == plinth_store::LogAppend::Stored,
+        "truncated": outcome == plinth_store::LogAppend::Truncated})))
 }
 
 /// `GET /api/v1/jobs/{id}/log`: the job's output so far, as text.
@@ -260,6 +291,26 @@ pub async fn log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
+/// The task a job runs, as its machine runs it: a machine pinned to an
+/// earlier version of a pack runs that version's.
+async fn task_of(state: &AppState, job: &Job) -> Result<plinth_model::Task, ApiError> {
+    let (machine, _) = state
+        .store
+        .get_as::<Machine>(&job.machine.to_string())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("machines `{}` not found", job.machine)))?;
+    let pinned = plinth_render::pins::pinned_objects(state.store.as_ref(), &machine)
+        .await
+        .map_err(|e| ApiError::Conflict(e.to_string()))?;
+    if let Some((_, _, body)) = pinned.into_iter().find(|(k, key, _)| *k == Kind::Task && key == job.task.as_str()) {
+        return plinth_model::decode(body).map_err(|e| ApiError::Internal(e.to_string()));
+    }
+    match state.store.get_as::<plinth_model::Task>(job.task.as_str()).await? {
+        Some((t, _)) => Ok(t),
+        None => Err(ApiError::NotFound(format!("tasks `{}` not found", job.task))),
+    }
+}
+
 /// `GET /api/v1/jobs/{id}/files`: the job's task rendered for its machine:
 /// `[{name, path, contents}]`, scripts (no path) to run in order and files
 /// to write.
@@ -270,21 +321,14 @@ pub async fn files(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let job = job_for(&state, &principal, &id).await?;
-    let task: plinth_model::Task = match state.store.get(Kind::Task, job.task.as_str()).await? {
-        Some(r) => plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?,
-        None => return Err(ApiError::NotFound(format!("tasks `{}` not found", job.task))),
-    };
+    let task = task_of(&state, &job).await?;
     let view = crate::params::view_for(&state, &job.machine.to_string()).await?;
-    // A machine pinned to an earlier version of a pack runs that version's task.
-    let pinned = plinth_render::pins::pinned_objects(state.store.as_ref(), &view.machine)
-        .await
-        .map_err(|e| ApiError::Conflict(e.to_string()))?;
-    let task = match pinned.into_iter().find(|(k, key, _)| *k == Kind::Task && key == job.task.as_str()) {
-        Some((_, _, body)) => plinth_model::decode(body).map_err(|e| ApiError::Internal(e.to_string()))?,
-        None => task,
+    let api = match &state.api_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("https://{h}")).unwrap_or_default()
+        }
     };
-    let api =
-        headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("https://{h}")).unwrap_or_default();
     // The agent already holds its session: a task has no token to mint, and
     // the bootenv's own arguments (which may carry one) render with a
     // placeholder.
@@ -293,7 +337,9 @@ pub async fn files(
     // Secure values reach only the machine's own agent.
     let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     // Or to a user with an explicit claim to read them.
-    let secure_param = if principal.machine == Some(job.machine)
+    let secure_param = if !view.machine.trusted {
+        view.secure_withheld()
+    } else if principal.machine == Some(job.machine)
         || (principal.machine.is_none() && principal.may("secure", "read", Some(&job.machine.to_string())))
     {
         view.secure_params(state.keyring.clone(), read.clone())
@@ -379,19 +425,89 @@ async fn update_machine(
         .await
 }
 
-/// Issues a machine token (the server's default lifetime) and stores it;
-/// returns the bearer string and its expiry.
-async fn issue_machine_token(
+/// Most session tokens one machine keeps: each renewal makes one, and the
+/// oldest beyond these are revoked with it.
+const SESSIONS_KEPT: usize = 3;
+
+/// Issues a session token for `machine`: the server's default lifetime,
+/// but never past `ends` (the session's absolute end), which it carries;
+/// older sessions of the machine beyond [`SESSIONS_KEPT`] are revoked in
+/// the same write. Returns the bearer string and its expiry.
+async fn issue_session(
     state: &AppState,
     machine: &Machine,
     description: String,
+    ends: chrono::DateTime<chrono::Utc>,
 ) -> Result<(String, chrono::DateTime<chrono::Utc>), ApiError> {
-    let expires_at = plinth_model::now()
-        + chrono::Duration::from_std(state.default_token_ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (token, bearer) = plinth_model::Token::mint(Name::known("machine"), description, expires_at, Some(machine.id));
+    let now = plinth_model::now();
+    if ends <= now {
+        return Err(ApiError::Unauthorized(format!(
+            "the session of machine `{}` ended at {ends}; it gets a new one when it boots from Plinth again",
+            machine.name
+        )));
+    }
+    let ttl = chrono::Duration::from_std(state.default_token_ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let expires_at = (now + ttl).min(ends);
+    let (mut token, bearer) =
+        plinth_model::Token::mint(Name::known("machine"), description, expires_at, Some(machine.id));
+    token.session_ends_at = Some(ends);
     let v = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.store.create(Kind::Token, &token.id.to_string(), v).await?;
+    let mut ops = vec![plinth_store::WriteOp::Put {
+        kind: Kind::Token,
+        key: token.id.to_string(),
+        body: v,
+        expect: plinth_store::Expect::Absent,
+    }];
+    let filter = plinth_store::Filter { path: vec!["machine".into()], value: json!(machine.id.to_string()) };
+    let mut sessions: Vec<plinth_model::Token> = state
+        .store
+        .list_all(Kind::Token, vec![filter])
+        .await?
+        .into_iter()
+        .filter_map(|r| plinth_model::decode::<plinth_model::Token>(r.body).ok())
+        .filter(|t| !t.boot)
+        .collect();
+    sessions.sort_by_key(|t| std::cmp::Reverse(t.expires_at));
+    for old in sessions.iter().skip(SESSIONS_KEPT - 1) {
+        ops.push(plinth_store::WriteOp::Delete {
+            kind: Kind::Token,
+            key: old.id.to_string(),
+            expect: plinth_store::Expect::Any,
+        });
+    }
+    state.store.apply(ops).await?;
     Ok((bearer, expires_at))
+}
+
+/// A boot credential presented for a second trade: refused (by the
+/// caller), and recorded in the audit log and on the machine's timeline,
+/// since the first trade may have been someone else's.
+pub(crate) async fn record_reused_boot_token(
+    state: &AppState,
+    machine: &Machine,
+    token: &plinth_model::Token,
+    peer: Option<std::net::IpAddr>,
+) {
+    let from = peer.map(|p| p.to_string()).unwrap_or_else(|| "an unknown address".into());
+    let handed = token.address.map(|a| format!(", handed to {a}")).unwrap_or_default();
+    let detail = format!(
+        "a second trade of boot credential {} (issued {}{handed}) was refused, from {from}: \
+         the first trade may not have been this machine's; a copy of its boot file may have been taken",
+        token.id,
+        token.created_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+    );
+    tracing::warn!(machine = %machine.name, %from, "{detail}");
+    let entry = plinth_model::AuditEntry::new(
+        format!("address:{from}"),
+        "refused",
+        Kind::Token,
+        token.id.to_string(),
+        None,
+        None,
+        detail.clone(),
+    );
+    let _ = state.store.append_audit(vec![entry]).await;
+    let _ = state.store.append_boot_events(vec![plinth_model::BootEvent::about(machine, "agent", detail)]).await;
 }
 
 /// `GET /api/v1/machines/{id}/timeline`: everything recorded about a
@@ -542,6 +658,91 @@ async fn use_join_token(state: &AppState, id: plinth_model::TokenId) -> Result<p
     }
 }
 
+/// A discovery registration that matched `m`: the conflict an operator
+/// accepted (go on), or refused (a pending one recorded now, or one an
+/// operator rejected).
+async fn held_registration(
+    state: &AppState,
+    principal: &Principal,
+    m: &Machine,
+    score: u32,
+    claim: &plinth_engine::identity::Claim,
+    peer: Option<std::net::IpAddr>,
+) -> Result<plinth_model::Conflict, ApiError> {
+    use plinth_model::{Conflict, ConflictState};
+    let filter = plinth_store::Filter { path: vec!["token".into()], value: json!(principal.token.to_string()) };
+    let held: Option<Conflict> = state
+        .store
+        .list_all(Kind::Conflict, vec![filter])
+        .await?
+        .into_iter()
+        .filter_map(|r| plinth_model::decode::<Conflict>(r.body).ok())
+        .find(|c| c.machine == m.id);
+    let how = |c: &Conflict| {
+        format!(
+            "this registration matches machine `{}` ({}), which Plinth already knows; discovery does not hand over a known machine: \
+             it is held as conflict {} for an operator (`plinth conflicts accept {}` if it is that machine, `reject` if not)",
+            m.name, m.id, c.id, c.id
+        )
+    };
+    match held {
+        Some(c) if c.state == ConflictState::Accepted => Ok(c),
+        Some(c) if c.state == ConflictState::Rejected => Err(ApiError::Forbidden(format!(
+            "an operator rejected this registration as machine `{}` (conflict {})",
+            m.name, c.id
+        ))),
+        Some(c) => Err(ApiError::Conflict(how(&c))),
+        None => {
+            let address = peer.map(|p| p.to_string());
+            let c = Conflict {
+                id: plinth_model::ConflictId::generate(),
+                machine: m.id,
+                token: principal.token,
+                macs: claim.macs.clone(),
+                system_uuid: claim.system_uuid.clone(),
+                serial: claim.serial.clone(),
+                score,
+                address: address.clone(),
+                state: ConflictState::Pending,
+                detail: format!(
+                    "a discovery registration from {} matched machine `{}` with score {score}",
+                    address.as_deref().unwrap_or("an unknown address"),
+                    m.name
+                ),
+                meta: Default::default(),
+                revision: 0,
+                created_at: None,
+                updated_at: None,
+            };
+            let body = serde_json::to_value(&c).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let op = plinth_store::WriteOp::Put {
+                kind: Kind::Conflict,
+                key: c.id.to_string(),
+                body,
+                expect: plinth_store::Expect::Absent,
+            };
+            state.store.apply_audited(vec![op], format!("token:{}", principal.token)).await?;
+            let event = format!("{}; held as conflict {} for an operator", c.detail, c.id);
+            let _ = state.store.append_boot_events(vec![plinth_model::BootEvent::about(m, "agent", event)]).await;
+            Err(ApiError::Conflict(how(&c)))
+        }
+    }
+}
+
+/// Whether the site's rule (`discovery-accept-macs` on the `global`
+/// profile: MAC patterns, `*` for any run of characters) trusts a machine
+/// discovery registers with `macs`.
+async fn auto_accepted(state: &AppState, macs: &[plinth_model::MacAddr]) -> Result<bool, ApiError> {
+    let Some((global, _)) = state.store.get_as::<plinth_model::Profile>("global").await? else { return Ok(false) };
+    let name: plinth_model::ParamName = ACCEPT_RULE.parse().map_err(ApiError::Internal)?;
+    let patterns: Vec<String> =
+        global.params.get(&name).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+    Ok(macs.iter().any(|mac| patterns.iter().any(|p| plinth_model::pattern_matches(p, &mac.to_string()))))
+}
+
+/// The param (on `global`) whose MAC patterns trust what discovery finds.
+pub const ACCEPT_RULE: &str = "discovery-accept-macs";
+
 /// `POST /api/v1/machines/whoami`: a machine says who it is (MACs, system
 /// UUID, serial; never its IP) and gets its Machine, matched by the scoring
 /// in `plinth_engine::identity` or created, and a machine token for its
@@ -549,6 +750,7 @@ async fn use_join_token(state: &AppState, id: plinth_model::TokenId) -> Result<p
 pub async fn whoami(
     State(state): State<AppState>,
     axum::Extension(principal): axum::Extension<Principal>,
+    PeerAddr(peer): PeerAddr,
     headers: HeaderMap,
     b: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -580,7 +782,6 @@ pub async fn whoami(
     if claim.macs.is_empty() && claim.uuid().is_none() {
         return Err(ApiError::field("macs", "give at least one MAC address or a system UUID"));
     }
-    let join = if principal.join { Some(use_join_token(&state, principal.token).await?) } else { None };
     // Candidates: machines sharing a MAC (an index lookup each) or the UUID.
     let mut candidates: Vec<Machine> = Vec::new();
     let mut filters: Vec<plinth_store::Filter> =
@@ -613,6 +814,16 @@ pub async fn whoami(
             )));
         }
     };
+    // A discovery join token (any unknown machine's boot script has one)
+    // never hands over a machine Plinth knows: the registration is held as
+    // a conflict until an operator says whether it is that machine.
+    let mut settled: Option<plinth_model::Conflict> = None;
+    if principal.discovery
+        && let Some((m, score)) = &matched
+    {
+        settled = Some(held_registration(&state, &principal, m, *score, &claim, peer).await?);
+    }
+    let join = if principal.join { Some(use_join_token(&state, principal.token).await?) } else { None };
     let (machine, created, score) = match matched {
         Some((m, score)) => {
             let m = update_machine(&state, m.id, |m| {
@@ -639,8 +850,11 @@ pub async fn whoami(
             let profiles = join.as_ref().map(|t| t.join_profiles.clone()).unwrap_or_default();
             let inventory = req.inventory.clone().unwrap_or(json!({}));
             let arch = Arch::from_inventory(&inventory).unwrap_or_default();
+            // A machine discovery finds is not trusted with secrets until
+            // an operator, or the site's rule, accepts it.
+            let trusted = !principal.discovery || auto_accepted(&state, &macs).await?;
             let v = json!({"name": name, "macs": macs, "bootenv": "local", "profiles": profiles,
-                "arch": arch, "inventory": inventory});
+                "arch": arch, "inventory": inventory, "trusted": trusted});
             let (key, v) =
                 plinth_model::normalize(Kind::Machine, v).map_err(|e| ApiError::BadRequest(e.to_string()))?;
             state.store.create(Kind::Machine, &key, v.clone()).await?;
@@ -659,32 +873,144 @@ pub async fn whoami(
         Some(wf) if created => Engine::new(state.store.clone()).assign(machine.id, &wf).await?,
         _ => machine,
     };
-    // The agent's token: scoped to this machine.
-    let (bearer, expires_at) =
-        issue_machine_token(&state, &machine, format!("agent session for {}, from whoami", machine.name)).await?;
+    if let Some(c) = settled {
+        // Accepted and used: done with.
+        let op = plinth_store::WriteOp::Delete {
+            kind: Kind::Conflict,
+            key: c.id.to_string(),
+            expect: plinth_store::Expect::Any,
+        };
+        state.store.apply_audited(vec![op], format!("machine:{}", machine.id)).await?;
+    }
+    // The agent's session: scoped to this machine.
+    let max = chrono::Duration::from_std(state.machine_session_max).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let description = format!("agent session for {}, from whoami", machine.name);
+    let (bearer, expires_at) = issue_session(&state, &machine, description, plinth_model::now() + max).await?;
     Ok(Json(json!({"machine": machine_json(&machine)?, "created": created, "score": score, "token": bearer,
         "expires_at": expires_at})))
 }
 
-/// `POST /api/v1/machines/{id}/session`: a fresh machine token for the
-/// machine (valid for the server's default token lifetime), for an agent to
-/// trade the short-lived token of its boot file for, and to renew before
-/// it expires.
+/// `POST /api/v1/machines/{id}/session`: the machine's agent trades the
+/// boot credential its boot file carried for a session token (once: a
+/// second trade is refused and recorded), or renews its session. A
+/// session never lasts past its absolute end, set when the boot credential
+/// was traded (or the machine registered). Only the machine's own token
+/// may call this.
 pub async fn session(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    PeerAddr(peer): PeerAddr,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = machine_id(&id)?;
+    if principal.machine != Some(id) {
+        return Err(ApiError::Forbidden(
+            "a machine session is only for the machine's own agent, which trades its boot credential for it".into(),
+        ));
+    }
+    let (m, _) = state
+        .store
+        .get_as::<Machine>(&id.to_string())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("machines `{id}` not found")))?;
+    let now = plinth_model::now();
+    let max = chrono::Duration::from_std(state.machine_session_max).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (ends, description) = if principal.boot {
+        // First come, first served: the trade is one conditional write.
+        let traded = state
+            .store
+            .update_as::<plinth_model::Token, ApiError, _>(&principal.token.to_string(), |t| {
+                if t.uses_left == Some(0) {
+                    return Err(ApiError::Unauthorized("this boot credential was already traded".into()));
+                }
+                t.uses_left = Some(0);
+                Ok(())
+            })
+            .await;
+        let token = match traded {
+            Ok(t) => t,
+            Err(ApiError::Unauthorized(_)) => {
+                if let Some((t, _)) = state.store.get_as::<plinth_model::Token>(&principal.token.to_string()).await? {
+                    record_reused_boot_token(&state, &m, &t, peer).await;
+                }
+                return Err(ApiError::Unauthorized(
+                    "this boot credential was already traded for a session; it is good for nothing else".into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        let from = peer.map(|p| p.to_string()).unwrap_or_default();
+        let event = format!("boot credential {} traded for a session, from {from}", token.id);
+        let _ = state.store.append_boot_events(vec![plinth_model::BootEvent::about(&m, "agent", event)]).await;
+        (now + max, format!("agent session for {}, from its boot credential", m.name))
+    } else {
+        (principal.session_ends_at.unwrap_or(now + max), format!("agent session for {}, renewed", m.name))
+    };
+    let (bearer, expires_at) = issue_session(&state, &m, description, ends).await?;
+    Ok(Json(json!({"token": bearer, "expires_at": expires_at, "session_ends_at": ends})))
+}
+
+/// `POST /api/v1/machines/{id}/accept`: the site trusts the machine (one
+/// discovery registered) with its secrets from now on.
+pub async fn accept_machine(
     State(state): State<AppState>,
     axum::Extension(principal): axum::Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = machine_id(&id)?;
-    if principal.join {
-        return Err(ApiError::Forbidden("a join token cannot open sessions".into()));
-    }
-    let r = state
+    let m = update_machine(&state, id, |m| m.trusted = true).await?;
+    let out = machine_json(&m)?;
+    audit_action(&state, &principal, &m, &out, "accepted: trusted with the site's secrets".into()).await?;
+    Ok(Json(out))
+}
+
+/// Sets a pending conflict's state.
+async fn settle_conflict(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    to: plinth_model::ConflictState,
+) -> Result<Json<Value>, ApiError> {
+    let conflict = state
         .store
-        .get(Kind::Machine, &id.to_string())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("machines `{id}` not found")))?;
-    let m: Machine = plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (bearer, expires_at) = issue_machine_token(&state, &m, format!("agent session for {}", m.name)).await?;
-    Ok(Json(json!({"token": bearer, "expires_at": expires_at})))
+        .update_as::<plinth_model::Conflict, ApiError, _>(id, |c| {
+            if c.state != plinth_model::ConflictState::Pending {
+                return Err(ApiError::Conflict(format!("conflicts `{id}` is already {:?}", c.state).to_lowercase()));
+            }
+            c.state = to;
+            Ok(())
+        })
+        .await?;
+    let after = serde_json::to_value(&conflict).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let entry = plinth_model::AuditEntry::new(
+        principal.actor(),
+        "updated",
+        Kind::Conflict,
+        id.to_owned(),
+        None,
+        Some(after.clone()),
+        format!("{:?} the registration of machine {}", to, conflict.machine).to_lowercase(),
+    );
+    state.store.append_audit(vec![entry]).await?;
+    Ok(Json(after))
+}
+
+/// `POST /api/v1/conflicts/{id}/accept`: the registrant is the machine it
+/// matched; its next registration gets that machine's session.
+pub async fn accept_conflict(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    settle_conflict(&state, &principal, &id, plinth_model::ConflictState::Accepted).await
+}
+
+/// `POST /api/v1/conflicts/{id}/reject`: the registrant is not that
+/// machine; it is refused from now on.
+pub async fn reject_conflict(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    settle_conflict(&state, &principal, &id, plinth_model::ConflictState::Rejected).await
 }

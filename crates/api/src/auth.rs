@@ -40,6 +40,16 @@ pub struct Principal {
     pub claims: std::sync::Arc<Vec<Claim>>,
     /// When the token is restricted, what it allows (within `claims`).
     pub token_claims: Option<std::sync::Arc<Vec<Claim>>>,
+    /// A boot credential (see [`Token::boot`]): it may only be traded once
+    /// for a session.
+    pub boot: bool,
+    /// A join token the unknown-machine boot script minted.
+    pub discovery: bool,
+    /// For a machine token: the absolute end of the machine's session.
+    pub session_ends_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// For a machine token: whether the site trusts the machine (see
+    /// `Machine::trusted`).
+    pub trusted: bool,
 }
 
 impl Principal {
@@ -48,6 +58,16 @@ impl Principal {
     pub fn may(&self, kind: &str, action: &str, name: Option<&str>) -> bool {
         self.claims.iter().any(|c| c.allows(kind, action, name))
             && self.token_claims.as_ref().is_none_or(|t| t.iter().any(|c| c.allows(kind, action, name)))
+    }
+
+    /// Whether this caller holds `claim`: its user's roles cover it, and so
+    /// does its token's restriction, if any. What a caller may grant (in a
+    /// role, to a user, to a token) is what it holds.
+    pub fn holds(&self, claim: &Claim) -> bool {
+        self.machine.is_none()
+            && !self.join
+            && self.claims.iter().any(|c| c.covers(claim))
+            && self.token_claims.as_ref().is_none_or(|t| t.iter().any(|c| c.covers(claim)))
     }
 
     /// How the audit log names this caller.
@@ -60,14 +80,20 @@ impl Principal {
 }
 
 /// Whether a machine token for `machine` may make this request: it reads its
-/// own machine and that machine's resolved params, asks for its next job,
-/// and works on jobs (each job route then checks the job is its machine's).
-fn machine_may(machine: plinth_model::MachineId, method: &axum::http::Method, path: &str) -> bool {
+/// own machine and (when the site trusts the machine) its resolved params,
+/// asks for its next job, and works on jobs (each job route then checks the
+/// job is its machine's). A boot credential may only be traded for a session.
+fn machine_may(p: &Principal, machine: plinth_model::MachineId, method: &axum::http::Method, path: &str) -> bool {
     use axum::http::Method;
     let own = format!("/api/v1/machines/{machine}");
+    if p.boot {
+        return *method == Method::POST && path == format!("{own}/session");
+    }
     let job_route = path.strip_prefix("/api/v1/jobs/").and_then(|rest| rest.split_once('/')).map(|(_, r)| r);
     match *method {
-        Method::GET => path == own || path == format!("{own}/params") || matches!(job_route, Some("log" | "files")),
+        Method::GET => {
+            path == own || (p.trusted && path == format!("{own}/params")) || matches!(job_route, Some("log" | "files"))
+        }
         Method::POST => {
             path == "/api/v1/machines/whoami"
                 || path == format!("{own}/next")
@@ -131,6 +157,10 @@ pub fn requirement(method: &axum::http::Method, path: &str) -> Option<(String, &
         ["contents", "install"] => Some(("contents".into(), "create", None)),
         ["contents", name, "rollback" | "promote"] => own("contents", "update", name),
         ["machines", id, "params" | "timeline"] => own("machines", "read", id),
+        // Letting secure values reach a machine is a grant of its own.
+        ["machines", id, "accept"] => own("secure", "update", id),
+        ["conflicts", _, "accept"] => Some(("secure".into(), "update", None)),
+        ["conflicts", id, "reject"] => own("conflicts", "update", id),
         ["machines", id, _] => own("machines", "update", id),
         ["jobs", id, _] if *method == Method::GET => own("jobs", "read", id),
         ["jobs", id, _] => own("jobs", "update", id),
@@ -153,7 +183,8 @@ fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
-fn random_secret(bytes: usize) -> String {
+/// A random secret of `bytes` bytes from the OS, URL-safe base64.
+pub fn random_secret(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     OsRng.fill_bytes(&mut buf);
     URL_SAFE_NO_PAD.encode(buf)
@@ -252,20 +283,30 @@ fn basic_credentials(headers: &HeaderMap) -> Result<(String, String), ApiError> 
     Ok((user.to_owned(), pass.to_owned()))
 }
 
-/// Failed logins allowed per client address, and per user name, within
+/// Failed logins allowed per client address, and per user, within
 /// [`LOGIN_WINDOW`]; beyond them logins are refused (429) until the window
-/// passes, whether or not the password is right.
+/// passes, whether or not the password is right. The per-user limit does
+/// not apply from an address that user logged in from before (within
+/// [`KNOWN_FOR`]), so failures from elsewhere cannot lock the owner out;
+/// and it counts against the user's current password, so a new one (say,
+/// from `plinth users reset-password` on the server's host) starts afresh.
 pub const LOGIN_FAILURES: u32 = 10;
+/// How long an address a user logged in from stays known for that user.
+pub const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Addresses remembered per user.
+const KNOWN_PER_USER: usize = 16;
 /// See [`LOGIN_FAILURES`].
 pub const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 /// Most addresses and names the limiter remembers; beyond it the oldest
 /// windows are forgotten, so a spray of addresses cannot exhaust memory.
 const LOGIN_TRACKED: usize = 65_536;
 
-/// Counts failed logins by client address and by user name.
+/// Counts failed logins by client address and by user; remembers the
+/// addresses each user logged in from.
 #[derive(Default)]
 pub struct LoginLimiter {
     failures: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+    known: std::sync::Mutex<std::collections::HashMap<String, Vec<(std::net::IpAddr, std::time::Instant)>>>,
 }
 
 impl LoginLimiter {
@@ -296,8 +337,26 @@ impl LoginLimiter {
         }
     }
 
-    fn succeeded(&self, user_key: &str) {
+    fn succeeded(&self, user_key: &str, user: &str, from: Option<std::net::IpAddr>) {
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(user_key);
+        let Some(ip) = from else { return };
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= LOGIN_TRACKED && !known.contains_key(user) {
+            known.clear();
+        }
+        let list = known.entry(user.to_owned()).or_default();
+        list.retain(|(a, at)| *a != ip && at.elapsed() < KNOWN_FOR);
+        list.push((ip, std::time::Instant::now()));
+        if list.len() > KNOWN_PER_USER {
+            list.remove(0);
+        }
+    }
+
+    /// Whether `user` logged in from `from` before.
+    fn known(&self, user: &str, from: Option<std::net::IpAddr>) -> bool {
+        let Some(ip) = from else { return false };
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(user).is_some_and(|l| l.iter().any(|(a, at)| *a == ip && at.elapsed() < KNOWN_FOR))
     }
 }
 
@@ -319,7 +378,17 @@ pub async fn mint_token(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (username, password) = basic_credentials(&headers)?;
-    let keys = vec![format!("addr:{}", peer.map(|p| p.to_string()).unwrap_or_default()), format!("user:{username}")];
+    let user = match username.parse::<Name>() {
+        Ok(n) => state.store.get(Kind::User, n.as_str()).await?,
+        Err(_) => None,
+    };
+    let hash = user.as_ref().and_then(|u| u.body.get("password_hash")).and_then(|h| h.as_str()).map(str::to_owned);
+    // The user's failures count against its current password (the hash's
+    // tail names it), from addresses it has not logged in from.
+    let fingerprint = hash.as_deref().map(|h| &h[h.len().saturating_sub(12)..]).unwrap_or("none");
+    let user_key = format!("user:{username}:{fingerprint}");
+    let addr_key = format!("addr:{}", peer.map(|p| p.to_string()).unwrap_or_default());
+    let keys = if state.logins.known(&username, peer) { vec![addr_key] } else { vec![addr_key, user_key.clone()] };
     if let Some(secs) = state.logins.blocked(&keys) {
         tracing::warn!(user = %username.escape_debug(), address = %keys[0], "login refused: too many failures");
         return Err(ApiError::TooManyRequests(secs));
@@ -333,11 +402,6 @@ pub async fn mint_token(
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
         return Err(ApiError::field("ttl_secs", format!("expected 1 to {} seconds", MAX_TOKEN_TTL.as_secs())));
     }
-    let user = match username.parse::<Name>() {
-        Ok(n) => state.store.get(Kind::User, n.as_str()).await?,
-        Err(_) => None,
-    };
-    let hash = user.as_ref().and_then(|u| u.body.get("password_hash")).and_then(|h| h.as_str()).map(str::to_owned);
     // Verify even for unknown users so timing does not reveal which exist.
     let ok = tokio::task::spawn_blocking(move || match hash {
         Some(h) => verify_password(&h, &password),
@@ -355,7 +419,7 @@ pub async fn mint_token(
         state.logins.failed(&keys);
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     }
-    state.logins.succeeded(&keys[1]);
+    state.logins.succeeded(&user_key, &username, peer);
     let expires_at =
         plinth_model::now() + chrono::Duration::from_std(ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = username.parse().map_err(ApiError::BadRequest)?;
@@ -387,11 +451,16 @@ pub async fn mint_token(
 
 /// Middleware: a valid, unexpired bearer token of an existing user, or 401.
 pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
-    let principal = authenticate(&state, req.headers()).await?;
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let principal = authenticate(&state, req.headers(), req.uri().path(), peer).await?;
     if let Some(machine) = principal.machine
-        && !machine_may(machine, req.method(), req.uri().path())
+        && !machine_may(&principal, machine, req.method(), req.uri().path())
     {
-        return Err(ApiError::Forbidden("a machine token may only read its own machine".into()));
+        return Err(ApiError::Forbidden(if principal.boot {
+            "a boot credential can only be traded for a session (POST /api/v1/machines/{id}/session)".into()
+        } else {
+            "a machine token may only read its own machine".into()
+        }));
     }
     if principal.join && !(req.method() == axum::http::Method::POST && req.uri().path() == "/api/v1/machines/whoami") {
         return Err(ApiError::Forbidden(
@@ -403,6 +472,7 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
         && let Some((kind, action, name)) = requirement(req.method(), req.uri().path())
         && !principal.may(&kind, action, name.as_deref())
         && !may_by_machine_name(&state, &principal, &kind, action, name.as_deref()).await
+        && !own_tokens(&state, &principal, req.method(), req.uri()).await
     {
         return Err(ApiError::Forbidden(format!(
             "user `{}` may not {action} {kind}{}: no role (or token restriction) of theirs claims it",
@@ -414,7 +484,14 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
     Ok(next.run(req).await)
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+/// The caller a request's bearer token names. `path` and `peer` are the
+/// request's, for the record a second trade of a boot credential leaves.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    peer: Option<std::net::IpAddr>,
+) -> Result<Principal, ApiError> {
     let missing = || {
         ApiError::Unauthorized("missing bearer token; get one with POST /api/v1/auth/token or `plinth login`".into())
     };
@@ -429,7 +506,15 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
     }
     if let Some(machine) = stored.machine {
         // A machine token lives as long as its machine.
-        state.store.get(Kind::Machine, &machine.to_string()).await?.ok_or_else(invalid)?;
+        let (m, _) = state.store.get_as::<plinth_model::Machine>(&machine.to_string()).await?.ok_or_else(invalid)?;
+        if stored.boot && stored.uses_left == Some(0) {
+            if path == format!("/api/v1/machines/{machine}/session") {
+                crate::agent::record_reused_boot_token(state, &m, &stored, peer).await;
+            }
+            return Err(ApiError::Unauthorized(
+                "this boot credential was already traded for a session; it is good for nothing else".into(),
+            ));
+        }
         return Ok(Principal {
             user: stored.user,
             token: id,
@@ -437,6 +522,10 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
             join: false,
             claims: Default::default(),
             token_claims: None,
+            boot: stored.boot,
+            discovery: false,
+            session_ends_at: stored.session_ends_at,
+            trusted: m.trusted,
         });
     }
     if stored.join && stored.uses_left == Some(0) {
@@ -451,7 +540,46 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal
         join: stored.join,
         claims: claims.into(),
         token_claims,
+        boot: false,
+        discovery: stored.discovery,
+        session_ends_at: None,
+        trusted: true,
     })
+}
+
+/// The claims role `name` grants (none when it does not exist).
+pub(crate) async fn role_claims(store: &dyn Store, name: &str) -> Result<Vec<Claim>, ApiError> {
+    match store.get(Kind::Role, name).await? {
+        Some(r) => Ok(plinth_model::decode::<plinth_model::Role>(r.body)
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .claims),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Whether a user's request about tokens concerns only its own: listing
+/// with `?user=<itself>`, or reading or revoking one of its own tokens.
+/// Every user may do that, whatever its roles say (to log out, above all).
+async fn own_tokens(state: &AppState, p: &Principal, method: &axum::http::Method, uri: &axum::http::Uri) -> bool {
+    use axum::http::Method;
+    if p.machine.is_some() || p.join {
+        return false;
+    }
+    let rest = uri.path().strip_prefix("/api/v1/tokens").unwrap_or("-");
+    match (method, rest) {
+        (&Method::GET, "" | "/") => {
+            let pairs =
+                axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
+            pairs.iter().any(|(k, v)| k == "user" && v == p.user.as_str())
+        }
+        (&Method::GET | &Method::DELETE, id) => {
+            let Some(id) = id.strip_prefix('/').filter(|i| !i.contains('/')) else { return false };
+            let Ok(Some(r)) = state.store.get(Kind::Token, id).await else { return false };
+            r.body.get("user").and_then(|u| u.as_str()) == Some(p.user.as_str())
+                && r.body.get("machine").is_none_or(|m| m.is_null())
+        }
+        _ => false,
+    }
 }
 
 /// Machines are keyed by id, but a site names them: a claim's pattern

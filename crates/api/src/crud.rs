@@ -162,6 +162,86 @@ fn refuse_server_only(kind: Kind, body: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Roles, users and their claims: a caller may write a role, or a user,
+/// only when it holds every claim the role grants (before and after the
+/// write), or every claim of every role the user has (before and after): so
+/// delegated administration (`users:*`, `roles:*`) cannot reach beyond what
+/// the delegate holds, nor take over a user who holds more (by resetting its
+/// password).
+async fn check_grants(
+    state: &AppState,
+    principal: &Principal,
+    kind: Kind,
+    key: &str,
+    bodies: [Option<&Value>; 2],
+) -> Result<(), ApiError> {
+    let claims_of = |b: &Value| -> Result<Vec<plinth_model::Claim>, ApiError> {
+        serde_json::from_value(b.get("claims").cloned().unwrap_or(Value::Array(Vec::new())))
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    };
+    let refuse = |what: String| {
+        ApiError::Forbidden(format!(
+            "{kind} `{key}`: {what}, which user `{}` does not hold; one can grant only what one holds",
+            principal.user
+        ))
+    };
+    match kind {
+        Kind::Role => {
+            for body in bodies.into_iter().flatten() {
+                for (i, c) in claims_of(body)?.iter().enumerate() {
+                    if !principal.holds(c) {
+                        return Err(refuse(format!("claims[{i}] grants {}", describe_claim(c))));
+                    }
+                }
+            }
+        }
+        Kind::User => {
+            let mut roles = std::collections::BTreeSet::new();
+            for body in bodies.into_iter().flatten() {
+                for r in body.get("roles").and_then(Value::as_array).into_iter().flatten() {
+                    roles.extend(r.as_str().map(str::to_owned));
+                }
+            }
+            for role in roles {
+                for c in crate::auth::role_claims(state.store.as_ref(), &role).await? {
+                    if !principal.holds(&c) {
+                        return Err(refuse(format!("role `{role}` grants {}", describe_claim(&c))));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn describe_claim(c: &plinth_model::Claim) -> String {
+    format!("`{} {}{}`", c.action, c.kind, c.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default())
+}
+
+/// When a write gives user `key` a new password, every token of that user
+/// is revoked with it (but the caller's own, when it changes its own).
+async fn revocations(
+    state: &AppState,
+    principal: &Principal,
+    kind: Kind,
+    key: &str,
+    body: &Value,
+) -> Result<Vec<WriteOp>, ApiError> {
+    if kind != Kind::User || body.get("password").and_then(Value::as_str).is_none() {
+        return Ok(Vec::new());
+    }
+    let filter = Filter { path: vec!["user".into()], value: Value::String(key.to_owned()) };
+    Ok(state
+        .store
+        .list_all(Kind::Token, vec![filter])
+        .await?
+        .into_iter()
+        .filter(|r| !(principal.user.as_str() == key && r.key == principal.token.to_string()))
+        .map(|r| WriteOp::Delete { kind: Kind::Token, key: r.key, expect: Expect::Any })
+        .collect())
+}
+
 /// Validates a body and applies the checks that need the store. `previous`
 /// is the stored object being replaced, if any.
 async fn prepare(
@@ -333,12 +413,14 @@ pub async fn create(
     check_writable(kind)?;
     let body = read_json(&headers, body).await?;
     let (key, value) = prepare(&state, kind, body, None, false).await?;
-    let record = audited_put(&state, &principal, kind, &key, value, Expect::Absent).await?;
+    check_grants(&state, &principal, kind, &key, [None, Some(&value)]).await?;
+    let record = audited_put(&state, &principal, kind, &key, value, Expect::Absent, Vec::new()).await?;
     after_write(&state, &record).await;
     Ok(object_response(StatusCode::CREATED, record))
 }
 
-/// Writes one object, recording the change in the audit log.
+/// Writes one object (and `with`, in the same transaction), recording the
+/// changes in the audit log.
 pub(crate) async fn audited_put(
     state: &AppState,
     principal: &Principal,
@@ -346,9 +428,11 @@ pub(crate) async fn audited_put(
     key: &str,
     body: Value,
     expect: Expect,
+    with: Vec<WriteOp>,
 ) -> Result<Record, ApiError> {
-    let op = WriteOp::Put { kind, key: key.to_owned(), body, expect };
-    let change = state.store.apply_audited(vec![op], principal.actor()).await?.into_iter().next();
+    let mut ops = vec![WriteOp::Put { kind, key: key.to_owned(), body, expect }];
+    ops.extend(with);
+    let change = state.store.apply_audited(ops, principal.actor()).await?.into_iter().next();
     let c = change.ok_or_else(|| ApiError::Internal("a write returned no change".into()))?;
     Ok(Record { kind: c.kind, key: c.key, revision: c.revision, body: c.object })
 }
@@ -428,8 +512,10 @@ pub async fn replace(
     key_from_path(kind, &key, &mut body)?;
     let current = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
     let expect = precondition(expect, &current)?;
+    let revoke = revocations(&state, &principal, kind, &key, &body).await?;
     let (_, value) = prepare(&state, kind, body, Some(&current.body), q.override_pack()).await?;
-    let record = audited_put(&state, &principal, kind, &key, value, expect).await?;
+    check_grants(&state, &principal, kind, &key, [Some(&current.body), Some(&value)]).await?;
+    let record = audited_put(&state, &principal, kind, &key, value, expect, revoke).await?;
     after_write(&state, &record).await;
     Ok(object_response(StatusCode::OK, record))
 }
@@ -459,8 +545,10 @@ pub async fn patch(
     redact(kind, &mut merged);
     plinth_model::merge_patch(&mut merged, &patch);
     key_from_path(kind, &key, &mut merged)?;
+    let revoke = revocations(&state, &principal, kind, &key, &patch).await?;
     let (_, value) = prepare(&state, kind, merged, Some(&current.body), q.override_pack()).await?;
-    let record = audited_put(&state, &principal, kind, &key, value, expect).await?;
+    check_grants(&state, &principal, kind, &key, [Some(&current.body), Some(&value)]).await?;
+    let record = audited_put(&state, &principal, kind, &key, value, expect, revoke).await?;
     after_write(&state, &record).await;
     Ok(object_response(StatusCode::OK, record))
 }
@@ -485,7 +573,11 @@ pub async fn delete(
         return Err(ApiError::Conflict("you cannot delete the user you are logged in as".into()));
     }
     check_not_builtin(kind, &key)?;
-    if let Some(current) = state.store.get(kind, &key).await?
+    let current = state.store.get(kind, &key).await?;
+    if let Some(current) = &current {
+        check_grants(&state, &principal, kind, &key, [Some(&current.body), None]).await?;
+    }
+    if let Some(current) = &current
         && let Some(p) = meta::get(&current.body, meta::PACK)
     {
         return Err(ApiError::Conflict(format!(

@@ -18,13 +18,14 @@ mod error;
 mod events;
 mod openapi;
 mod params;
+pub mod sandbox;
 mod secure;
 pub mod tls;
 
 /// The TLS configuration [`serve`] takes.
 pub use rustls::ServerConfig as TlsConfig;
 
-pub use auth::{BootstrapError, LoginLimiter, Principal, bootstrap, hash_password, sweep_tokens};
+pub use auth::{BootstrapError, LoginLimiter, Principal, bootstrap, hash_password, random_secret, sweep_tokens};
 pub use error::ApiError;
 pub use secure::{reseal_all, sealed_under_old_keys};
 
@@ -56,6 +57,14 @@ pub struct AppState {
     pub keyring: Arc<plinth_secrets::Keyring>,
     /// Failed logins, for rate limiting.
     pub logins: Arc<auth::LoginLimiter>,
+    /// The longest a machine's session lasts, renewals included, from the
+    /// trade of its boot credential (or its registration).
+    pub machine_session_max: Duration,
+    /// The API's URL as machines reach it, for task files; `None` is the
+    /// address each request came in on.
+    pub api_url: Option<String>,
+    /// The most log one job may store, in bytes.
+    pub job_log_max: u64,
 }
 
 /// The API's router, with authentication applied to every route but
@@ -74,6 +83,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/machines/{id}/next", post(agent::next))
         .route("/api/v1/machines/whoami", post(agent::whoami))
         .route("/api/v1/machines/{id}/session", post(agent::session))
+        .route("/api/v1/machines/{id}/accept", post(agent::accept_machine))
+        .route("/api/v1/conflicts/{id}/accept", post(agent::accept_conflict))
+        .route("/api/v1/conflicts/{id}/reject", post(agent::reject_conflict))
         .route("/api/v1/join-tokens", post(agent::create_join_token))
         .route("/api/v1/machines/{id}/inventory", post(agent::inventory))
         .route("/api/v1/machines/{id}/timeline", get(agent::timeline))

@@ -250,8 +250,23 @@ pub fn build() -> Value {
     join["post"]["parameters"] = json!([]);
     paths.insert("/api/v1/join-tokens".into(), join);
     paths.insert("/api/v1/machines/{id}/session".into(), json!({"post": agent_route("machine_session",
-        "A fresh machine token (the server's default lifetime): an agent trades its boot file's short-lived token for it and renews it",
-        None, "{token, expires_at}", &["401", "403", "404"])}));
+        "The machine's own agent trades its boot credential for a session (once; a second trade is refused and recorded), or renews its session (never past its absolute end)",
+        None, "{token, expires_at, session_ends_at}", &["401", "403", "404"])}));
+    paths.insert(
+        "/api/v1/machines/{id}/accept".into(),
+        json!({"post": agent_route("accept_machine",
+        "Trust a machine discovery registered with the site's secrets (claim: secure update)",
+        None, "the machine", &["401", "403", "404", "409"])}),
+    );
+    paths.insert("/api/v1/conflicts/{id}/accept".into(), json!({"post": agent_route("accept_conflict",
+        "A held discovery registration is the machine it matched: its next registration gets that machine's session (claim: secure update)",
+        None, "the conflict", &["401", "403", "404", "409"])}));
+    paths.insert(
+        "/api/v1/conflicts/{id}/reject".into(),
+        json!({"post": agent_route("reject_conflict",
+        "A held discovery registration is not the machine it matched: it is refused from now on",
+        None, "the conflict", &["401", "403", "404", "409"])}),
+    );
     paths.insert("/api/v1/jobs/{id}/start".into(), json!({"post": agent_route("start_job", "The agent started the job", None, "the job", &["401", "403", "404", "409"])}));
     paths.insert("/api/v1/jobs/{id}/finish".into(), json!({"post": agent_route("finish_job",
         "How the job ended: exit code (0 ok, 64 ok+reboot, 65 ok+poweroff, 66 ok+pause, else failed), reason, params to set on the machine",

@@ -84,9 +84,8 @@ struct RenderRequest {
     firmware: Option<plinth_model::Firmware>,
 }
 
-/// What `machine_token()` renders as in a debugging render: no token is
-/// issued, so rendering stays free of side effects.
-pub const TOKEN_PLACEHOLDER: &str = "<machine-token>";
+/// What `machine_token()` renders as in a debugging render.
+pub use plinth_render::TOKEN_PLACEHOLDER;
 
 /// `POST /api/v1/render`: renders a stored template (`template`) or inline
 /// text (`contents`) for a machine, without side effects. Secure params are
@@ -113,47 +112,35 @@ pub async fn render(
     {
         return Err(ApiError::NotFound(format!("templates `{}` not found", name.escape_debug())));
     }
-    let api = req.api.clone().or_else(|| {
+    let api = req.api.clone().or_else(|| state.api_url.clone()).or_else(|| {
         headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("https://{h}"))
     });
-    let provisioner = plinth_render::Provisioner {
-        ca_pem: state.agent_ca.clone(),
-        http: req.http.clone().unwrap_or_default(),
+    let (target, field) = match (req.template, req.contents, req.bootenv_file) {
+        (Some(t), _, _) => (plinth_render::DebugTarget::Template(t), "template"),
+        (None, Some(c), _) => (plinth_render::DebugTarget::Contents(c), "contents"),
+        (None, None, Some(p)) => (plinth_render::DebugTarget::BootenvFile(p), "bootenv_file"),
+        (None, None, None) => return Err(ApiError::field("template", "nothing to render")),
+    };
+    let job = plinth_render::DebugRender {
+        view,
+        target,
+        http: req.http.unwrap_or_default(),
         api: api.unwrap_or_default(),
         arch: req.arch,
         firmware: req.firmware,
-        hooks: plinth_render::Hooks {
-            machine_token: Some(std::sync::Arc::new(|| Ok(TOKEN_PLACEHOLDER.to_owned()))),
-            join_token: Some(std::sync::Arc::new(|| Ok("<join-token>".to_owned()))),
-            secure_param: Some(view.secure_placeholders()),
-        },
+        ca_pem: state.agent_ca.clone(),
     };
-    let field = if req.template.is_some() {
-        "template"
-    } else if req.contents.is_some() {
-        "contents"
-    } else {
-        "bootenv_file"
+    // In a process of its own, with a memory and CPU budget.
+    let output = match crate::sandbox::render(&job).await {
+        Ok(Some(output)) => output,
+        Ok(None) => {
+            return Err(ApiError::NotFound(format!(
+                "the bootenv of machines `{}` has no file at that path",
+                req.machine.escape_debug()
+            )));
+        }
+        Err(crate::sandbox::SandboxError::Worker(e)) => return Err(ApiError::Internal(e)),
+        Err(e) => return Err(ApiError::field(field, e.to_string())),
     };
-    if let Some(path) = req.bootenv_file.clone() {
-        let machine = req.machine.clone();
-        let output = tokio::task::spawn_blocking(move || view.render_path(&path, &provisioner))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .ok_or_else(|| ApiError::NotFound(format!("the bootenv of machines `{machine}` has no file at that path")))?
-            .map_err(|e| ApiError::field(field, e.to_string()))?;
-        return Ok(Json(json!({"output": output})));
-    }
-    let output = tokio::task::spawn_blocking(move || {
-        let source = match (&req.template, &req.contents) {
-            (Some(name), _) => plinth_render::Source::Named(name),
-            (None, Some(text)) => plinth_render::Source::Inline(text),
-            (None, None) => plinth_render::Source::Inline(""),
-        };
-        view.render(source, &provisioner)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::field(field, e.to_string()))?;
     Ok(Json(json!({"output": output})))
 }

@@ -83,6 +83,94 @@ impl Generated for IpxeScripts {
     }
 }
 
+/// How the boot files Plinth renders reach back to it, and what the
+/// credentials in them may be.
+#[derive(Debug, Clone)]
+pub struct BootFiles {
+    /// The API's port, on the host the client reached the boot server on
+    /// (unless `api_url` says otherwise).
+    pub api_port: u16,
+    /// The API's URL as machines reach it (`--api-url`), when configured.
+    pub api_url: Option<String>,
+    /// Lifetime of the boot credentials (`machine_token()`) boot files carry.
+    pub boot_token_ttl: std::time::Duration,
+    /// PEM of the CA agents are given; empty for none.
+    pub ca_pem: String,
+    /// The bounds on the join tokens unknown machines' scripts carry.
+    pub join: JoinLimits,
+}
+
+/// Bounds on the join tokens minted for machines Plinth does not know, by
+/// requests nobody authenticates: how long one lives, and how many may be
+/// outstanding (in all, per subnet) or minted per client address a minute.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinLimits {
+    pub ttl: std::time::Duration,
+    pub outstanding: usize,
+    pub per_subnet: usize,
+    pub per_address_per_minute: u32,
+}
+
+impl Default for JoinLimits {
+    fn default() -> JoinLimits {
+        JoinLimits {
+            ttl: std::time::Duration::from_secs(600),
+            outstanding: 1024,
+            per_subnet: 256,
+            per_address_per_minute: 10,
+        }
+    }
+}
+
+/// Join tokens minted and not yet expired, by subnet; minting per address.
+#[derive(Default)]
+struct JoinBudget {
+    /// (expiry, subnet) of each outstanding token, oldest first.
+    outstanding: std::collections::VecDeque<(std::time::Instant, String)>,
+    /// Tokens minted per client address in the current minute.
+    per_address: std::collections::HashMap<Ipv4Addr, (std::time::Instant, u32)>,
+}
+
+impl JoinBudget {
+    /// Takes one join token's worth for a client of `subnet` at `address`,
+    /// or says why not.
+    fn take(&mut self, limits: &JoinLimits, subnet: &str, address: Option<Ipv4Addr>) -> Result<(), String> {
+        let now = std::time::Instant::now();
+        while self.outstanding.front().is_some_and(|(exp, _)| *exp <= now) {
+            self.outstanding.pop_front();
+        }
+        if self.outstanding.len() >= limits.outstanding {
+            return Err(format!("{} join tokens are outstanding, the most there may be", limits.outstanding));
+        }
+        if self.outstanding.iter().filter(|(_, s)| s == subnet).count() >= limits.per_subnet {
+            return Err(format!(
+                "{} join tokens are outstanding for {subnet}, the most there may be",
+                limits.per_subnet
+            ));
+        }
+        if let Some(ip) = address {
+            if self.per_address.len() > 65_536 {
+                self.per_address.retain(|_, (since, _)| since.elapsed() < std::time::Duration::from_secs(60));
+            }
+            let e = self.per_address.entry(ip).or_insert((now, 0));
+            if e.0.elapsed() >= std::time::Duration::from_secs(60) {
+                *e = (now, 0);
+            }
+            if e.1 >= limits.per_address_per_minute {
+                return Err(format!("{ip} was given {} join tokens this minute", e.1));
+            }
+            e.1 += 1;
+        }
+        self.outstanding.push_back((now + limits.ttl, subnet.to_owned()));
+        Ok(())
+    }
+}
+
+/// The most boot credentials one machine may have outstanding (handed out,
+/// not traded, not expired): each boot file fetch mints one, and the
+/// oldest beyond these are revoked as a new one is stored.
+pub const BOOT_TOKENS_KEPT: usize = 8;
+
 /// Renders the files of each known machine's bootenv at their paths, found
 /// by MAC (from the path or the client's lease). Unknown machines, and paths
 /// the bootenv does not define, fall back to [`IpxeScripts`].
@@ -90,10 +178,9 @@ pub struct RenderedFiles {
     store: std::sync::Arc<dyn plinth_store::Store>,
     shared: plinth_render::SharedCache,
     fallback: IpxeScripts,
-    api_port: u16,
-    token_ttl: std::time::Duration,
-    ca_pem: String,
+    config: BootFiles,
     keyring: std::sync::Arc<plinth_secrets::Keyring>,
+    joins: std::sync::Arc<std::sync::Mutex<JoinBudget>>,
 }
 
 /// Stores a freshly minted token from a blocking render.
@@ -107,6 +194,33 @@ fn store_token(
         .block_on(plinth_store::StoreExt::create(store, plinth_model::Kind::Token, &token.id.to_string(), body))
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// Stores a new boot credential, revoking the machine's oldest outstanding
+/// ones beyond [`BOOT_TOKENS_KEPT`] in the same write.
+async fn store_boot_token(
+    store: &dyn plinth_store::Store,
+    token: &plinth_model::Token,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), plinth_store::StoreError> {
+    use plinth_store::{Expect, StoreExt, WriteOp};
+    let machine = token.machine.map(|m| m.to_string()).unwrap_or_default();
+    let filter = plinth_store::Filter { path: vec!["machine".into()], value: serde_json::Value::String(machine) };
+    let mut outstanding: Vec<plinth_model::Token> = store
+        .list_all(plinth_model::Kind::Token, vec![filter])
+        .await?
+        .into_iter()
+        .filter_map(|r| plinth_model::decode::<plinth_model::Token>(r.body).ok())
+        .filter(|t| t.boot && t.uses_left != Some(0) && t.expires_at > now)
+        .collect();
+    outstanding.sort_by_key(|t| std::cmp::Reverse(t.expires_at));
+    let body = serde_json::to_value(token).map_err(|e| plinth_store::StoreError::Backend(e.to_string()))?;
+    let mut ops =
+        vec![WriteOp::Put { kind: plinth_model::Kind::Token, key: token.id.to_string(), body, expect: Expect::Absent }];
+    for old in outstanding.iter().skip(BOOT_TOKENS_KEPT - 1) {
+        ops.push(WriteOp::Delete { kind: plinth_model::Kind::Token, key: old.id.to_string(), expect: Expect::Any });
+    }
+    store.apply(ops).await.map(|_| ())
 }
 
 /// The stored template that answers `ipxe/<mac>` for machines Plinth does
@@ -125,19 +239,15 @@ pub fn is_grub_config(path: &str) -> bool {
 }
 
 impl RenderedFiles {
-    /// Renders from `store`, falling back to scripts in `root`. The API is
-    /// reached on `api_port` of the host the client reached the boot HTTP
-    /// server on; machine tokens in rendered files live for `token_ttl`.
+    /// Renders from `store`, falling back to scripts in `root`.
     pub fn new(
         store: std::sync::Arc<dyn plinth_store::Store>,
         root: FileRoot,
-        api_port: u16,
-        token_ttl: std::time::Duration,
-        ca_pem: String,
+        config: BootFiles,
         keyring: std::sync::Arc<plinth_secrets::Keyring>,
     ) -> RenderedFiles {
         let shared = plinth_render::SharedCache::new(store.clone());
-        RenderedFiles { store, shared, fallback: IpxeScripts::new(root), api_port, token_ttl, ca_pem, keyring }
+        RenderedFiles { store, shared, fallback: IpxeScripts::new(root), config, keyring, joins: Default::default() }
     }
 
     /// Records secure values rendered into a boot file in the audit log;
@@ -173,14 +283,18 @@ impl RenderedFiles {
     }
 
     /// `secure_param()` for a file `view`'s machine asked for: the values
-    /// when the request comes from the address the machine holds a lease
-    /// on, else an error naming why (the file is then not served).
+    /// when the request comes from the address the machine holds a live
+    /// lease on (or with its token), and the site trusts the machine; else
+    /// an error naming why (the file is then not served).
     fn secure_params(
         &self,
         view: &plinth_render::MachineView,
         request: &FileRequest<'_>,
         read: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     ) -> plinth_render::SecureParams {
+        if !view.machine.trusted {
+            return view.secure_withheld();
+        }
         let leased = view.lease.as_ref().map(|l| l.address);
         // `lookup` only renders for the token's own machine.
         if request.token.is_some() || (leased.is_some() && request.client == leased) {
@@ -194,45 +308,85 @@ impl RenderedFiles {
         })
     }
 
+    /// Where a file rendered for `request` reaches Plinth: the boot server
+    /// as the client reached it (or as configured), the API as configured
+    /// or on that host.
     fn provisioner(&self, request: &FileRequest<'_>) -> plinth_render::Provisioner {
         let http = request.http_base.clone().unwrap_or_default();
         let host = http.split_once("://").map_or(http.as_str(), |(_, h)| h);
         let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        let api = match &self.config.api_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None if host.is_empty() => String::new(),
+            None => format!("https://{host}:{}", self.config.api_port),
+        };
         plinth_render::Provisioner {
-            api: if host.is_empty() { String::new() } else { format!("https://{host}:{}", self.api_port) },
+            api,
             http,
             arch: request.arch,
             firmware: request.firmware,
-            ca_pem: self.ca_pem.clone(),
+            ca_pem: self.config.ca_pem.clone(),
             hooks: Default::default(),
         }
     }
 
-    /// Issues a machine token for `machine` from a blocking render.
-    fn minter(&self, machine: plinth_model::MachineId) -> plinth_render::TokenMinter {
+    /// Issues a boot credential for `view`'s machine from a blocking render:
+    /// short-lived, traded once for a session, and, where Plinth leased the
+    /// machine its address, handed only to that address (or the machine's
+    /// own `address`) or to a request that carries the machine's token.
+    fn minter(&self, view: &plinth_render::MachineView, request: &FileRequest<'_>) -> plinth_render::TokenMinter {
         let store = self.store.clone();
-        let ttl = self.token_ttl;
+        let ttl = self.config.boot_token_ttl;
         let handle = tokio::runtime::Handle::current();
+        let machine = view.machine.id;
+        let leased = view.lease.as_ref().map(|l| l.address);
+        let refused = match (leased, request.client) {
+            _ if request.token.is_some() => None,
+            (Some(lease), Some(client)) if client == lease || view.machine.address == Some(client) => None,
+            (Some(lease), client) => Some(format!(
+                "machine `{}` leased {lease}; its boot credential is handed only to that address, not to {}",
+                view.machine.name,
+                client.map(|c| c.to_string()).unwrap_or_else(|| "an unknown address".into())
+            )),
+            (None, _) => None,
+        };
+        let address = request.client;
         std::sync::Arc::new(move || {
-            let expires = plinth_model::now() + chrono::Duration::from_std(ttl).map_err(|e| e.to_string())?;
-            let (token, bearer) = plinth_model::Token::mint(
+            if let Some(why) = &refused {
+                return Err(why.clone());
+            }
+            let now = plinth_model::now();
+            let expires = now + chrono::Duration::from_std(ttl).map_err(|e| e.to_string())?;
+            let (mut token, bearer) = plinth_model::Token::mint(
                 plinth_model::Name::known("machine"),
-                format!("machine token for {machine}, issued in a boot file"),
+                format!("boot credential for {machine}, in a boot file"),
                 expires,
                 Some(machine),
             );
-            store_token(&handle, store.as_ref(), &token)?;
+            token.boot = true;
+            token.uses_left = Some(1);
+            token.address = address;
+            handle.block_on(store_boot_token(store.as_ref(), &token, now)).map_err(|e| e.to_string())?;
             Ok(bearer)
         })
     }
 
-    /// Issues a single-use join token, valid for an hour, from a blocking
-    /// render: what an unknown machine's discovery agent registers with.
-    fn join_minter(&self, workflow: Option<String>) -> plinth_render::TokenMinter {
+    /// Issues a single-use join token from a blocking render: what an
+    /// unknown machine's discovery agent registers with. It registers new
+    /// machines only (see `Token::discovery`), lives minutes, and is
+    /// minted only within the [`JoinLimits`].
+    fn join_minter(
+        &self,
+        workflow: Option<String>,
+        request: &FileRequest<'_>,
+        subnet: String,
+    ) -> plinth_render::TokenMinter {
         let store = self.store.clone();
         let handle = tokio::runtime::Handle::current();
+        let (limits, joins, address) = (self.config.join, self.joins.clone(), request.client);
         std::sync::Arc::new(move || {
-            let expires = plinth_model::now() + chrono::Duration::hours(1);
+            joins.lock().unwrap_or_else(|p| p.into_inner()).take(&limits, &subnet, address)?;
+            let expires = plinth_model::now() + chrono::Duration::from_std(limits.ttl).map_err(|e| e.to_string())?;
             let (mut token, bearer) = plinth_model::Token::mint(
                 plinth_model::Name::known("admin"),
                 "discovery: single-use join token from the unknown-machine boot script".into(),
@@ -240,6 +394,7 @@ impl RenderedFiles {
                 None,
             );
             token.join = true;
+            token.discovery = true;
             token.uses_left = Some(1);
             token.join_workflow = workflow.as_deref().and_then(|w| w.parse().ok());
             store_token(&handle, store.as_ref(), &token)?;
@@ -272,7 +427,11 @@ impl RenderedFiles {
             };
         let workflow =
             global.get("discovery-workflow").and_then(|v| v.as_str()).filter(|w| !w.is_empty()).map(str::to_owned);
-        let hooks = plinth_render::Hooks { join_token: Some(self.join_minter(workflow)), ..Default::default() };
+        let subnet = self.subnet_of(request.client).await;
+        let hooks = plinth_render::Hooks {
+            join_token: Some(self.join_minter(workflow, request, subnet)),
+            ..Default::default()
+        };
         let params = std::sync::Arc::new(global);
         let out = tokio::task::spawn_blocking(move || {
             plinth_render::render(templates, plinth_render::Source::Named(name), &ctx, params, &hooks)
@@ -288,13 +447,27 @@ impl RenderedFiles {
         }
     }
 
+    /// What a client's join tokens are counted against: the subnet of the
+    /// lease Plinth gave its address, else the /24 its address is in.
+    async fn subnet_of(&self, client: Option<Ipv4Addr>) -> String {
+        let Some(ip) = client else { return "clients with no address".into() };
+        let lease = self.store.get(plinth_model::Kind::Lease, &ip.to_string()).await.ok().flatten();
+        if let Some(l) = lease.and_then(|r| plinth_model::decode::<plinth_model::Lease>(r.body).ok()) {
+            return format!("subnet `{}`", l.subnet);
+        }
+        let o = ip.octets();
+        format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+    }
+
     /// The machine a valid, unexpired machine token belongs to.
     async fn token_machine(&self, bearer: &str) -> Option<plinth_model::Machine> {
         use plinth_model::Kind;
         let (id, secret) = plinth_model::Token::parse_bearer(bearer)?;
         let record = self.store.get(Kind::Token, &id.to_string()).await.ok()??;
         let token: plinth_model::Token = plinth_model::decode(record.body).ok()?;
-        if !token.secret_matches(secret) || token.expires_at <= plinth_model::now() {
+        // A boot credential already traded for a session is good for nothing.
+        let traded = token.boot && token.uses_left == Some(0);
+        if !token.secret_matches(secret) || token.expires_at <= plinth_model::now() || traded {
             return None;
         }
         let machine = self.store.get(Kind::Machine, &token.machine?.to_string()).await.ok()??;
@@ -386,7 +559,7 @@ impl RenderedFiles {
             }
         };
         let mut provisioner = self.provisioner(request);
-        provisioner.hooks.machine_token = Some(self.minter(view.machine.id));
+        provisioner.hooks.machine_token = Some(self.minter(&view, request));
         let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
         provisioner.hooks.secure_param = Some(self.secure_params(&view, request, read.clone()));
         let id = view.machine.id;

@@ -40,23 +40,11 @@ pub fn router(root: FileRoot, generated: Arc<dyn Generated>, log: BootLog) -> Ro
         .with_state(HttpState { root, generated })
 }
 
-/// The `Host` header, which tells how the client reaches this server.
-struct HostHeader(String);
-
-impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for HostHeader {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
-            .map(|h| HostHeader(h.to_owned())))
-    }
-}
+/// The boot HTTP server's URL as this connection's client reaches it: the
+/// configured `--boot-url`, else the address the connection came in on.
+/// Never the client's `Host` header, which a client may set to anything.
+#[derive(Clone)]
+struct BootBase(String);
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -113,6 +101,7 @@ pub async fn serve(
     root: FileRoot,
     generated: Arc<dyn Generated>,
     log: BootLog,
+    public_url: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(root, generated, log);
@@ -142,11 +131,17 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let mut stop = stop_rx.clone();
+        let base = match (&public_url, tcp.local_addr()) {
+            (Some(url), _) => BootBase(url.trim_end_matches('/').to_owned()),
+            (None, Ok(local)) => BootBase(format!("http://{local}")),
+            (None, Err(_)) => BootBase(String::new()),
+        };
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req.extensions_mut().insert(base.clone());
                 let mut app = app.clone();
                 async move { tower_service::Service::call(&mut app, req).await }
             });
@@ -330,7 +325,7 @@ async fn ipxe_script(
     State(state): State<HttpState>,
     axum::extract::Path(mac): axum::extract::Path<String>,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    host: Option<HostHeader>,
+    base: Option<axum::Extension<BootBase>>,
     uri: Uri,
 ) -> Response {
     let Some(mac) = crate::generated::ipxe_path_mac(&format!("ipxe/{mac}")) else {
@@ -338,7 +333,7 @@ async fn ipxe_script(
     };
     let path = format!("ipxe/{}", mac.to_string().replace(':', "-"));
     let missing = "no iPXE script for this machine (and no ipxe/default.ipxe)";
-    generated_response(&state, &path, mac, connect, host, uri.query().map(str::to_owned), missing).await
+    generated_response(&state, &path, mac, connect, base, uri.query().map(str::to_owned), missing).await
 }
 
 /// `GET /machines/<mac>/<path>`: a file of that machine's bootenv, rendered
@@ -347,7 +342,7 @@ async fn machine_file(
     State(state): State<HttpState>,
     axum::extract::Path((mac, path)): axum::extract::Path<(String, String)>,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    host: Option<HostHeader>,
+    base: Option<axum::Extension<BootBase>>,
     uri: Uri,
 ) -> Response {
     let Ok(mac) = mac.replace('-', ":").parse::<plinth_model::MacAddr>() else {
@@ -355,7 +350,7 @@ async fn machine_file(
     };
     let Ok(clean) = FileRoot::clean(path.as_bytes()) else { return plain(StatusCode::FORBIDDEN, "refused path") };
     let query = uri.query().map(str::to_owned);
-    generated_response(&state, &clean.to_string_lossy(), mac, connect, host, query, "no such file for this machine")
+    generated_response(&state, &clean.to_string_lossy(), mac, connect, base, query, "no such file for this machine")
         .await
 }
 
@@ -367,13 +362,13 @@ async fn token_file(
     State(state): State<HttpState>,
     axum::extract::Path((token, path)): axum::extract::Path<(String, String)>,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    host: Option<HostHeader>,
+    base: Option<axum::Extension<BootBase>>,
     uri: Uri,
 ) -> Response {
     let Ok(clean) = FileRoot::clean(path.as_bytes()) else { return plain(StatusCode::FORBIDDEN, "refused path") };
     let query = uri.query().map(str::to_owned);
     let path = clean.to_string_lossy();
-    let request = file_request(&path, None, Some(&token), connect, host, query.as_deref());
+    let request = file_request(&path, None, Some(&token), connect, base, query.as_deref());
     generated_answer(&state, &request, "no such file for the machine of that token").await
 }
 
@@ -383,14 +378,14 @@ fn file_request<'a>(
     mac: Option<plinth_model::MacAddr>,
     token: Option<&'a str>,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    host: Option<HostHeader>,
+    base: Option<axum::Extension<BootBase>>,
     query: Option<&str>,
 ) -> FileRequest<'a> {
     let client = connect.and_then(|c| match c.0.0.ip() {
         std::net::IpAddr::V4(v4) => Some(v4),
         std::net::IpAddr::V6(_) => None,
     });
-    let http_base = host.map(|h| format!("http://{}", h.0));
+    let http_base = base.map(|b| b.0.0);
     // iPXE tells what it runs as in the query: `?platform=${platform}&buildarch=${buildarch}`.
     let mut arch = None;
     let mut firmware = None;
@@ -425,11 +420,11 @@ async fn generated_response(
     path: &str,
     mac: plinth_model::MacAddr,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    host: Option<HostHeader>,
+    base: Option<axum::Extension<BootBase>>,
     query: Option<String>,
     missing: &str,
 ) -> Response {
-    let request = file_request(path, Some(mac), None, connect, host, query.as_deref());
+    let request = file_request(path, Some(mac), None, connect, base, query.as_deref());
     generated_answer(state, &request, missing).await
 }
 

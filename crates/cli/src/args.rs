@@ -270,6 +270,50 @@ fn kind_command(kind: Kind) -> Command {
     if kind == Kind::Job {
         cmd = cmd.subcommand(Command::new("log").about("Print a job's output").arg(key()));
     }
+    if kind == Kind::Machine {
+        cmd = cmd.subcommand(
+            Command::new("accept")
+                .about("Trust a machine discovery registered with the site's secrets (secure params)")
+                .arg(key()),
+        );
+    }
+    if kind == Kind::Conflict {
+        cmd = cmd
+            .subcommand(
+                Command::new("accept")
+                    .about("A held discovery registration is the machine it matched: let it have that machine")
+                    .arg(key()),
+            )
+            .subcommand(
+                Command::new("reject").about("A held discovery registration is not the machine it matched").arg(key()),
+            );
+    }
+    if kind == Kind::User {
+        cmd = cmd.subcommand(
+            Command::new("reset-password")
+                .about("On the server's host: give a user a new password and revoke its tokens (recovery; no API)")
+                .long_about(
+                    "Works on the server's store directly, with the server running or not: sets a new password for \
+                     NAME (from --password-file, or a random one printed once), revokes every token of that user, \
+                     and records the change in the audit log as done on the host. The way back in when the admin's \
+                     password is lost, or when failed logins from elsewhere keep it refused.",
+                )
+                .arg(key())
+                .arg(
+                    Arg::new("password-file")
+                        .long("password-file")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("A file whose first line is the new password [default: a random one, printed]"),
+                )
+                .arg(
+                    Arg::new("data-dir")
+                        .long("data-dir")
+                        .env("PLINTH_DATA_DIR")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("The server's data dir [default: ./plinth-data]"),
+                ),
+        );
+    }
     if kind == Kind::BootEnv {
         cmd = cmd.subcommand(
             Command::new("import-iso")

@@ -142,8 +142,8 @@ pub(crate) async fn object_command(
                 format,
             ))
         }
-        "resume" => {
-            Ok(output::one(&c.call(Method::POST, &format!("{}/resume", key_path()), None, None).await?.body, format))
+        action @ ("resume" | "accept" | "reject") => {
+            Ok(output::one(&c.call(Method::POST, &format!("{}/{action}", key_path()), None, None).await?.body, format))
         }
         "log" => c.text(&format!("{}/log", key_path())).await,
         "timeline" => {

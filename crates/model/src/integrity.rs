@@ -68,6 +68,7 @@ pub fn references(kind: Kind, body: &Value) -> Vec<Reference> {
             one("machine", Kind::Machine, true);
             one("task", Kind::Task, false);
         }
+        Kind::Conflict => one("machine", Kind::Machine, true),
         Kind::Token => {
             // A machine token acts for its machine, not for a user.
             if body.get("machine").and_then(Value::as_str).is_some() {
@@ -95,6 +96,7 @@ pub fn references(kind: Kind, body: &Value) -> Vec<Reference> {
         Kind::BootEnv | Kind::Task => {
             list(&mut out, "required_params", Kind::Param);
             list(&mut out, "optional_params", Kind::Param);
+            list(&mut out, "reports", Kind::Param);
             for (i, t) in body.get("templates").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 if let Some(key) = t.get("template").and_then(Value::as_str) {
                     out.push(Reference {

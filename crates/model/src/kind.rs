@@ -21,11 +21,12 @@ pub enum Kind {
     Role,
     Token,
     Content,
+    Conflict,
 }
 
 impl Kind {
     /// All kinds, in the order the API documents them.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Machine,
         Kind::BootEnv,
         Kind::Template,
@@ -42,6 +43,7 @@ impl Kind {
         Kind::Role,
         Kind::Token,
         Kind::Content,
+        Kind::Conflict,
     ];
 
     /// Lower-case plural used in URLs, the CLI and the store.
@@ -63,6 +65,7 @@ impl Kind {
             Kind::Role => "roles",
             Kind::Content => "contents",
             Kind::Token => "tokens",
+            Kind::Conflict => "conflicts",
         }
     }
 
@@ -74,7 +77,7 @@ impl Kind {
     /// The field that holds an object's key.
     pub fn key_field(self) -> &'static str {
         match self {
-            Kind::Machine | Kind::Job | Kind::Token => "id",
+            Kind::Machine | Kind::Job | Kind::Token | Kind::Conflict => "id",
             Kind::Reservation => "mac",
             Kind::Lease => "address",
             _ => "name",
@@ -82,9 +85,11 @@ impl Kind {
     }
 
     /// Whether the generic create/replace/patch routes may write this kind.
-    /// Tokens are minted only by `POST /api/v1/auth/token`.
+    /// Tokens are minted only by `POST /api/v1/auth/token`; packs are
+    /// installed; conflicts are recorded by registrations and settled by
+    /// their accept and reject routes.
     pub fn writable_via_api(self) -> bool {
-        !matches!(self, Kind::Token | Kind::Content)
+        !matches!(self, Kind::Token | Kind::Content | Kind::Conflict)
     }
 
     /// Fields only the server sees (secrets' hashes): never returned, never
@@ -116,6 +121,7 @@ impl Kind {
             Kind::Token => &["id", "user", "expires_at", "description"],
             Kind::Role => &["name", "description"],
             Kind::Content => &["name", "version", "description"],
+            Kind::Conflict => &["id", "machine", "state", "score", "address", "macs"],
         }
     }
 }

@@ -99,6 +99,7 @@ pub fn normalize(kind: Kind, body: Value) -> Result<(String, Value), ValidationE
         Kind::Token => typed::<Token>(body),
         Kind::Role => typed::<Role>(body),
         Kind::Content => typed::<Content>(body),
+        Kind::Conflict => typed::<Conflict>(body),
     }
 }
 
@@ -124,6 +125,7 @@ pub fn schema_of(kind: Kind) -> Value {
         Kind::Token => s::<Token>(),
         Kind::Role => s::<Role>(),
         Kind::Content => s::<Content>(),
+        Kind::Conflict => s::<Conflict>(),
     }
 }
 

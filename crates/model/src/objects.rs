@@ -2,7 +2,7 @@
 //! `created_at` and `updated_at`; the last three are owned by the store and
 //! ignored when a client sends them.
 
-use crate::{Ipv4Cidr, JobId, Kind, MacAddr, MachineId, Name, Object, ParamName, TokenId, ValidationError};
+use crate::{ConflictId, Ipv4Cidr, JobId, Kind, MacAddr, MachineId, Name, Object, ParamName, TokenId, ValidationError};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -246,6 +246,13 @@ object! {
         /// Hardware inventory reported by the agent.
         #[serde(default)]
         pub inventory: Value,
+        /// Whether the site trusts this machine with its secrets. A machine
+        /// discovery registers starts untrusted until an operator accepts it
+        /// (`POST /api/v1/machines/{id}/accept`) or the site's
+        /// `discovery-accept-macs` rule does: until then it renders no
+        /// secure value and its token reads no resolved params.
+        #[serde(default = "default_true")]
+        pub trusted: bool,
     }
 }
 
@@ -559,6 +566,10 @@ object! {
         /// How many times a failed run is retried.
         #[serde(default)]
         pub retries: u32,
+        /// Params a run of this task may set on its machine when it
+        /// finishes; any other is refused.
+        #[serde(default)]
+        pub reports: Vec<ParamName>,
     }
 }
 
@@ -1036,6 +1047,12 @@ pub const CLAIM_KINDS_EXTRA: [&str; 6] = ["events", "boot-events", "audit", "ren
 pub const CLAIM_ACTIONS: [&str; 4] = ["read", "create", "update", "delete"];
 
 /// Whether `text` matches `pattern`, where `*` matches any run of
+/// characters (claims' name patterns, the site's MAC rules).
+pub fn pattern_matches(pattern: &str, text: &str) -> bool {
+    glob(pattern, text)
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any run of
 /// characters. Linear backtracking to the last star: no blow-up on
 /// patterns like `a*a*a*a*b`.
 pub(crate) fn glob(pattern: &str, text: &str) -> bool {
@@ -1207,6 +1224,61 @@ impl Content {
     }
 }
 
+/// Where an operator has got with a registration conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictState {
+    /// Waiting for an operator; the agent asks again meanwhile.
+    #[default]
+    Pending,
+    /// The registrant is the machine: its next registration gets the
+    /// machine's session.
+    Accepted,
+    /// The registrant is not the machine: it is refused.
+    Rejected,
+}
+
+object! {
+    /// A registration made with a discovery join token that matched a
+    /// machine Plinth already knows. Discovery never hands over a known
+    /// machine by itself: the registration waits here until an operator
+    /// accepts it (the registrant is that machine) or rejects it.
+    pub struct Conflict : Conflict, key = id {
+        /// Identity; assigned by the server.
+        #[serde(default = "ConflictId::generate")]
+        pub id: ConflictId,
+        /// The known machine the registrant matched.
+        pub machine: MachineId,
+        /// The join token it registered with.
+        pub token: TokenId,
+        /// What the registrant said about itself.
+        #[serde(default)]
+        pub macs: Vec<MacAddr>,
+        #[serde(default)]
+        pub system_uuid: Option<String>,
+        #[serde(default)]
+        pub serial: Option<String>,
+        /// How well it matched (`plinth_engine::identity`).
+        #[serde(default)]
+        pub score: u32,
+        /// The address it registered from.
+        #[serde(default)]
+        pub address: Option<String>,
+        /// Where the operator has got with it.
+        #[serde(default)]
+        pub state: ConflictState,
+        /// For humans: what matched and what differs.
+        #[serde(default)]
+        pub detail: String,
+    }
+}
+
+impl Conflict {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}
+
 object! {
     /// An API token. The secret is shown once, at creation; only its hash is kept.
     pub struct Token : Token, key = id {
@@ -1243,6 +1315,22 @@ object! {
         /// roles allow); otherwise everything its user may.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub claims: Option<Vec<Claim>>,
+        /// A boot credential: a machine token minted into a boot file
+        /// (`machine_token()`). It fetches its machine's files
+        /// (`/t/<token>/…`) and is traded once for a session; `uses_left`
+        /// is 0 once traded, and a second trade is refused and recorded.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub boot: bool,
+        /// The address a boot credential was handed to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub address: Option<Ipv4Addr>,
+        /// A machine session's absolute end: renewals never go past it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub session_ends_at: Option<DateTime<Utc>>,
+        /// A join token the unknown-machine boot script minted: it registers
+        /// new machines only, and they start untrusted.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub discovery: bool,
     }
 }
 
@@ -1277,6 +1365,10 @@ impl Token {
             join_workflow: None,
             join_profiles: Vec::new(),
             claims: None,
+            boot: false,
+            address: None,
+            session_ends_at: None,
+            discovery: false,
             meta: Default::default(),
             revision: 0,
             created_at: None,

@@ -160,6 +160,11 @@ uuid_id!(
     TokenId,
     "token id"
 );
+uuid_id!(
+    /// A registration conflict's identity.
+    ConflictId,
+    "conflict id"
+);
 
 /// An Ethernet MAC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

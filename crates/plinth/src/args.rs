@@ -67,10 +67,30 @@ pub fn command() -> Command {
         .arg(
             Arg::new("machine-token-ttl")
                 .long("machine-token-ttl")
-                .default_value("3600")
-                .value_parser(value_parser!(u64).range(60..=86_400))
-                .help("Lifetime of the machine tokens that boot files carry (machine_token()), seconds"),
+                .default_value("900")
+                .value_parser(value_parser!(u64).range(60..=3_600))
+                .help("Lifetime of the boot credentials boot files carry (machine_token()), seconds; each is traded once for a session"),
         )
+        .arg(
+            Arg::new("machine-session-max")
+                .long("machine-session-max")
+                .default_value("2592000")
+                .value_parser(value_parser!(u64).range(3_600..=31_536_000))
+                .help("Longest a machine's session lasts, renewals included, from its boot (or registration), seconds"),
+        )
+        .arg(
+            Arg::new("job-log-max")
+                .long("job-log-max")
+                .default_value("16777216")
+                .value_parser(value_parser!(u64).range(4_096..))
+                .help("Most log one job may store, bytes; beyond it the log is cut, and says so"),
+        )
+        .arg(Arg::new("boot-url").long("boot-url").help(
+            "The boot HTTP server's URL as machines reach it, for boot files [default: the address each request came in on]",
+        ))
+        .arg(Arg::new("api-url").long("api-url").help(
+            "The API's URL as machines reach it, for boot and task files [default: the boot server's host, the API's port]",
+        ))
         .arg(
             Arg::new("log-format")
                 .long("log-format")

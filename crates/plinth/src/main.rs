@@ -8,13 +8,19 @@ mod args;
 mod bootloaders;
 mod debpkg;
 mod discovery;
+mod render_worker;
 mod secrets;
 mod serve;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // A debugging render's worker process, started by the server itself.
+    if std::env::args_os().nth(1).is_some_and(|a| a == plinth_api::sandbox::WORKER_ARG) {
+        return render_worker::run();
+    }
     let mut root = args::command();
     let matches = match root.try_get_matches_from_mut(std::env::args_os()) {
         Ok(m) => m,
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
         ("lab", Some(("down", m))) => {
             plinth::lab::down(&m.get_one::<PathBuf>("dir").cloned().unwrap_or_default()).map_err(anyhow::Error::from)
         }
+        ("users", Some(("reset-password", m))) => users::reset_password(&runtime, m),
         ("bootloaders" | "discovery" | "secrets" | "lab", _) => return ExitCode::from(2),
         _ => return ExitCode::from(runtime.block_on(plinth_cli::run(name, sub, &matches, &mut root))),
     };

@@ -68,8 +68,16 @@ pub struct Config {
     pub tls_sans: Vec<String>,
     /// Lifetime of tokens minted without an explicit one.
     pub token_ttl: Duration,
-    /// Lifetime of the machine tokens boot files carry.
+    /// Lifetime of the boot credentials boot files carry.
     pub machine_token_ttl: Duration,
+    /// Longest a machine's session lasts.
+    pub machine_session_max: Duration,
+    /// Most log one job may store, in bytes.
+    pub job_log_max: u64,
+    /// The boot HTTP server's URL as machines reach it, when configured.
+    pub boot_url: Option<String>,
+    /// The API's URL as machines reach it, when configured.
+    pub api_url: Option<String>,
     /// `text` or `json`.
     pub log_format: String,
 }
@@ -101,7 +109,11 @@ impl Config {
             tls: m.get_one::<PathBuf>("tls-cert").cloned().zip(m.get_one::<PathBuf>("tls-key").cloned()),
             tls_sans: m.get_many::<String>("tls-san").into_iter().flatten().cloned().collect(),
             token_ttl: secs("token-ttl", 86_400),
-            machine_token_ttl: secs("machine-token-ttl", 3600),
+            machine_token_ttl: secs("machine-token-ttl", 900),
+            machine_session_max: secs("machine-session-max", 30 * 86_400),
+            job_log_max: m.get_one::<u64>("job-log-max").copied().unwrap_or(16 << 20),
+            boot_url: url_flag(m, "boot-url", "http")?,
+            api_url: url_flag(m, "api-url", "https")?,
             log_format: m.get_one::<String>("log-format").cloned().unwrap_or_else(|| "text".into()),
         })
     }
@@ -210,6 +222,9 @@ pub async fn run(config: Config) -> Result<()> {
         default_token_ttl: config.token_ttl,
         keyring: keyring.clone(),
         logins: Default::default(),
+        machine_session_max: config.machine_session_max,
+        api_url: config.api_url.clone(),
+        job_log_max: config.job_log_max,
     };
     tracing::info!(service = "api", url = %format!("https://{bound}"), "listening");
 
@@ -218,12 +233,17 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(path = %file_root.path().display(), "serving boot files from the file root");
 
     let boot_log = plinth_boot::events::BootLog::start(state.store.clone());
+    let boot_files = plinth_boot::generated::BootFiles {
+        api_port: bound.port(),
+        api_url: config.api_url.clone(),
+        boot_token_ttl: config.machine_token_ttl,
+        ca_pem: agent_ca,
+        join: Default::default(),
+    };
     let generated: Arc<dyn plinth_boot::generated::Generated> = Arc::new(plinth_boot::generated::RenderedFiles::new(
         state.store.clone(),
         file_root.clone(),
-        bound.port(),
-        config.machine_token_ttl,
-        agent_ca,
+        boot_files,
         keyring,
     ));
 
@@ -264,8 +284,11 @@ pub async fn run(config: Config) -> Result<()> {
                 http_port = l.local_addr()?.port();
                 tracing::info!(service = "http", url = %format!("http://{}", l.local_addr()?), "listening");
                 let (root, gen_files, log, stop) = (file_root.clone(), generated.clone(), boot_log.clone(), stopped());
+                let public = config.boot_url.clone();
                 tasks.spawn(async move {
-                    plinth_boot::http::serve(l, root, gen_files, log, stop).await.context("boot HTTP server failed")
+                    plinth_boot::http::serve(l, root, gen_files, log, public, stop)
+                        .await
+                        .context("boot HTTP server failed")
                 });
             }
             Err(e) => {
@@ -322,6 +345,18 @@ pub async fn run(config: Config) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A URL flag (`--boot-url`, `--api-url`) with the scheme it must have.
+fn url_flag(m: &ArgMatches, name: &str, scheme: &str) -> Result<Option<String>> {
+    let Some(url) = m.get_one::<String>(name) else { return Ok(None) };
+    let rest = url
+        .strip_prefix(&format!("{scheme}://"))
+        .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]/_".contains(&b)));
+    match rest {
+        Some(_) => Ok(Some(url.trim_end_matches('/').to_owned())),
+        None => anyhow::bail!("--{name} must be a {scheme}:// URL such as {scheme}://10.0.0.1:8092, got `{url}`"),
+    }
 }
 
 /// A listen address flag, where `off` disables the listener.

@@ -81,7 +81,7 @@ async fn the_agent_runs_a_workflow_across_a_reboot() {
         {"name": "env", "path": "agent.env", "contents": "PLINTH_TOKEN={{ machine_token() }}"}]}),
     )
     .await;
-    post(&api, "/api/v1/tasks", json!({"name": "report", "templates": [
+    post(&api, "/api/v1/tasks", json!({"name": "report", "reports": ["disk-count"], "templates": [
         {"name": "hostname", "path": "/etc/plinth-hostname", "contents": "{{ machine.name }}\n"},
         {"name": "run", "contents": "echo hello from $PLINTH_MACHINE\necho to stderr >&2\necho '{\"params\": {\"disk-count\": 2}}' > \"$PLINTH_RESULT\"\n"}]}))
     .await;
@@ -126,7 +126,7 @@ async fn the_agent_runs_a_workflow_across_a_reboot() {
     // The boot file's short-lived token was traded for a session, kept in the state file.
     assert!(err.contains("session renewed"), "{err}");
     let env = std::fs::read_to_string(root.path().join("agent.env")).unwrap();
-    let session = env.lines().find_map(|l| l.strip_prefix("PLINTH_TOKEN=")).unwrap();
+    let session = env.lines().find_map(|l| l.strip_prefix("PLINTH_TOKEN=")).unwrap().to_owned();
     assert!(session.starts_with("plt_") && session != token && env.contains(&format!("PLINTH_MACHINE={id}")), "{env}");
     assert_ne!(code, Some(0), "the agent was stopped by the reboot command: {err}");
     assert!(err.contains("running `kill -TERM $PPID`"), "{err}");
@@ -137,8 +137,13 @@ async fn the_agent_runs_a_workflow_across_a_reboot() {
     assert!(machine["inventory"]["memory_bytes"].as_u64().unwrap() > 0, "{}", machine["inventory"]);
     assert!(machine["inventory"]["cpu"]["count"].as_u64().unwrap() >= 1);
 
-    // Second boot: the workflow goes on and completes.
+    // The boot credential was traded once: a second trade is refused.
     let (code, err) = wait(agent(&server, &id, &token, root.path(), "boot-2", true), Duration::from_secs(60));
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("already traded"), "{err}");
+    // Second boot, as the installed system starts it: from its state file,
+    // whose session it renews. The workflow goes on and completes.
+    let (code, err) = wait(agent(&server, &id, &session, root.path(), "boot-2", true), Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
     let machine = api.get(&format!("/api/v1/machines/{id}")).await.body;
     assert_eq!(machine["workflow_state"], "complete", "{machine}");
@@ -198,7 +203,9 @@ async fn the_agent_runs_a_workflow_across_a_reboot() {
     // A job past its time limit is killed and fails the workflow.
     post(&api, &format!("/api/v1/machines/{id}/workflow"), json!({"workflow": "slow-wf"})).await;
     let started = Instant::now();
-    let (code, err) = wait(agent(&server, &id, &token, root.path(), "boot-2", true), Duration::from_secs(30));
+    let env = std::fs::read_to_string(root.path().join("agent.env")).unwrap();
+    let session = env.lines().find_map(|l| l.strip_prefix("PLINTH_TOKEN=")).unwrap().to_owned();
+    let (code, err) = wait(agent(&server, &id, &session, root.path(), "boot-2", true), Duration::from_secs(30));
     assert_eq!(code, Some(0), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15), "killed at its limit, not after sleep 30");
     let machine = api.get(&format!("/api/v1/machines/{id}")).await.body;

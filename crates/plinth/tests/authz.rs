@@ -151,6 +151,7 @@ async fn every_route_checks_claims_for_each_role_restricted_tokens_and_machine_t
         .await
         .unwrap();
     assert!(token.starts_with("plt_"), "{token}");
+    let token = server.session(&web_id, &token).await;
     let machine = Api { http: server.http(), url: server.url.clone(), token };
     assert_eq!(machine.get(&format!("/api/v1/machines/{web_id}")).await.status, 200, "its own machine");
     for (method, path) in &all {
@@ -186,14 +187,18 @@ async fn every_route_checks_claims_for_each_role_restricted_tokens_and_machine_t
         }
     }
 
-    // Operator: everything but users, roles and tokens.
+    // Operator: everything but users, roles and tokens, a machine's session
+    // (only its own agent has one) and letting secure values reach a
+    // machine (accepting one, or a registration conflict).
     let operator = as_user(&server, "olivia", "olivia-password").await;
     for (method, path) in &all {
         if public(path) || path.starts_with("/api/v1/auth") {
             continue;
         }
         let s = status(&operator, method, path).await;
-        let forbidden = ["/api/v1/users", "/api/v1/roles", "/api/v1/tokens"].iter().any(|p| path.starts_with(p));
+        let forbidden = ["/api/v1/users", "/api/v1/roles", "/api/v1/tokens"].iter().any(|p| path.starts_with(p))
+            || path.ends_with("/session")
+            || path.ends_with("/accept");
         assert_eq!(s == 403, forbidden, "operator {method} {path}: {s}");
     }
     created(&operator, "/api/v1/machines", json!({"name": "by-operator"})).await;

@@ -67,6 +67,10 @@ async fn builtin_content_renders_per_machine_with_variants_and_scoped_tokens() {
     let ca = std::fs::read_to_string(server.ca()).unwrap();
     assert!(post.contains("PLINTH_CA_CERT=/etc/plinth/ca.pem") && post.contains(ca.trim()), "{post}");
     assert!(token.starts_with("plt_"), "{post}");
+    // It is a boot credential: good only for one trade for a session.
+    let as_boot = Api { http: server.http(), url: api.url.clone(), token: token.clone() };
+    assert_eq!(as_boot.get(&format!("/api/v1/machines/{web_id}")).await.status, 403);
+    let token = server.session(web_id, &token).await;
     let as_machine = Api { http: server.http(), url: api.url.clone(), token };
     let own = as_machine.get(&format!("/api/v1/machines/{web_id}")).await;
     assert_eq!((own.status, own.body["name"].as_str()), (200, Some("web-7")));
@@ -89,8 +93,10 @@ async fn builtin_content_renders_per_machine_with_variants_and_scoped_tokens() {
     assert_eq!(r.status, 403);
     let tokens = api.get("/api/v1/tokens").await.body["items"].as_array().unwrap().clone();
     let machine_tokens: Vec<&Value> = tokens.iter().filter(|t| t["machine"] == web_id).collect();
-    assert_eq!(machine_tokens.len(), 1, "{tokens:?}");
-    assert!(machine_tokens[0].get("secret_hash").is_none());
+    // The boot credential (traded) and the session it was traded for.
+    assert_eq!(machine_tokens.len(), 2, "{tokens:?}");
+    assert!(machine_tokens.iter().any(|t| t["boot"] == true && t["uses_left"] == 0), "{tokens:?}");
+    assert!(machine_tokens.iter().all(|t| t.get("secret_hash").is_none()));
 
     // A debugging render never issues one.
     let r = api.post("/api/v1/render", json!({"machine": web_id, "bootenv_file": "post-install.sh"})).await;

@@ -38,7 +38,7 @@ async fn setup(api: &Api) -> String {
     post(
         api,
         "/api/v1/tasks",
-        json!({"name": "inventory", "templates": [
+        json!({"name": "inventory", "reports": ["disk-count"], "templates": [
         {"name": "run", "contents": "#!/bin/sh\necho inventory of {{ machine.name }}\n"},
         {"name": "conf", "path": "/etc/plinth/{{ machine.name }}.conf", "contents": "name={{ machine.name }}\n"}]}),
     )
@@ -70,6 +70,7 @@ async fn an_agent_runs_a_workflow_through_the_api() {
     let admin = server.api().await;
     let id = setup(&admin).await;
     let token = machine_token(&server, "52-54-00-09-00-01").await;
+    let token = server.session(&id, &token).await;
     let agent = Api { http: server.http(), url: admin.url.clone(), token };
     let next = format!("/api/v1/machines/{id}/next");
 

@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// A machine with what rendering for it reads.
+/// A machine with what rendering for it reads. It serialises whole, so a
+/// render can run elsewhere (a debugging render runs in a child process
+/// with a memory budget: see [`DebugRender`]).
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct MachineView {
     pub machine: Machine,
     pub params: BTreeMap<ParamName, Resolved>,
@@ -45,12 +48,16 @@ pub async fn load_with(store: &dyn Store, shared: &Shared, machine: Machine) -> 
         shared
     };
     let mut lease: Option<plinth_model::Lease> = None;
+    let now = plinth_model::now();
     for mac in &machine.macs {
         let filter = plinth_store::Filter { path: vec!["mac".into()], value: Value::String(mac.to_string()) };
         for r in store.list_all(Kind::Lease, vec![filter]).await? {
             let l: plinth_model::Lease = plinth_model::decode(r.body).map_err(|e| LoadError::Corrupt(e.to_string()))?;
-            // The bound lease that runs longest is the current one.
-            if l.state == plinth_model::LeaseState::Bound && lease.as_ref().is_none_or(|c| l.expires_at > c.expires_at)
+            // The bound, unexpired lease that runs longest is the current
+            // one; an ended lease grants nothing.
+            if l.state == plinth_model::LeaseState::Bound
+                && l.expires_at > now
+                && lease.as_ref().is_none_or(|c| l.expires_at > c.expires_at)
             {
                 lease = Some(l);
             }
@@ -104,6 +111,18 @@ impl MachineView {
             } else {
                 Ok(value.clone())
             }
+        })
+    }
+
+    /// `secure_param()` for a machine the site does not trust yet (one
+    /// discovery registered): every secure value is withheld, with a
+    /// message saying how to trust it.
+    pub fn secure_withheld(&self) -> crate::SecureParams {
+        let (machine, id) = (self.machine.name.to_string(), self.machine.id);
+        Arc::new(move |name: &str| {
+            Err(format!(
+                "machine `{machine}` is not trusted yet, so secure param `{name}` is withheld; accept it first (`plinth machines accept {id}`)"
+            ))
         })
     }
 
@@ -400,5 +419,59 @@ fn entry_source(t: &plinth_model::TemplateRef) -> Option<Source<'_>> {
         (Some(name), _) => Some(Source::Named(name.as_str())),
         (None, Some(text)) => Some(Source::Inline(text)),
         (None, None) => None,
+    }
+}
+
+/// What a debugging render (`POST /api/v1/render`) renders for a machine.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DebugTarget {
+    /// A stored template by name.
+    Template(String),
+    /// Template text.
+    Contents(String),
+    /// A file of the machine's bootenv, by path or name.
+    BootenvFile(String),
+}
+
+/// A render without side effects, self-contained so that it can run in a
+/// process of its own: the machine's view, what to render, and where the
+/// machine reaches Plinth. Tokens render as placeholders and secure values
+/// as `<secure>`.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct DebugRender {
+    pub view: MachineView,
+    pub target: DebugTarget,
+    pub http: String,
+    pub api: String,
+    pub arch: Option<Arch>,
+    pub firmware: Option<Firmware>,
+    pub ca_pem: String,
+}
+
+/// What `machine_token()` renders as in a debugging render: no token is
+/// issued, so rendering stays free of side effects.
+pub const TOKEN_PLACEHOLDER: &str = "<machine-token>";
+
+impl DebugRender {
+    /// Renders; `Ok(None)` when the bootenv has no such file.
+    pub fn run(&self) -> Result<Option<String>, crate::RenderError> {
+        let provisioner = Provisioner {
+            http: self.http.clone(),
+            api: self.api.clone(),
+            arch: self.arch,
+            firmware: self.firmware,
+            ca_pem: self.ca_pem.clone(),
+            hooks: Hooks {
+                machine_token: Some(Arc::new(|| Ok(TOKEN_PLACEHOLDER.to_owned()))),
+                join_token: Some(Arc::new(|| Ok("<join-token>".to_owned()))),
+                secure_param: Some(self.view.secure_placeholders()),
+            },
+        };
+        match &self.target {
+            DebugTarget::Template(name) => self.view.render(Source::Named(name), &provisioner).map(Some),
+            DebugTarget::Contents(text) => self.view.render(Source::Inline(text), &provisioner).map(Some),
+            DebugTarget::BootenvFile(path) => self.view.render_path(path, &provisioner).transpose(),
+        }
     }
 }

@@ -6,12 +6,12 @@
 //! error says which layer holds the value that no longer fits.
 
 use plinth_model::{Machine, Name, Param, ParamName, ParamValues, Profile, Stage, Workflow};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 
 /// Where a value came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "layer", rename_all = "snake_case")]
 pub enum Layer {
     /// The machine's own params.
@@ -29,7 +29,7 @@ pub enum Layer {
 }
 
 /// A resolved param: its value, where it came from, and what it shadows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Resolved {
     pub value: Value,
     pub source: Layer,

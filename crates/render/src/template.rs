@@ -18,7 +18,7 @@ pub const MAX_OUTPUT: usize = 8 * 1024 * 1024;
 pub const INLINE: &str = "<inline>";
 
 /// A render failure, naming the template and line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("template `{template}`{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
 pub struct RenderError {
     pub template: String,
@@ -58,7 +58,7 @@ pub type SecureParams = Arc<dyn Fn(&str) -> Result<Value, String> + Send + Sync>
 /// Adds `name()`, which returns the token `hook` mints (once per render),
 /// or fails with `unavailable` when the render has no such hook.
 fn add_token_function(
-    env: &mut Environment<'static>,
+    env: &mut Environment<'_>,
     name: &'static str,
     hook: Option<TokenMinter>,
     unavailable: &'static str,
@@ -77,11 +77,11 @@ fn add_token_function(
 }
 
 /// Builds the sandboxed environment over `templates`.
-fn environment(
+fn environment<'a>(
     templates: Arc<HashMap<String, String>>,
     params: Arc<BTreeMap<String, Value>>,
     hooks: &Hooks,
-) -> Environment<'static> {
+) -> Environment<'a> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));
@@ -191,22 +191,50 @@ pub fn render(
 ) -> Result<String, RenderError> {
     let env = environment(templates, params, hooks);
     let ctx = JValue::from(minijinja::value::Serde(context));
-    let out = match source {
-        Source::Named(name) => {
-            let t = env.get_template(name).map_err(|e| convert(&e))?;
-            t.render(ctx)
-        }
-        Source::Inline(text) => env.render_named_str(INLINE, text, ctx),
+    let template = match source {
+        Source::Named(name) => env.get_template(name),
+        Source::Inline(text) => env.template_from_named_str(INLINE, text),
     }
     .map_err(|e| convert(&e))?;
-    if out.len() > MAX_OUTPUT {
-        return Err(RenderError {
-            template: INLINE.into(),
-            line: None,
-            message: format!("output larger than {MAX_OUTPUT} bytes"),
-        });
+    // The output goes into a writer that refuses to grow past the cap, so
+    // a template printing a huge value stops there instead of building it.
+    let mut out = Capped { bytes: Vec::new(), over: false };
+    if let Err(e) = template.render_captured_to(ctx, &mut out) {
+        if out.over {
+            return Err(RenderError {
+                template: e.name().unwrap_or(INLINE).to_owned(),
+                line: e.line(),
+                message: format!("output larger than {MAX_OUTPUT} bytes"),
+            });
+        }
+        return Err(convert(&e));
     }
-    Ok(out)
+    String::from_utf8(out.bytes).map_err(|e| RenderError {
+        template: INLINE.into(),
+        line: None,
+        message: format!("the output is not UTF-8: {e}"),
+    })
+}
+
+/// A render's output, refused past [`MAX_OUTPUT`].
+struct Capped {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_OUTPUT {
+            self.over = true;
+            return Err(std::io::Error::other("output larger than the cap"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +292,10 @@ mod tests {
         assert!(e.message.contains("too long"), "{e}");
         let e = run(&[("loop", "{% include 'loop' %}")], Source::Named("loop"), &[]).unwrap_err();
         assert!(!e.message.is_empty(), "self-include ends in an error, not a stack overflow");
+        // A huge value is cut off at the output cap as it is written, not
+        // built whole first.
+        let e = run(&[], Source::Inline("{{ [1] * 100000000 }}"), &[]).unwrap_err();
+        assert!(e.message.contains("output larger than"), "{e}");
         let e = run(&[], Source::Inline("{{ 'aa' | mac_ipxe }}"), &[]).unwrap_err();
         assert!(e.message.contains("not a MAC"), "{e}");
         // Deep recursion through macros ends in an error, not a crash.

@@ -27,6 +27,7 @@ macro_rules! conformance_tests {
             boot_events_append_in_order_and_filter_by_mac,
             filters_follow_updates_and_deletes,
             job_logs_keep_order_and_ignore_resent_chunks,
+            job_logs_are_cut_at_their_limit_and_say_so,
             audited_writes_record_before_and_after_with_the_change,
             unique_fields_have_one_holder,
             references_must_exist_and_hold_what_they_name,
@@ -305,12 +306,26 @@ pub async fn filters_follow_updates_and_deletes(s: Arc<dyn Store>) {
 pub async fn job_logs_keep_order_and_ignore_resent_chunks(s: Arc<dyn Store>) {
     let job = plinth_model::JobId::generate();
     let other = plinth_model::JobId::generate();
-    assert!(s.append_job_log(job, 1, "two\n".into()).await.unwrap());
-    assert!(s.append_job_log(job, 0, "one\n".into()).await.unwrap());
-    assert!(!s.append_job_log(job, 1, "two again\n".into()).await.unwrap(), "a resent chunk is a no-op");
-    assert!(s.append_job_log(other, 0, "elsewhere".into()).await.unwrap());
+    use crate::LogAppend;
+    assert_eq!(s.append_job_log(job, 1, "two\n".into(), 1000).await.unwrap(), LogAppend::Stored);
+    assert_eq!(s.append_job_log(job, 0, "one\n".into(), 1000).await.unwrap(), LogAppend::Stored);
+    assert_eq!(s.append_job_log(job, 1, "two again\n".into(), 1000).await.unwrap(), LogAppend::Duplicate);
+    assert_eq!(s.append_job_log(other, 0, "elsewhere".into(), 1000).await.unwrap(), LogAppend::Stored);
     assert_eq!(s.job_log(job).await.unwrap(), "one\ntwo\n");
     assert_eq!(s.job_log(plinth_model::JobId::generate()).await.unwrap(), "");
+}
+
+/// A job's log stays within its limit: the chunk that would pass it is cut
+/// there (on a character boundary), a line says so, and later chunks are
+/// dropped.
+pub async fn job_logs_are_cut_at_their_limit_and_say_so(s: Arc<dyn Store>) {
+    use crate::LogAppend;
+    let job = plinth_model::JobId::generate();
+    assert_eq!(s.append_job_log(job, 0, "0123456789".into(), 15).await.unwrap(), LogAppend::Stored);
+    assert_eq!(s.append_job_log(job, 1, "abcdéfgh".into(), 15).await.unwrap(), LogAppend::Truncated);
+    assert_eq!(s.append_job_log(job, 2, "more".into(), 15).await.unwrap(), LogAppend::Truncated);
+    assert_eq!(s.append_job_log(job, 1, "abcdéfgh".into(), 15).await.unwrap(), LogAppend::Duplicate);
+    assert_eq!(s.job_log(job).await.unwrap(), format!("0123456789abcd{}", crate::truncation_note(15)));
 }
 
 pub async fn audited_writes_record_before_and_after_with_the_change(s: Arc<dyn Store>) {
@@ -482,7 +497,7 @@ pub async fn a_deleted_job_takes_its_log_with_it(s: Arc<dyn Store>) {
     s.create(Kind::Task, "t", json!({"name": "t"})).await.unwrap();
     let job = plinth_model::JobId::generate();
     s.create(Kind::Job, &job.to_string(), json!({"machine": "m", "task": "t"})).await.unwrap();
-    s.append_job_log(job, 0, "output".into()).await.unwrap();
+    s.append_job_log(job, 0, "output".into(), 1000).await.unwrap();
     s.delete(Kind::Job, &job.to_string(), Expect::Any).await.unwrap();
     assert_eq!(s.job_log(job).await.unwrap(), "");
 }

@@ -179,10 +179,18 @@ pub trait Store: Send + Sync + 'static {
     /// Boot events in id order, optionally for one MAC, after an id.
     async fn boot_events(&self, query: &BootEventQuery) -> Result<Vec<BootEvent>, StoreError>;
 
-    /// Appends chunk number `seq` of a job's log. A chunk already stored
-    /// under that number is kept and `false` returned, so an agent that
-    /// resends after a lost reply does not duplicate output.
-    async fn append_job_log(&self, job: plinth_model::JobId, seq: u64, chunk: String) -> Result<bool, StoreError>;
+    /// Appends chunk number `seq` of a job's log, keeping the whole log
+    /// within `max_bytes`: the chunk that would pass it is cut there and a
+    /// line saying so ends the log; later chunks are dropped. A chunk
+    /// already stored under that number is kept, so an agent that resends
+    /// after a lost reply does not duplicate output.
+    async fn append_job_log(
+        &self,
+        job: plinth_model::JobId,
+        seq: u64,
+        chunk: String,
+        max_bytes: u64,
+    ) -> Result<LogAppend, StoreError>;
 
     /// A job's log: its chunks in `seq` order, joined, and the bytes stored.
     async fn job_log(&self, job: plinth_model::JobId) -> Result<String, StoreError>;
@@ -224,6 +232,22 @@ impl std::fmt::Display for Problem {
             }
         }
     }
+}
+
+/// What became of a job log chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAppend {
+    /// Stored whole.
+    Stored,
+    /// A chunk with that number was stored before; this one is ignored.
+    Duplicate,
+    /// Cut (or dropped): the log is at its limit, and says so.
+    Truncated,
+}
+
+/// The line that ends a log cut at its limit.
+pub fn truncation_note(max_bytes: u64) -> String {
+    format!("\n[plinth: the log reached its limit of {max_bytes} bytes; the rest was dropped]\n")
 }
 
 /// An audit log query; every field given must match.

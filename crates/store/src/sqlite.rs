@@ -879,17 +879,63 @@ impl Store for SqliteStore {
         .map_err(backend)?
     }
 
-    async fn append_job_log(&self, job: plinth_model::JobId, seq: u64, chunk: String) -> Result<bool, StoreError> {
+    async fn append_job_log(
+        &self,
+        job: plinth_model::JobId,
+        seq: u64,
+        chunk: String,
+        max_bytes: u64,
+    ) -> Result<crate::LogAppend, StoreError> {
+        use crate::LogAppend;
         let inner = self.inner.clone();
         let at = serde_json::to_value(plinth_model::now()).map_err(backend)?;
         tokio::task::spawn_blocking(move || {
-            let conn = inner.writer.lock().map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
-            let n = conn
-                .prepare_cached("INSERT OR IGNORE INTO job_logs (job, seq, at, chunk) VALUES (?1, ?2, ?3, ?4)")
+            let mut conn = inner.writer.lock().map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let job = job.to_string();
+            let at = at.as_str().unwrap_or_default().to_owned();
+            let taken: bool = tx
+                .prepare_cached("SELECT 1 FROM job_logs WHERE job = ?1 AND seq = ?2")
                 .map_err(backend)?
-                .execute(params![job.to_string(), seq as i64, at.as_str().unwrap_or_default(), chunk])
+                .exists(params![job, seq as i64])
                 .map_err(backend)?;
-            Ok(n == 1)
+            if taken {
+                return Ok(LogAppend::Duplicate);
+            }
+            // The cut is marked by a chunk at the largest number, after all.
+            let (stored, cut): (i64, bool) = tx
+                .prepare_cached(
+                    "SELECT coalesce(sum(length(CAST(chunk AS BLOB))), 0), coalesce(max(seq) = ?2, 0) FROM job_logs WHERE job = ?1",
+                )
+                .map_err(backend)?
+                .query_row(params![job, i64::MAX], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(backend)?;
+            if cut {
+                return Ok(LogAppend::Truncated);
+            }
+            let room = max_bytes.saturating_sub(stored.max(0) as u64) as usize;
+            let insert = |seq: i64, text: &str| {
+                tx.prepare_cached("INSERT INTO job_logs (job, seq, at, chunk) VALUES (?1, ?2, ?3, ?4)")
+                    .map_err(backend)?
+                    .execute(params![job, seq, at, text])
+                    .map_err(backend)
+            };
+            let outcome = if chunk.len() <= room {
+                insert(seq as i64, &chunk)?;
+                LogAppend::Stored
+            } else {
+                let mut end = room;
+                while !chunk.is_char_boundary(end) {
+                    end -= 1;
+                }
+                if end > 0 {
+                    insert(seq as i64, &chunk[..end])?;
+                }
+                insert(i64::MAX, &crate::truncation_note(max_bytes))?;
+                LogAppend::Truncated
+            };
+            tx.commit().map_err(backend)?;
+            Ok(outcome)
         })
         .await
         .map_err(backend)?

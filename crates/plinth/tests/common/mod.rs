@@ -205,6 +205,22 @@ impl Server {
         Api { http: self.http(), url: self.url.clone(), token: self.token().await }
     }
 
+    /// Trades a boot credential (what a boot file's `machine_token()` gives)
+    /// for a session token of machine `id`, as the machine's agent does.
+    pub async fn session(&self, id: &str, boot_token: &str) -> String {
+        let r = self
+            .http()
+            .post(format!("{}/api/v1/machines/{id}/session", self.url))
+            .bearer_auth(boot_token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "trading the boot credential: {body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
     /// Runs the CLI against this server with a config file in the data dir.
     pub fn cli(&self, args: &[&str], token: Option<&str>) -> Output {
         let mut c = match self.prefix.split_first() {
