@@ -57,6 +57,32 @@ struct Agent {
     once: bool,
 }
 
+/// Writes a task's file at `path` under `root`, never outside it: a path
+/// with `..`, or a directory on the way (or the file) that is a link
+/// leading out of the root, is refused.
+fn confined_write(root: &std::path::Path, path: &str, contents: &str) -> Result<(), String> {
+    use std::path::Component;
+    let relative = std::path::Path::new(path.trim_start_matches('/'));
+    if relative.as_os_str().is_empty()
+        || relative.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!("refused to write `{}`: it would leave {}", path.escape_debug(), root.display()));
+    }
+    let target = root.join(relative);
+    let canonical_root = root.canonicalize().map_err(|e| format!("{}: {e}", root.display()))?;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
+        let real = parent.canonicalize().map_err(|e| format!("{}: {e}", parent.display()))?;
+        if !real.starts_with(&canonical_root) {
+            return Err(format!("refused to write `{}`: a link leads out of {}", path.escape_debug(), root.display()));
+        }
+    }
+    if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!("refused to write `{}`: it is a link", path.escape_debug()));
+    }
+    std::fs::write(&target, contents).map_err(|e| format!("cannot write {}: {e}", target.display()))
+}
+
 fn log(msg: &str) {
     eprintln!("plinth-agent: {msg}");
 }
@@ -180,12 +206,8 @@ impl Agent {
         for f in files.as_array().cloned().unwrap_or_default() {
             let contents = f["contents"].as_str().unwrap_or_default();
             if let Some(path) = f["path"].as_str() {
-                let target = self.root.join(path.trim_start_matches('/'));
-                if let Some(parent) = target.parent() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
-                if let Err(e) = std::fs::write(&target, contents) {
-                    (code, reason) = (1, format!("cannot write {}: {e}", target.display()));
+                if let Err(e) = confined_write(&self.root, path, contents) {
+                    (code, reason) = (1, e);
                     break;
                 }
                 continue;
@@ -386,6 +408,13 @@ fn job_args(cmd: Command) -> Command {
             .help("API base URL, e.g. https://10.0.0.1:8092"),
     )
     .arg(
+        Arg::new("allow-http")
+            .long("allow-http")
+            .env("PLINTH_ALLOW_HTTP")
+            .action(ArgAction::SetTrue)
+            .help("Send the token to a plain http:// endpoint (in the clear; for a local test only)"),
+    )
+    .arg(
         Arg::new("ca-cert")
             .long("ca-cert")
             .env("PLINTH_CA_CERT")
@@ -512,6 +541,14 @@ async fn main_async() -> ExitCode {
             };
             let arg = |n: &str| m.get_one::<String>(n).cloned().unwrap_or_default();
             let endpoint = arg("endpoint").trim_end_matches('/').to_owned();
+            let plain_allowed = endpoint.starts_with("http://") && m.get_flag("allow-http");
+            if !(endpoint.starts_with("https://") || plain_allowed) {
+                log(&format!(
+                    "refusing endpoint `{endpoint}`: the token would cross the network in the clear; \
+                     use https:// (or --allow-http for a local test)"
+                ));
+                return ExitCode::from(2);
+            }
             let (token, machine) = if sub == "join" {
                 let state_dir = m.get_one::<PathBuf>("state-dir").cloned().unwrap_or_default();
                 match join(&http, &endpoint, &arg("token"), m.get_one::<String>("name"), &state_dir).await {

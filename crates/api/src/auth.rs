@@ -337,8 +337,11 @@ impl LoginLimiter {
         }
     }
 
-    fn succeeded(&self, user_key: &str, user: &str, from: Option<std::net::IpAddr>) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(user_key);
+    /// A login of `user` from `from` succeeded: the address is known for
+    /// that user from now on. The user's failure count is left to its
+    /// window: a success from a known address must not reopen the user to
+    /// guesses from everywhere else.
+    fn succeeded(&self, user: &str, from: Option<std::net::IpAddr>) {
         let Some(ip) = from else { return };
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() >= LOGIN_TRACKED && !known.contains_key(user) {
@@ -419,7 +422,7 @@ pub async fn mint_token(
         state.logins.failed(&keys);
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     }
-    state.logins.succeeded(&user_key, &username, peer);
+    state.logins.succeeded(&username, peer);
     let expires_at =
         plinth_model::now() + chrono::Duration::from_std(ttl).map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = username.parse().map_err(ApiError::BadRequest)?;

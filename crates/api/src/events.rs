@@ -2,11 +2,13 @@
 //!
 //! Each event is named `change` and carries `{kind, action, key, revision,
 //! object}` with server-only fields redacted. `?kind=machines,jobs` and
-//! `?key=...` filter. A subscriber too slow to keep up gets a `lagged` event
-//! saying how many changes it missed, so it knows to re-list.
+//! `?key=...` filter. A subscriber sees only changes to objects it may read
+//! (a token: only its own, unless it may read every token). A subscriber
+//! too slow to keep up gets a `lagged` event saying how many changes it
+//! missed, so it knows to re-list.
 
 use crate::crud::{parse_kind, redact};
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Principal};
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
@@ -28,8 +30,23 @@ pub struct EventQuery {
     key: Option<String>,
 }
 
+/// Whether `p` may see a change to `kind` object `key` (body `object`):
+/// the same claim a read of it needs (a machine also by its name), and a
+/// token only its owner or one who may read every token.
+fn may_see(p: &Principal, kind: Kind, key: &str, object: &serde_json::Value) -> bool {
+    if kind == Kind::Token {
+        let own = object.get("user").and_then(|u| u.as_str()) == Some(p.user.as_str())
+            && object.get("machine").is_none_or(|m| m.is_null());
+        return own || p.holds(&plinth_model::Claim::new("tokens", "read"));
+    }
+    let name = object.get("name").and_then(|n| n.as_str());
+    p.may(kind.plural(), "read", Some(key))
+        || (kind == Kind::Machine && name.is_some_and(|n| p.may(kind.plural(), "read", Some(n))))
+}
+
 pub async fn stream(
     State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
     Query(q): Query<EventQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let kinds: Option<Vec<Kind>> = q
@@ -42,6 +59,10 @@ pub async fn stream(
     let events = BroadcastStream::new(rx).filter_map(move |item| match item {
         Ok(c) => {
             if kinds.as_ref().is_some_and(|ks| !ks.contains(&c.kind)) || key.as_ref().is_some_and(|k| *k != c.key) {
+                return None;
+            }
+            // Only what the subscriber may read.
+            if !may_see(&principal, c.kind, &c.key, &c.object) {
                 return None;
             }
             let mut object = c.object;

@@ -56,10 +56,13 @@ pub struct TlsFiles {
 /// `names` (DNS names or IP addresses). Returns the file paths.
 pub fn ensure_local_ca(data_dir: &Path, names: &[String]) -> Result<TlsFiles, TlsError> {
     let dir = data_dir.join("tls");
-    std::fs::create_dir_all(&dir).map_err(|e| file_err(&dir, e))?;
+    // Owner-only, whatever the umask.
+    plinth_secrets::ensure_dir(&dir, 0o700).map_err(|e| file_err(&dir, e))?;
     let ca_cert_path = dir.join("ca.pem");
     let ca_key_path = dir.join("ca-key.pem");
     let ca_key = if ca_key_path.exists() && ca_cert_path.exists() {
+        // A CA key others could read would let them sign for this server.
+        plinth_secrets::check_private(&ca_key_path).map_err(|e| file_err(&ca_key_path, e))?;
         let pem = std::fs::read_to_string(&ca_key_path).map_err(|e| file_err(&ca_key_path, e))?;
         KeyPair::from_pem(&pem).map_err(|e| file_err(&ca_key_path, e))?
     } else {

@@ -15,27 +15,82 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 10_000;
 const BATCH: usize = 512;
 
+/// Boot events one client address may record per [`SOURCE_WINDOW`]; more
+/// are dropped (and counted in one event saying so), so one noisy or
+/// hostile client cannot fill the log.
+pub const PER_SOURCE: u32 = 200;
+/// See [`PER_SOURCE`].
+pub const SOURCE_WINDOW: Duration = Duration::from_secs(10);
+/// Client addresses tracked at once (beyond it, the oldest windows go).
+const SOURCES: usize = 65_536;
+
 /// A handle to record boot events; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct BootLog {
     tx: Option<mpsc::Sender<BootEvent>>,
+    sources: Arc<std::sync::Mutex<HashMap<Ipv4Addr, Window>>>,
 }
+
+/// One client address's current window: when it began, the events
+/// recorded in it, and those dropped.
+type Window = (std::time::Instant, u32, u32);
 
 impl BootLog {
     /// Starts the writer task on `store`.
     pub fn start(store: Arc<dyn Store>) -> BootLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(writer(store, rx));
-        BootLog { tx: Some(tx) }
+        BootLog { tx: Some(tx), sources: Default::default() }
     }
 
     /// A log that records nothing.
     pub fn disabled() -> BootLog {
-        BootLog { tx: None }
+        BootLog { tx: None, sources: Default::default() }
+    }
+
+    /// Whether `address` may record another event now; `Some(n)` when a new
+    /// window begins after `n` were dropped in the last.
+    fn admit(&self, address: Option<Ipv4Addr>) -> (bool, u32) {
+        let Some(ip) = address else { return (true, 0) };
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if sources.len() >= SOURCES && !sources.contains_key(&ip) {
+            sources.retain(|_, (since, _, _)| since.elapsed() < SOURCE_WINDOW);
+            if sources.len() >= SOURCES {
+                sources.clear();
+            }
+        }
+        let e = sources.entry(ip).or_insert((std::time::Instant::now(), 0, 0));
+        let mut dropped_before = 0;
+        if e.0.elapsed() >= SOURCE_WINDOW {
+            dropped_before = e.2;
+            *e = (std::time::Instant::now(), 0, 0);
+        }
+        if e.1 >= PER_SOURCE {
+            e.2 += 1;
+            return (false, dropped_before);
+        }
+        e.1 += 1;
+        (true, dropped_before)
     }
 
     /// Records an event; never waits.
     pub fn record(&self, mac: Option<MacAddr>, address: Option<Ipv4Addr>, service: &str, detail: String) {
+        let (admitted, dropped) = self.admit(address);
+        if dropped > 0 {
+            let why = format!(
+                "{dropped} events from this address were not recorded (over {PER_SOURCE} in {} s)",
+                SOURCE_WINDOW.as_secs()
+            );
+            self.send(None, address, service, why);
+        }
+        if admitted {
+            self.send(mac, address, service, detail);
+        } else {
+            tracing::debug!(?address, "boot events from this address over their limit; dropped");
+        }
+    }
+
+    fn send(&self, mac: Option<MacAddr>, address: Option<Ipv4Addr>, service: &str, detail: String) {
         if let Some(tx) = &self.tx {
             let event = BootEvent {
                 id: 0,

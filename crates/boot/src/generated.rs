@@ -181,6 +181,47 @@ pub struct RenderedFiles {
     config: BootFiles,
     keyring: std::sync::Arc<plinth_secrets::Keyring>,
     joins: std::sync::Arc<std::sync::Mutex<JoinBudget>>,
+    agent_sums: std::sync::Arc<std::sync::Mutex<AgentSums>>,
+}
+
+/// SHA-256 of the agent binaries in the file root, by architecture,
+/// recomputed when a file's size or time changes.
+#[derive(Default)]
+struct AgentSums {
+    by_arch: std::collections::BTreeMap<String, (u64, std::time::SystemTime, String)>,
+}
+
+impl AgentSums {
+    /// The sums of the agents `root` holds now (`agent/plinth-agent-<arch>`).
+    fn current(&mut self, root: &FileRoot) -> std::collections::BTreeMap<String, String> {
+        use sha2::Digest;
+        let mut out = std::collections::BTreeMap::new();
+        for arch in [plinth_model::Arch::Amd64, plinth_model::Arch::Arm64] {
+            let arch = arch.as_str();
+            let Ok(path) = root.resolve(format!("agent/plinth-agent-{arch}").as_bytes()) else {
+                self.by_arch.remove(arch);
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let stamp = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+            match self.by_arch.get(arch) {
+                Some((len, at, sum)) if (*len, *at) == stamp => {
+                    out.insert(arch.to_owned(), sum.clone());
+                }
+                _ => {
+                    let Ok(mut file) = std::fs::File::open(&path) else { continue };
+                    let mut hasher = sha2::Sha256::new();
+                    if std::io::copy(&mut file, &mut hasher).is_err() {
+                        continue;
+                    }
+                    let sum: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                    self.by_arch.insert(arch.to_owned(), (stamp.0, stamp.1, sum.clone()));
+                    out.insert(arch.to_owned(), sum);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Stores a freshly minted token from a blocking render.
@@ -247,7 +288,15 @@ impl RenderedFiles {
         keyring: std::sync::Arc<plinth_secrets::Keyring>,
     ) -> RenderedFiles {
         let shared = plinth_render::SharedCache::new(store.clone());
-        RenderedFiles { store, shared, fallback: IpxeScripts::new(root), config, keyring, joins: Default::default() }
+        RenderedFiles {
+            store,
+            shared,
+            fallback: IpxeScripts::new(root),
+            config,
+            keyring,
+            joins: Default::default(),
+            agent_sums: Default::default(),
+        }
     }
 
     /// Records secure values rendered into a boot file in the audit log;
@@ -311,7 +360,12 @@ impl RenderedFiles {
     /// Where a file rendered for `request` reaches Plinth: the boot server
     /// as the client reached it (or as configured), the API as configured
     /// or on that host.
-    fn provisioner(&self, request: &FileRequest<'_>) -> plinth_render::Provisioner {
+    async fn provisioner(&self, request: &FileRequest<'_>) -> plinth_render::Provisioner {
+        let (sums, root) = (self.agent_sums.clone(), self.fallback.root.clone());
+        let agent_sha256 =
+            tokio::task::spawn_blocking(move || sums.lock().unwrap_or_else(|p| p.into_inner()).current(&root))
+                .await
+                .unwrap_or_default();
         let http = request.http_base.clone().unwrap_or_default();
         let host = http.split_once("://").map_or(http.as_str(), |(_, h)| h);
         let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
@@ -326,6 +380,7 @@ impl RenderedFiles {
             arch: request.arch,
             firmware: request.firmware,
             ca_pem: self.config.ca_pem.clone(),
+            agent_sha256,
             hooks: Default::default(),
         }
     }
@@ -412,7 +467,7 @@ impl RenderedFiles {
     ) -> Option<Vec<u8>> {
         let stored = self.store.get(plinth_model::Kind::Template, name).await.ok()??;
         let template: plinth_model::Template = plinth_model::decode(stored.body).ok()?;
-        let provisioner = self.provisioner(request);
+        let provisioner = self.provisioner(request).await;
         let mac = request.mac.or(target.mac()).map(|m| m.to_string());
         let ctx = serde_json::json!({"mac": mac, "provisioner": {"http": provisioner.http, "api": provisioner.api},
             "boot": {"arch": provisioner.arch, "firmware": provisioner.firmware}});
@@ -558,7 +613,7 @@ impl RenderedFiles {
                 return Ok(None);
             }
         };
-        let mut provisioner = self.provisioner(request);
+        let mut provisioner = self.provisioner(request).await;
         provisioner.hooks.machine_token = Some(self.minter(&view, request));
         let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
         provisioner.hooks.secure_param = Some(self.secure_params(&view, request, read.clone()));

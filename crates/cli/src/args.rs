@@ -18,6 +18,14 @@ pub fn augment(cmd: Command) -> Command {
             Arg::new("token").long("token").global(true).env("PLINTH_TOKEN").hide_env_values(true).help("Bearer token"),
         )
         .arg(
+            Arg::new("allow-http")
+                .long("allow-http")
+                .global(true)
+                .env("PLINTH_ALLOW_HTTP")
+                .action(ArgAction::SetTrue)
+                .help("Let credentials go to a plain http:// endpoint (in the clear; for a local test only)"),
+        )
+        .arg(
             Arg::new("ca-cert")
                 .long("ca-cert")
                 .global(true)

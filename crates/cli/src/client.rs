@@ -64,10 +64,24 @@ pub struct Client {
 impl Client {
     /// A client for `endpoint` (e.g. `https://plinth.example:8092`) trusting
     /// the system's roots plus `ca_cert` when given.
-    pub fn new(endpoint: &str, token: Option<String>, ca_cert: Option<&Path>) -> Result<Client, ClientError> {
+    /// A client of the API at `endpoint`. A plain `http://` endpoint is
+    /// refused unless `allow_http`: passwords and tokens would cross the
+    /// network in the clear.
+    pub fn new(
+        endpoint: &str,
+        token: Option<String>,
+        ca_cert: Option<&Path>,
+        allow_http: bool,
+    ) -> Result<Client, ClientError> {
         let endpoint = endpoint.trim_end_matches('/').to_owned();
         if !endpoint.starts_with("https://") && !endpoint.starts_with("http://") {
             return Err(ClientError::Input(format!("endpoint `{endpoint}` needs a scheme, e.g. https://{endpoint}")));
+        }
+        if endpoint.starts_with("http://") && !allow_http {
+            return Err(ClientError::Input(format!(
+                "endpoint `{endpoint}` is plain HTTP: a password or token would cross the network in the clear; \
+                 use https://, or pass --allow-http (PLINTH_ALLOW_HTTP=1) for a local test"
+            )));
         }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))

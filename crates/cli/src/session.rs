@@ -20,7 +20,7 @@ pub(crate) fn client(global: &ArgMatches, cfg: &config::Config, need_token: bool
         return Err(ClientError::Input("not logged in: run `plinth login`, or pass --token / set PLINTH_TOKEN".into()));
     }
     let ca = global.get_one::<PathBuf>("ca-cert").cloned().or_else(|| cfg.ca_cert.clone());
-    Client::new(&endpoint, token, ca.as_deref())
+    Client::new(&endpoint, token, ca.as_deref(), global.get_flag("allow-http"))
 }
 
 pub(crate) async fn login(

@@ -72,6 +72,10 @@ fn provisioner() -> Provisioner {
         http: "http://10.20.0.10:8091".into(),
         api: "https://10.20.0.10:8092".into(),
         ca_pem: "-----BEGIN CERTIFICATE-----\nTEST-CA\n-----END CERTIFICATE-----\n".into(),
+        agent_sha256: [("amd64", "a".repeat(64)), ("arm64", "b".repeat(64))]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
         hooks: Hooks { machine_token: Some(Arc::new(|| Ok("plt_TEST.MACHINE-TOKEN".into()))), ..Hooks::default() },
         ..Provisioner::default()
     }

@@ -322,11 +322,35 @@ pub struct TemplateRef {
     pub path: Option<String>,
 }
 
+/// Checks a file path a bootenv serves or a task writes: it may not leave
+/// its root (`..`), hold NUL or control characters, or be over-long; a
+/// bootenv's paths are relative to the file root (`absolute` false), a
+/// task's are under the agent's root, absolute or not.
+fn check_file_path(path: &str, absolute: bool) -> Result<(), String> {
+    if path.is_empty() || path.len() > 1024 {
+        return Err("expected a path of 1 to 1024 bytes".into());
+    }
+    if path.chars().any(char::is_control) {
+        return Err("a path may not hold NUL or control characters".into());
+    }
+    if path.split(['/', '\\']).any(|part| part == "..") {
+        return Err(format!("`{}`: a path may not hold `..`, which would leave its root", path.escape_debug()));
+    }
+    if !absolute && path.starts_with('/') {
+        return Err(format!("`{}`: a bootenv's paths are relative to the file root", path.escape_debug()));
+    }
+    Ok(())
+}
+
 fn check_template_refs(
     list: &[TemplateRef],
+    absolute_paths: bool,
     err: impl Fn(String, String) -> ValidationError,
 ) -> Result<(), ValidationError> {
     for (i, t) in list.iter().enumerate() {
+        if let Some(p) = &t.path {
+            check_file_path(p, absolute_paths).map_err(|m| err(format!("templates[{i}].path"), m))?;
+        }
         if t.template.is_some() == t.contents.is_some() {
             return Err(err(
                 format!("templates[{i}]"),
@@ -406,7 +430,7 @@ impl BootEnv {
                 ));
             }
         }
-        check_template_refs(&self.templates, |f, m| self.invalid(&f, m))
+        check_template_refs(&self.templates, false, |f, m| self.invalid(&f, m))
     }
 }
 
@@ -582,7 +606,7 @@ impl Task {
         if self.timeout_secs == 0 {
             return Err(self.invalid("timeout_secs", "expected a positive number of seconds"));
         }
-        check_template_refs(&self.templates, |f, m| self.invalid(&f, m))
+        check_template_refs(&self.templates, true, |f, m| self.invalid(&f, m))
     }
 }
 

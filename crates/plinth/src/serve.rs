@@ -124,12 +124,9 @@ impl Config {
 /// a report of what breaks the integrity rules.
 async fn open_store(data_dir: &Path) -> Result<(Arc<dyn plinth_store::Store>, Arc<plinth_secrets::Keyring>)> {
     if !data_dir.exists() {
-        use std::os::unix::fs::DirBuilderExt;
-        // The data dir holds the store, keys and the initial password: owner only.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
+        // The data dir holds the store, keys and the initial password:
+        // owner only, whatever the umask.
+        plinth_secrets::ensure_dir(data_dir, 0o700)
             .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     }
     let store = SqliteStore::open(&data_dir.join("plinth.db")).context("cannot open the store")?;
@@ -228,6 +225,11 @@ pub async fn run(config: Config) -> Result<()> {
     };
     tracing::info!(service = "api", url = %format!("https://{bound}"), "listening");
 
+    if !config.file_root.exists() {
+        // Served to anyone, written only by the owner, whatever the umask.
+        plinth_secrets::ensure_dir(&config.file_root, 0o755)
+            .with_context(|| format!("cannot create file root {}", config.file_root.display()))?;
+    }
     let file_root = plinth_boot::files::FileRoot::new(&config.file_root)
         .with_context(|| format!("cannot use file root {}", config.file_root.display()))?;
     tracing::info!(path = %file_root.path().display(), "serving boot files from the file root");

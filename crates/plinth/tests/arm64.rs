@@ -36,7 +36,7 @@ async fn the_arm64_agent_joins_and_runs_a_workflow() {
     post("/api/v1/params", json!({"name": "reported", "schema": {"type": "string"}})).await;
     post(
         "/api/v1/tasks",
-        json!({"name": "arch-report", "templates": [
+        json!({"name": "arch-report", "reports": ["reported"], "templates": [
             {"name": "arch", "path": "/etc/plinth-arch", "contents": "{{ machine.arch }}\n"},
             {"name": "run", "contents": "echo '{\"params\": {\"reported\": \"by {{ machine.name }}\"}}' > $PLINTH_RESULT\n"}]}),
     )
@@ -228,7 +228,7 @@ fn an_unknown_arm64_machine_pxe_boots_discovery_registers_and_runs_a_workflow() 
     create("params", json!({"name": "uname-m", "schema": {"type": "string"}}));
     create(
         "tasks",
-        json!({"name": "arch-report", "templates": [{"name": "run", "contents":
+        json!({"name": "arch-report", "reports": ["uname-m"], "templates": [{"name": "run", "contents":
             "echo \"{\\\"params\\\": {\\\"uname-m\\\": \\\"$(uname -m)\\\"}}\" > $PLINTH_RESULT\n(sleep 3; poweroff -f) >/dev/null 2>&1 &\n"}]}),
     );
     create("stages", json!({"name": "arch-report", "tasks": ["arch-report"]}));

@@ -94,8 +94,16 @@ fn discover(uefi: bool, mac: &str, mode: Mode) {
     std::fs::write(&pw, common::PASSWORD).unwrap();
     ok(server.cli(&["login", "--password-file", pw.to_str().unwrap()], None));
     let create = |kind: &str, v: Value| ok(server.cli(&[kind, "create", "--data", &v.to_string()], None));
+    // A task declares the params it reports (here: those its script writes).
     let task = |name: &str, retries: u32, script: &str| {
-        create("tasks", json!({"name": name, "retries": retries, "templates": [{"name": "run", "contents": script}]}))
+        let reports: Vec<&str> = ["root-disk-bytes", "fresh-boot", "booted-from"]
+            .into_iter()
+            .filter(|p| script.contains(&format!("\\\"{p}\\\"")))
+            .collect();
+        create(
+            "tasks",
+            json!({"name": name, "retries": retries, "reports": reports, "templates": [{"name": "run", "contents": script}]}),
+        )
     };
     create("subnets", lab::subnet());
     create("params", json!({"name": "root-disk-bytes", "schema": {"type": "integer"}}));
@@ -240,6 +248,27 @@ echo installed
             "finished: task `check-fresh`",
             "workflow complete",
         ]);
+        // The second boot was a known machine's: its boot file carried a
+        // boot credential (printed on the console with the kernel's command
+        // line), which the agent traded once for its session. A second
+        // trade of it, as by someone who copied it, is refused and shows on
+        // the machine's timeline.
+        assert!(lines.iter().any(|l| l.contains("traded for a session")), "{lines:#?}");
+        let boot_token = console
+            .split("plinth.token=")
+            .filter_map(|t| t.split_whitespace().next())
+            .find(|t| t.starts_with("plt_"))
+            .unwrap_or_else(|| panic!("no boot credential on the console: {tail}"))
+            .to_owned();
+        let url = format!("{}/api/v1/machines/{id}/session", server.url);
+        let mut curl = Command::new(prefix[0]);
+        curl.args(&prefix[1..])
+            .args(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "--cacert"])
+            .arg(server.ca())
+            .args(["-H", &format!("Authorization: Bearer {boot_token}"), &url]);
+        assert_eq!(ok(curl.output().unwrap()), "401", "a second trade of the boot credential");
+        let timeline = ok(server.cli(&["machines", "timeline", id, "-o", "json"], None));
+        assert!(timeline.contains("a second trade of boot credential"), "{timeline}");
         return;
     }
     assert_eq!(m["params"]["root-disk-bytes"], 1u64 << 30, "the task reported a value back");

@@ -80,6 +80,9 @@ pub struct Provisioner {
     /// PEM of the CA the API's certificate chains to, for agents (empty when
     /// the site's own certificate is used).
     pub ca_pem: String,
+    /// SHA-256 of the agent binary the boot server serves, by architecture
+    /// (`amd64`, `arm64`), so a boot file can check what it downloads.
+    pub agent_sha256: BTreeMap<String, String>,
     /// Effects a render may have (the machine token).
     pub hooks: Hooks,
 }
@@ -195,7 +198,8 @@ impl MachineView {
         });
         let (arch, firmware) = self.boot_target(provisioner);
         let mut ctx = json!({"machine": machine, "params": self.plain_params(),
-            "provisioner": {"http": provisioner.http, "api": provisioner.api, "ca_pem": provisioner.ca_pem},
+            "provisioner": {"http": provisioner.http, "api": provisioner.api, "ca_pem": provisioner.ca_pem,
+                "agent_sha256": provisioner.agent_sha256},
             "boot": {"arch": arch, "firmware": firmware}, "lease": self.lease, "subnet": subnet,
             "network": self.network()});
         if let Some(b) = &self.bootenv {
@@ -462,6 +466,7 @@ impl DebugRender {
             arch: self.arch,
             firmware: self.firmware,
             ca_pem: self.ca_pem.clone(),
+            agent_sha256: Default::default(),
             hooks: Hooks {
                 machine_token: Some(Arc::new(|| Ok(TOKEN_PLACEHOLDER.to_owned()))),
                 join_token: Some(Arc::new(|| Ok("<join-token>".to_owned()))),

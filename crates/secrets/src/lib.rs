@@ -230,6 +230,30 @@ pub fn rotated(old: &str) -> Result<String, SecretError> {
     Ok(out)
 }
 
+/// Makes directory `dir` (and its parents) if missing, and sets its mode to
+/// `mode` whatever the umask: the data dir and `tls/` are owner-only
+/// (0700), the file root 0755.
+pub fn ensure_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// Refuses a file of secrets (a key) that others than its owner may read
+/// or write, as the keyring is refused: its mode must be 0600 or tighter.
+pub fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is open to others (mode {:o}); it holds a private key: `chmod 600` it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `contents` to a new file at `path` readable only by its owner,
 /// replacing any file there atomically.
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
