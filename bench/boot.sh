@@ -55,7 +55,7 @@ pids+=($!); ppid=$!
 sleep 2
 cli() { ip netns exec "$NS_S" env PLINTH_ENDPOINT=https://127.0.0.1:18092 PLINTH_CA_CERT="$work/plinth/tls/ca.pem" PLINTH_CONFIG="$work/cli.json" "$PLINTH" "$@"; }
 echo bench-password | cli login --password-stdin >/dev/null
-cli subnets create --data '{"name":"bench","cidr":"10.99.0.0/16","range_start":"10.99.1.0","range_end":"10.99.255.254","interface":"vs0","lease_secs":3600}' >/dev/null
+cli subnets create --data '{"name":"bench","cidr":"10.99.0.0/16","range_start":"10.99.1.0","range_end":"10.99.255.254","interface":"vs0","lease_secs":3600,"unknown_share":100}' >/dev/null
 sleep 1
 read -r p_rate p_drop < <(perf)
 kill "$ppid" 2>/dev/null || { echo "plinth died during the DHCP run:" >&2; tail -20 "$work/plinth.log" >&2; }; wait "$ppid" 2>/dev/null || true

@@ -591,3 +591,27 @@ async fn main_async() -> ExitCode {
         _ => ExitCode::from(2),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::confined_write;
+
+    #[test]
+    fn task_files_stay_inside_the_root() {
+        let outside = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        confined_write(root.path(), "/etc/plinth/x.conf", "ok").unwrap();
+        assert_eq!(std::fs::read_to_string(root.path().join("etc/plinth/x.conf")).unwrap(), "ok");
+        for bad in ["../escape", "/etc/../../escape", "a/../../../escape", ""] {
+            assert!(confined_write(root.path(), bad, "no").is_err(), "{bad}");
+        }
+        // A directory on the way that links out of the root.
+        std::os::unix::fs::symlink(outside.path(), root.path().join("out")).unwrap();
+        let e = confined_write(root.path(), "/out/planted", "no").unwrap_err();
+        assert!(e.contains("link"), "{e}");
+        // The file itself a link.
+        std::os::unix::fs::symlink(outside.path().join("target"), root.path().join("etc/link")).unwrap();
+        assert!(confined_write(root.path(), "/etc/link", "no").is_err());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
+    }
+}

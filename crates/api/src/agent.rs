@@ -737,6 +737,8 @@ async fn auto_accepted(state: &AppState, macs: &[plinth_model::MacAddr]) -> Resu
     let name: plinth_model::ParamName = ACCEPT_RULE.parse().map_err(ApiError::Internal)?;
     let patterns: Vec<String> =
         global.params.get(&name).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+    // MACs are written in lower case; so are the patterns, for matching.
+    let patterns: Vec<String> = patterns.iter().map(|p| p.to_ascii_lowercase()).collect();
     Ok(macs.iter().any(|mac| patterns.iter().any(|p| plinth_model::pattern_matches(p, &mac.to_string()))))
 }
 

@@ -554,7 +554,8 @@ pub async fn patch(
 }
 
 /// `DELETE /api/v1/{kind}/{key}`. Deleting a user revokes its tokens, and
-/// deleting a machine its tokens and jobs, in the same transaction; an
+/// deleting a machine its tokens, jobs and registration conflicts, in the
+/// same transaction; an
 /// object others still name is not deleted (409 naming them).
 pub async fn delete(
     State(state): State<AppState>,
@@ -590,7 +591,7 @@ pub async fn delete(
     let mut ops = vec![WriteOp::Delete { kind, key: key.clone(), expect }];
     let owned: &[(Kind, &str)] = match kind {
         Kind::User => &[(Kind::Token, "user")],
-        Kind::Machine => &[(Kind::Token, "machine"), (Kind::Job, "machine")],
+        Kind::Machine => &[(Kind::Token, "machine"), (Kind::Job, "machine"), (Kind::Conflict, "machine")],
         _ => &[],
     };
     for (owned_kind, field) in owned {

@@ -37,13 +37,23 @@ pub struct DhcpConfig {
     pub client_port: u16,
     /// Port of the boot HTTP server, for boot URLs.
     pub http_port: u16,
+    /// The boot HTTP server's URL as machines reach it (`--boot-url`); else
+    /// `http://<the interface's address>:<http_port>`.
+    pub http_url: Option<String>,
     /// Queue of received packets; beyond it packets are dropped.
     pub queue: usize,
 }
 
 impl Default for DhcpConfig {
     fn default() -> DhcpConfig {
-        DhcpConfig { server_port: 67, client_port: 68, http_port: 8091, queue: 4096 }
+        DhcpConfig { server_port: 67, client_port: 68, http_port: 8091, http_url: None, queue: 4096 }
+    }
+}
+
+impl DhcpConfig {
+    /// The boot HTTP base URL for a client reaching us at `server_id`.
+    fn http_base(&self, server_id: Ipv4Addr) -> String {
+        self.http_url.clone().unwrap_or_else(|| format!("http://{server_id}:{}", self.http_port))
     }
 }
 
@@ -56,6 +66,9 @@ struct SubnetState {
     boot: BootFiles,
     /// When new clients were last offered an address (the last minute's).
     new_clients: std::collections::VecDeque<i64>,
+    /// Addresses offered or leased to clients Plinth does not know, which
+    /// may hold at most the subnet's `unknown_share` of the range.
+    unknown: std::collections::HashSet<Ipv4Addr>,
 }
 
 impl SubnetState {
@@ -141,20 +154,32 @@ fn subnet_options(s: &Subnet) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
-fn client_key(m: &Message) -> ClientKey {
+/// Who a request is from. By default its hardware address (Ethernet, six
+/// bytes: anything else is refused); with the subnet's `match_client_id`,
+/// its client identifier (option 61) when it sends one, unless that names
+/// a hardware address other than the packet's.
+fn client_key(m: &Message, match_client_id: bool) -> Result<ClientKey, &'static str> {
+    let Some(mac) = m.mac() else {
+        return Err("a hardware type or address length Plinth does not serve (Ethernet, six bytes)");
+    };
+    let mut hw = vec![1];
+    hw.extend_from_slice(&mac);
+    if !match_client_id {
+        return Ok(hw);
+    }
     match m.option(code::CLIENT_ID) {
-        Some(id) if !id.is_empty() => id.to_vec(),
-        _ => {
-            let mut k = vec![m.htype];
-            k.extend_from_slice(&m.chaddr[..usize::from(m.hlen.min(16))]);
-            k
+        Some([1, named @ ..]) if named.len() == 6 && named != mac => {
+            Err("a client identifier that names another hardware address than the packet's")
         }
+        Some(id) if !id.is_empty() => Ok(id.to_vec()),
+        _ => Ok(hw),
     }
 }
 
-fn key_of_lease(l: &Lease) -> ClientKey {
+/// The client a stored lease is for, by the same rule as [`client_key`].
+fn key_of_lease(l: &Lease, match_client_id: bool) -> ClientKey {
     match l.client_id.as_deref().and_then(hex_decode) {
-        Some(id) if !id.is_empty() => id,
+        Some(id) if match_client_id && !id.is_empty() => id,
         _ => {
             let mut k = vec![1];
             k.extend_from_slice(&l.mac.0);
@@ -294,10 +319,19 @@ impl Engine {
         }
         self.leases.clear();
         self.by_client.clear();
+        let by_client_id: std::collections::HashSet<String> = subnets
+            .iter()
+            .filter(|r| r.body.get("match_client_id").and_then(|v| v.as_bool()) == Some(true))
+            .map(|r| r.key.clone())
+            .collect();
+        let mut unknown_leases = Vec::new();
         for r in leases {
             let revision = r.revision;
             if let Ok(l) = plinth_model::decode::<Lease>(r.body) {
-                let client = key_of_lease(&l);
+                let client = key_of_lease(&l, by_client_id.contains(l.subnet.as_str()));
+                if !self.known(Some(l.mac.0)) {
+                    unknown_leases.push(l.address);
+                }
                 self.by_client.insert(client.clone(), l.address);
                 self.leases.insert(
                     l.address,
@@ -321,7 +355,8 @@ impl Engine {
             }
             let options = subnet_options(&s);
             let boot = BootFiles::with_overrides(&s.boot_files);
-            self.subnets.push(SubnetState { subnet: s, pool, options, boot, new_clients: Default::default() });
+            let unknown = unknown_leases.iter().copied().filter(|ip| s.cidr.contains(*ip)).collect();
+            self.subnets.push(SubnetState { subnet: s, pool, options, boot, new_clients: Default::default(), unknown });
         }
         let held: Vec<Ipv4Addr> = self
             .leases
@@ -418,11 +453,76 @@ impl Engine {
         }
     }
 
-    fn subnet_for(&self, m: &Message, interface: &str) -> Option<usize> {
+    /// The subnet a request is for: a relayed one's by its `giaddr`, but
+    /// only when it comes from a relay that subnet trusts (anyone can write
+    /// a `giaddr`); a direct one's by the interface it came in on.
+    fn subnet_for(&self, m: &Message, interface: &str, from: SocketAddr) -> Option<usize> {
+        let direct = self.subnets.iter().position(|s| s.subnet.interface.as_deref() == Some(interface));
         if !m.giaddr.is_unspecified() {
-            return self.subnets.iter().position(|s| s.subnet.cidr.contains(m.giaddr));
+            // A relay on the interface's own segment (a `giaddr` in the
+            // subnet the interface serves) asks for what a direct client
+            // would get: nothing another subnet has.
+            if let Some(d) = direct
+                && self.subnets[d].subnet.cidr.contains(m.giaddr)
+            {
+                return Some(d);
+            }
+            let si = self.subnets.iter().position(|s| s.subnet.cidr.contains(m.giaddr))?;
+            let sender = match from.ip() {
+                std::net::IpAddr::V4(v4) => v4,
+                std::net::IpAddr::V6(_) => return None,
+            };
+            if !self.subnets[si].subnet.relays.contains(&sender) {
+                let name = &self.subnets[si].subnet.name;
+                let why = format!(
+                    "relayed request (giaddr {}) from {sender} on {interface} refused: {sender} is not a relay subnet `{name}` trusts",
+                    m.giaddr
+                );
+                tracing::info!(mac = ?m.mac().map(plinth_model::MacAddr), "dhcp: {why}");
+                self.log.record(m.mac().map(plinth_model::MacAddr), Some(sender), "dhcp", why);
+                return None;
+            }
+            return Some(si);
         }
-        self.subnets.iter().position(|s| s.subnet.interface.as_deref() == Some(interface))
+        direct
+    }
+
+    /// Whether a machine or a reservation holds `mac`.
+    fn known(&self, mac: Option<[u8; 6]>) -> bool {
+        mac.is_some_and(|m| self.targets.by_mac.contains_key(&m) || self.reservations.contains_key(&m))
+    }
+
+    /// Whether subnet `si`'s clients Plinth does not know already hold
+    /// their share of its range (counting only live offers and leases).
+    fn unknown_full(&mut self, si: usize, now: i64) -> bool {
+        let share = u64::from(self.subnets[si].subnet.unknown_share);
+        let size = match (self.subnets[si].subnet.range_start, self.subnets[si].subnet.range_end) {
+            (Some(a), Some(b)) => u64::from(u32::from(b).saturating_sub(u32::from(a))) + 1,
+            _ => 0,
+        };
+        let cap = (size * share / 100) as usize;
+        if share >= 100 {
+            return false;
+        }
+        if self.subnets[si].unknown.len() >= cap {
+            // Drop what has ended, or become a known machine's, since.
+            let live: Vec<Ipv4Addr> = self.subnets[si]
+                .unknown
+                .iter()
+                .copied()
+                .filter(|ip| {
+                    let offered = self.offers.get(ip).is_some_and(|(_, exp)| *exp > now);
+                    let leased = self.leases.get(ip).is_some_and(|l| {
+                        l.expires_at > now
+                            && l.state == plinth_model::LeaseState::Bound
+                            && !self.known(l.client.get(1..7).and_then(|m| m.try_into().ok()))
+                    });
+                    offered || leased
+                })
+                .collect();
+            self.subnets[si].unknown = live.into_iter().collect();
+        }
+        self.subnets[si].unknown.len() >= cap
     }
 
     fn owner(&self, ip: Ipv4Addr, client: &ClientKey, mac: Option<[u8; 6]>, now: i64) -> Owner {
@@ -465,7 +565,7 @@ impl Engine {
         let on_boot_port = p.port == BOOT_SERVER_PORT;
         let socket = if on_boot_port { listener.boot_socket.clone() } else { Some(listener.socket.clone()) };
         let (Some(socket), server_id) = (socket, listener.address) else { return };
-        let Some(si) = self.subnet_for(&m, &p.interface) else {
+        let Some(si) = self.subnet_for(&m, &p.interface, p.from) else {
             tracing::debug!(interface = %p.interface, giaddr = %m.giaddr, "dhcp: no subnet for request; ignoring");
             return;
         };
@@ -477,7 +577,15 @@ impl Engine {
             return;
         }
         let now = now_secs();
-        let client = client_key(&m);
+        let client = match client_key(&m, self.subnets[si].subnet.match_client_id) {
+            Ok(c) => c,
+            Err(why) => {
+                let why = format!("{:?} refused: {why}", m.message_type());
+                tracing::info!(from = %p.from, "dhcp: {why}");
+                self.log.record(m.mac().map(plinth_model::MacAddr), None, "dhcp", why);
+                return;
+            }
+        };
         let mac = m.mac();
         let kind = m.message_type();
         let requested = server::requested_address(&m);
@@ -495,9 +603,20 @@ impl Engine {
             tracing::warn!(subnet = %self.subnets[si].subnet.name, mac = ?mac.map(plinth_model::MacAddr), why, "dhcp: new client not answered");
             return;
         }
+        let unknown = !self.known(mac);
+        if new_client && unknown && self.unknown_full(si, now) {
+            let s = &self.subnets[si].subnet;
+            let why = format!(
+                "DISCOVER not answered: clients Plinth does not know hold their share ({} %) of subnet `{}`",
+                s.unknown_share, s.name
+            );
+            tracing::warn!(mac = ?mac.map(plinth_model::MacAddr), "dhcp: {why}");
+            self.log.record(mac.map(plinth_model::MacAddr), None, "dhcp", why);
+            return;
+        }
         let free = if new_client { self.next_free(si, now) } else { None };
         let reservation = mac.and_then(|m| self.reservations.get(&m));
-        let http_base = format!("http://{server_id}:{}", self.config.http_port);
+        let http_base = self.config.http_base(server_id);
         let s = &self.subnets[si];
         let view = s.view();
         let facts = Facts {
@@ -550,6 +669,9 @@ impl Engine {
             }
             Decision::Reply { message, to, lease } => {
                 if let Some(w) = &lease {
+                    if unknown {
+                        self.subnets[si].unknown.insert(w.address);
+                    }
                     if w.state == LeaseState::Offered {
                         self.offers.insert(w.address, (client.clone(), w.expires_at as i64));
                         self.subnets[si].pool.take(w.address);
@@ -598,7 +720,7 @@ impl Engine {
         from: SocketAddr,
     ) {
         let s = &self.subnets[si];
-        let http_base = format!("http://{server_id}:{}", self.config.http_port);
+        let http_base = self.config.http_base(server_id);
         let view = s.view();
         let facts = Facts {
             server_id,
@@ -736,6 +858,7 @@ impl Engine {
             expires_at: expires,
             hostname: w.hostname.clone(),
             client_arch: m.option(code::CLIENT_ARCH).filter(|v| v.len() >= 2).map(|v| u16::from_be_bytes([v[0], v[1]])),
+            relay_info: m.option(code::RELAY_AGENT).map(hex),
             meta: Default::default(),
             revision: 0,
             created_at: None,

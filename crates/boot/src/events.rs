@@ -112,8 +112,11 @@ async fn mac_of(store: &dyn Store, ip: Ipv4Addr, cache: &mut HashMap<Ipv4Addr, O
     if let Some(m) = cache.get(&ip) {
         return *m;
     }
+    // Only a live lease attributes a request to a machine.
     let mac = match store.get(Kind::Lease, &ip.to_string()).await {
-        Ok(Some(r)) => plinth_model::decode::<Lease>(r.body).ok().map(|l| l.mac),
+        Ok(Some(r)) => {
+            plinth_model::decode::<Lease>(r.body).ok().filter(|l| l.is_live(plinth_model::now())).map(|l| l.mac)
+        }
         _ => None,
     };
     cache.insert(ip, mac);

@@ -507,7 +507,9 @@ impl RenderedFiles {
     async fn subnet_of(&self, client: Option<Ipv4Addr>) -> String {
         let Some(ip) = client else { return "clients with no address".into() };
         let lease = self.store.get(plinth_model::Kind::Lease, &ip.to_string()).await.ok().flatten();
-        if let Some(l) = lease.and_then(|r| plinth_model::decode::<plinth_model::Lease>(r.body).ok()) {
+        if let Some(l) = lease.and_then(|r| plinth_model::decode::<plinth_model::Lease>(r.body).ok())
+            && l.is_live(plinth_model::now())
+        {
             return format!("subnet `{}`", l.subnet);
         }
         let o = ip.octets();
@@ -540,11 +542,13 @@ impl RenderedFiles {
         let mac = match request.mac.or(target.mac()) {
             Some(m) => m,
             None => {
+                // By the client's lease: a live one only; an ended lease
+                // names nobody.
                 let Some(ip) = request.client else { return Found::Unknown };
                 let lease = self.store.get(Kind::Lease, &ip.to_string()).await.ok().flatten();
                 match lease.and_then(|l| plinth_model::decode::<plinth_model::Lease>(l.body).ok()) {
-                    Some(l) => l.mac,
-                    None => return Found::Unknown,
+                    Some(l) if l.is_live(plinth_model::now()) => l.mac,
+                    _ => return Found::Unknown,
                 }
             }
         };

@@ -478,8 +478,11 @@ async fn serve_path(root: FileRoot, request: Vec<u8>, method: Method, headers: H
     let header_str = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
     let not_modified = match header_str(header::IF_NONE_MATCH) {
         Some(inm) => inm.split(',').any(|t| t.trim() == etag || t.trim() == "*"),
+        // A date in the future is not a valid validator (RFC 9110 §13.1.3):
+        // ignored, the file sent.
         None => header_str(header::IF_MODIFIED_SINCE)
             .and_then(|d| httpdate::parse_http_date(d).ok())
+            .filter(|since: &SystemTime| *since <= SystemTime::now())
             .is_some_and(|since: SystemTime| modified_secs <= since),
     };
     let mut h = HeaderMap::new();

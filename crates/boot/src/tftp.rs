@@ -26,6 +26,9 @@ pub struct TftpConfig {
     pub max_netascii: u64,
     /// Port of the boot HTTP server, for `provisioner.http` in rendered files.
     pub http_port: u16,
+    /// The boot HTTP server's URL as machines reach it (`--boot-url`); else
+    /// `http://<the address the client reached TFTP on>:<http_port>`.
+    pub http_url: Option<String>,
 }
 
 impl Default for TftpConfig {
@@ -36,6 +39,7 @@ impl Default for TftpConfig {
             max_transfers_per_client: 32,
             max_netascii: 16 * 1024 * 1024,
             http_port: 8091,
+            http_url: None,
         }
     }
 }
@@ -238,7 +242,14 @@ async fn run_transfer(
             if plain {
                 None
             } else {
-                let http_base = Some(format!("http://{local_ip}:{}", config.http_port));
+                // The address this client reaches us on: what the kernel
+                // chose for the connected transfer socket (the listener's
+                // own may be 0.0.0.0).
+                let reached = socket.local_addr().map(|a| a.ip()).unwrap_or(local_ip);
+                let http_base = Some(match &config.http_url {
+                    Some(url) => url.clone(),
+                    None => format!("http://{reached}:{}", config.http_port),
+                });
                 generated.lookup(&FileRequest { client: peer_v4, http_base, ..FileRequest::new(&path) }).await
             }
         }

@@ -401,4 +401,4 @@ impl<R: Read + Seek> Iso<R> {
 }
 
 mod extract;
-pub use extract::{ImportError, MANIFEST, Summary, import, sha256_file};
+pub use extract::{ImportError, MANIFEST, Summary, check_claims, import, sha256_file};

@@ -211,3 +211,71 @@ fn broken_images_are_errors_not_panics() {
         }
     }
 }
+
+/// The image's directory record for `name` (plain ISO 9660 naming), as
+/// the offset of the record in the image.
+fn record_of(img: &[u8], name: &str) -> usize {
+    let at = img.windows(name.len()).position(|w| w == name.as_bytes()).unwrap_or_else(|| panic!("{name}"));
+    at - 33
+}
+
+/// An image that lies about its files: two names over one extent (which
+/// would write its bytes as often as it is named), or one name twice, is
+/// refused before anything is written.
+#[test]
+fn images_that_share_data_or_repeat_names_are_refused() {
+    if !have("genisoimage") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("AAAA.TXT"), vec![b'a'; 5000]).unwrap();
+    std::fs::write(src.join("BBBB.TXT"), vec![b'b'; 5000]).unwrap();
+    let iso = dir.path().join("plain.iso");
+    let out = Command::new("genisoimage").arg("-o").arg(&iso).arg(&src).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let img = std::fs::read(&iso).unwrap();
+    let (a, b) = (record_of(&img, "AAAA.TXT;1"), record_of(&img, "BBBB.TXT;1"));
+
+    let mut shared = img.clone();
+    let lba = shared[a + 2..a + 10].to_vec();
+    shared[b + 2..b + 10].copy_from_slice(&lba);
+    let mut twice = img.clone();
+    twice[b + 33..b + 33 + 10].copy_from_slice(b"AAAA.TXT;1");
+    for (bad, what) in [(shared, "shared"), (twice, "twice")] {
+        let path = dir.path().join(format!("{what}.iso"));
+        std::fs::write(&path, &bad).unwrap();
+        let dest = dir.path().join(format!("files/{what}"));
+        let r = import(&path, &sha256_file(&path).unwrap(), &dest);
+        match (what, r) {
+            ("shared", Err(ImportError::SharedData(x, y))) => {
+                assert_eq!((x.as_str(), y.as_str()), ("aaaa.txt", "bbbb.txt"))
+            }
+            ("twice", Err(ImportError::Duplicate(x))) => assert_eq!(x, "aaaa.txt"),
+            (what, other) => panic!("{what}: {other:?}"),
+        }
+        assert!(!dest.exists() || walk(&dest).is_empty(), "{what}: nothing written");
+    }
+}
+
+/// An import that fails midway leaves the destination as it was: no
+/// partial tree, no temporary file.
+#[test]
+fn a_failed_import_leaves_the_destination_as_it_was() {
+    if !have("xorriso") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let iso = make(dir.path(), "xorriso", &["-R", "-J"]);
+    let sha = sha256_file(&iso).unwrap();
+    let dest = dir.path().join("files/ubuntu-24.04");
+    std::fs::create_dir_all(&dest).unwrap();
+    // A file where the image has a folder: writing under it fails.
+    std::fs::write(dest.join("pool"), "in the way").unwrap();
+    std::fs::write(dest.join("keep.txt"), "the site's").unwrap();
+    let before = walk(&dest);
+    assert!(matches!(import(&iso, &sha, &dest), Err(ImportError::Write(..))));
+    assert_eq!(walk(&dest), before, "the destination is as it was");
+    assert_eq!(std::fs::read_to_string(dest.join("keep.txt")).unwrap(), "the site's");
+}

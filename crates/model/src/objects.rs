@@ -867,11 +867,34 @@ object! {
         /// reservation) are offered an address per minute. 0 means no limit.
         #[serde(default)]
         pub new_clients_per_minute: u32,
+        /// Relay agents this subnet trusts, by the address they send from.
+        /// A relayed request (one with `giaddr`) is answered for this subnet
+        /// only when it comes from one of them; with none, relayed requests
+        /// for this subnet are not answered.
+        #[serde(default)]
+        pub relays: Vec<Ipv4Addr>,
+        /// The share of the dynamic range (percent) that clients Plinth does
+        /// not know (no machine and no reservation has their MAC) may hold at
+        /// once, so a flood of spoofed MACs cannot take the addresses known
+        /// machines need. 0 refuses unknown clients; 100 lets them take all.
+        #[serde(default = "default_unknown_share")]
+        pub unknown_share: u8,
+        /// Identify clients by their client identifier (option 61) instead of
+        /// their hardware address, as Kea's `match-client-id`. Off by
+        /// default: a client identifier names nothing the server can check.
+        /// When on, an identifier of hardware type that names another MAC
+        /// than the packet's is refused.
+        #[serde(default)]
+        pub match_client_id: bool,
     }
 }
 
 fn default_max_pending_offers() -> u32 {
     256
+}
+
+fn default_unknown_share() -> u8 {
+    25
 }
 
 /// Keys of [`Subnet::boot_files`].
@@ -924,6 +947,11 @@ impl Subnet {
             if v.is_empty() || v.len() > 255 {
                 return Err(self.invalid(&format!("boot_files.{k}"), "expected a path or URL of 1 to 255 characters"));
             }
+        }
+        if self.unknown_share > 100 {
+            return Err(
+                self.invalid("unknown_share", format!("expected a percentage, 0 to 100, got {}", self.unknown_share))
+            );
         }
         if let Some(i) = &self.interface
             && (i.is_empty() || i.len() > 15 || !i.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c)))
@@ -1005,12 +1033,21 @@ object! {
         /// Client architecture code (DHCP option 93) the client last sent.
         #[serde(default)]
         pub client_arch: Option<u16>,
+        /// Relay agent information (option 82) the relay added, hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub relay_info: Option<String>,
     }
 }
 
 impl Lease {
     fn check_fields(&self) -> Result<(), ValidationError> {
         Ok(())
+    }
+
+    /// Whether the lease is bound and not yet expired at `now`: only such a
+    /// lease says an address is a machine's.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.state == LeaseState::Bound && self.expires_at > now
     }
 }
 

@@ -259,11 +259,16 @@ async fn main() {
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for n in sizes {
         let tmp = tempfile::tempdir().unwrap();
-        let flags: &[&str] = if inside {
-            &["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "67"]
+        // A storm is thousands of unknown machines at once: the join-token
+        // budget is raised to let them all through.
+        let budget = ["--discovery-tokens-max", "100000", "--discovery-tokens-per-subnet", "100000"];
+        let mut flags: Vec<&str> = if inside {
+            vec!["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "67"]
         } else {
-            &["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "off"]
+            vec!["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "off"]
         };
+        flags.extend(budget);
+        let flags = &flags[..];
         let server = common::Server::start_with(tmp.path(), &[], flags);
         let admin = server.api().await;
         let files = server.files();
@@ -291,7 +296,7 @@ async fn main() {
             .await;
         let relay = if inside {
             let subnet = json!({"name": "storm", "cidr": "127.0.0.0/8", "interface": "lo", "range_start": "127.1.0.1",
-                "range_end": "127.1.255.254", "lease_secs": 3600});
+                "range_end": "127.1.255.254", "lease_secs": 3600, "unknown_share": 100});
             assert_eq!(admin.post("/api/v1/subnets", subnet).await.status, 201);
             // The DHCP service picks the new subnet up from the change stream.
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -85,6 +85,41 @@ pub fn command() -> Command {
                 .value_parser(value_parser!(u64).range(4_096..))
                 .help("Most log one job may store, bytes; beyond it the log is cut, and says so"),
         )
+        .arg(
+            Arg::new("boot-events-days")
+                .long("boot-events-days")
+                .default_value("30")
+                .value_parser(value_parser!(u64).range(1..=3650))
+                .help("Days boot events (and machines' timelines) are kept"),
+        )
+        .arg(
+            Arg::new("boot-events-max")
+                .long("boot-events-max")
+                .default_value("1000000")
+                .value_parser(value_parser!(u64).range(1_000..))
+                .help("Most boot events kept; the oldest beyond it are pruned"),
+        )
+        .arg(
+            Arg::new("discovery-tokens-max")
+                .long("discovery-tokens-max")
+                .default_value("1024")
+                .value_parser(value_parser!(u64).range(1..=1_000_000))
+                .help("Most join tokens unknown machines' boot scripts may have outstanding (10 min each)"),
+        )
+        .arg(
+            Arg::new("discovery-tokens-per-subnet")
+                .long("discovery-tokens-per-subnet")
+                .default_value("256")
+                .value_parser(value_parser!(u64).range(1..=1_000_000))
+                .help("Most of those per subnet (the lease's, else the client's /24)"),
+        )
+        .arg(
+            Arg::new("discovery-tokens-per-address")
+                .long("discovery-tokens-per-address")
+                .default_value("10")
+                .value_parser(value_parser!(u32).range(1..=10_000))
+                .help("Most join tokens one client address is given a minute"),
+        )
         .arg(Arg::new("boot-url").long("boot-url").help(
             "The boot HTTP server's URL as machines reach it, for boot files [default: the address each request came in on]",
         ))

@@ -37,18 +37,47 @@ pub fn ar_members(bytes: &[u8]) -> Result<Vec<(String, &[u8])>> {
     Ok(out)
 }
 
-/// Decompresses one xz or zstd stream (by its magic) completely, or returns
-/// `bytes` unchanged when it is neither.
+/// The largest file a kernel package may give: a kernel image or a module
+/// larger than this is no kernel's (a decompression bomb, say).
+pub const MAX_FILE: u64 = 256 << 20;
+/// The most a kernel package may write in all.
+pub const MAX_TOTAL: u64 = 2 << 30;
+
+/// Decompresses one xz or zstd stream (by its magic) completely, but never
+/// past [`MAX_FILE`], or returns `bytes` unchanged when it is neither.
 pub fn decompress(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
-    let mut out = Vec::new();
+    let mut out = Capped(Vec::new());
+    let refused =
+        || anyhow::anyhow!("it decompresses to more than {} MiB, more than a module can be; refused", MAX_FILE >> 20);
     if bytes.starts_with(XZ_MAGIC) {
-        lzma_rs::xz_decompress(&mut &bytes[..], &mut out).map_err(|e| anyhow::anyhow!("xz: {e}"))?;
+        lzma_rs::xz_decompress(&mut &bytes[..], &mut out).map_err(|e| match e {
+            lzma_rs::error::Error::IoError(e) if e.kind() == std::io::ErrorKind::FileTooLarge => refused(),
+            e => anyhow::anyhow!("xz: {e}"),
+        })?;
     } else if bytes.starts_with(ZSTD_MAGIC) {
-        zstd_frames(bytes, &mut out).context("zstd")?;
+        let r = zstd_frames(bytes, &mut out);
+        r.map_err(|e| if out.0.len() as u64 + (1 << 20) >= MAX_FILE { refused() } else { e.context("zstd") })?;
     } else {
         return Ok(std::borrow::Cow::Borrowed(bytes));
     }
-    Ok(std::borrow::Cow::Owned(out))
+    Ok(std::borrow::Cow::Owned(out.0))
+}
+
+/// A buffer that refuses to grow past [`MAX_FILE`].
+struct Capped(Vec<u8>);
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() as u64 + buf.len() as u64 > MAX_FILE {
+            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, "decompressed output too large"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Decodes every zstd frame of `src` into `out`, as it goes.
@@ -100,6 +129,8 @@ struct TarSink<'a> {
     next_name: Option<String>,
     written: Vec<String>,
     ended: bool,
+    /// Bytes written so far, in all.
+    total: u64,
 }
 
 enum Entry {
@@ -121,6 +152,7 @@ impl<'a> TarSink<'a> {
             next_name: None,
             written: Vec::new(),
             ended: false,
+            total: 0,
         }
     }
 
@@ -169,7 +201,18 @@ impl<'a> TarSink<'a> {
         self.target = match kind {
             b'L' | b'x' if size <= 1 << 20 => Entry::Meta(kind, Vec::with_capacity(size as usize)),
             b'0' | 0 | b'7' => match clean(&name) {
+                Some(rel) if (self.want)(&rel) && size > MAX_FILE => {
+                    return Err(bad(&format!(
+                        "`{rel}` is {} MiB, more than a kernel or module can be ({} MiB); refused",
+                        size >> 20,
+                        MAX_FILE >> 20
+                    )));
+                }
+                Some(rel) if (self.want)(&rel) && self.total + size > MAX_TOTAL => {
+                    return Err(bad(&format!("the package would write more than {} GiB; refused", MAX_TOTAL >> 30)));
+                }
                 Some(rel) if (self.want)(&rel) => {
+                    self.total += size;
                     let path = self.into.join(&rel);
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent)?;
@@ -430,6 +473,36 @@ mod tests {
                 assert!(!dir.path().join("etc").exists(), "nothing lands outside the folder");
             }
         }
+    }
+
+    /// The probe's bomb: a small package whose kernel claims a gigabyte.
+    /// Refused from its header, before anything is written.
+    #[test]
+    fn oversized_kernels_and_modules_are_refused() {
+        let mut t = Vec::new();
+        let mut h = Vec::new();
+        tar_entry(&mut h, "./boot/vmlinuz-6.1.0-9-amd64", b'0', b"");
+        // Claim 1 GiB in the size field (and fix the checksum).
+        h[124..136].copy_from_slice(format!("{:011o}\0", 1u64 << 30).as_bytes());
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h[..512].iter().map(|b| *b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        t.extend_from_slice(&h[..512]);
+        t.extend_from_slice(&[0u8; 4096]);
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("linux-image.deb");
+        std::fs::write(&pkg, deb("data.tar", &t)).unwrap();
+        let out = dir.path().join("out");
+        let e = unpack_kernel(&[pkg], &out).err().expect("refused");
+        assert!(format!("{e:#}").contains("more than a kernel or module can be"), "{e:#}");
+        assert!(!out.join("boot/vmlinuz-6.1.0-9-amd64").exists(), "nothing written");
+        // A module that decompresses past the bound stops there.
+        let zeros = vec![0u8; (MAX_FILE + (1 << 20)) as usize];
+        let bomb = ruzstd::encoding::compress_to_vec(&zeros[..], ruzstd::encoding::CompressionLevel::Fastest);
+        drop(zeros);
+        assert!(bomb.len() < 64 << 20, "{}", bomb.len());
+        let e = decompress(&bomb).expect_err("refused");
+        assert!(format!("{e:#}").contains("more than a module can be"), "{e:#}");
     }
 
     #[test]

@@ -309,15 +309,6 @@ fn is_static(elf: &[u8]) -> bool {
         && !elf.windows(b"/lib/ld-linux".len()).any(|w| w == b"/lib/ld-linux")
 }
 
-/// A folder removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// What `plinth discovery build` made.
 pub struct Built {
     /// Read from the agent.
@@ -346,10 +337,16 @@ pub fn run(m: &ArgMatches) -> Result<Built> {
             version,
         )
     } else {
-        let scratch =
-            _scratch.insert(Scratch(std::env::temp_dir().join(format!("plinth-kernel-{}", std::process::id()))));
-        let _ = std::fs::remove_dir_all(&scratch.0);
-        let k = crate::debpkg::unpack_kernel(&packages, &scratch.0)?;
+        // A folder of our own: an unpredictable name, made owner-only in one
+        // step, so no other local user can plant a link in it or swap a
+        // module before it is packed. Removed when done.
+        let scratch = _scratch.insert(
+            tempfile::Builder::new()
+                .prefix("plinth-kernel-")
+                .tempdir()
+                .context("cannot make a scratch folder for the kernel package")?,
+        );
+        let k = crate::debpkg::unpack_kernel(&packages, scratch.path())?;
         (k.image, k.modules, Some(k.version))
     };
     let busybox = m.get_one::<PathBuf>("busybox").cloned().unwrap_or_else(|| PathBuf::from("/bin/busybox"));
@@ -358,8 +355,13 @@ pub fn run(m: &ArgMatches) -> Result<Built> {
         None => std::env::current_exe()?.with_file_name("plinth-agent"),
     };
     let ca = m.get_one::<PathBuf>("ca-cert").cloned().unwrap_or_else(|| data_dir.join("tls/ca.pem"));
-    let read =
-        |p: &Path, what: &str| std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()));
+    let read = |p: &Path, what: &str| -> Result<Vec<u8>> {
+        let len = std::fs::metadata(p).with_context(|| format!("cannot read the {what} {}", p.display()))?.len();
+        if len > crate::debpkg::MAX_FILE {
+            bail!("the {what} {} is {} MiB, more than a {what} can be; refused", p.display(), len >> 20);
+        }
+        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+    };
     let busybox_bytes = read(&busybox, "busybox")?;
     let agent_bytes = read(&agent, "agent")?;
     for (what, bytes, path) in [("busybox", &busybox_bytes, &busybox), ("agent", &agent_bytes, &agent)] {

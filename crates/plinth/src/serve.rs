@@ -74,6 +74,12 @@ pub struct Config {
     pub machine_session_max: Duration,
     /// Most log one job may store, in bytes.
     pub job_log_max: u64,
+    /// Bounds on the join tokens unknown machines' scripts carry.
+    pub join_limits: plinth_boot::generated::JoinLimits,
+    /// How long boot events are kept.
+    pub boot_events_keep: Duration,
+    /// Most boot events kept.
+    pub boot_events_max: u64,
     /// The boot HTTP server's URL as machines reach it, when configured.
     pub boot_url: Option<String>,
     /// The API's URL as machines reach it, when configured.
@@ -112,6 +118,14 @@ impl Config {
             machine_token_ttl: secs("machine-token-ttl", 900),
             machine_session_max: secs("machine-session-max", 30 * 86_400),
             job_log_max: m.get_one::<u64>("job-log-max").copied().unwrap_or(16 << 20),
+            join_limits: plinth_boot::generated::JoinLimits {
+                outstanding: m.get_one::<u64>("discovery-tokens-max").copied().unwrap_or(1024) as usize,
+                per_subnet: m.get_one::<u64>("discovery-tokens-per-subnet").copied().unwrap_or(256) as usize,
+                per_address_per_minute: m.get_one::<u32>("discovery-tokens-per-address").copied().unwrap_or(10),
+                ..Default::default()
+            },
+            boot_events_keep: Duration::from_secs(86_400 * m.get_one::<u64>("boot-events-days").copied().unwrap_or(30)),
+            boot_events_max: m.get_one::<u64>("boot-events-max").copied().unwrap_or(1_000_000),
             boot_url: url_flag(m, "boot-url", "http")?,
             api_url: url_flag(m, "api-url", "https")?,
             log_format: m.get_one::<String>("log-format").cloned().unwrap_or_else(|| "text".into()),
@@ -240,7 +254,7 @@ pub async fn run(config: Config) -> Result<()> {
         api_url: config.api_url.clone(),
         boot_token_ttl: config.machine_token_ttl,
         ca_pem: agent_ca,
-        join: Default::default(),
+        join: config.join_limits,
     };
     let generated: Arc<dyn plinth_boot::generated::Generated> = Arc::new(plinth_boot::generated::RenderedFiles::new(
         state.store.clone(),
@@ -258,9 +272,11 @@ pub async fn run(config: Config) -> Result<()> {
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
-    // Unusable tokens (expired, join tokens used up) are removed every 10
-    // minutes, until the server stops.
+    // Every 10 minutes, until the server stops: unusable tokens (expired,
+    // join tokens used up) are removed, and boot events past their
+    // retention pruned.
     let (sweep_store, stop) = (state.store.clone(), stopped());
+    let (keep, max) = (config.boot_events_keep, config.boot_events_max);
     tasks.spawn(async move {
         let sweep = async {
             let mut every = tokio::time::interval(Duration::from_secs(600));
@@ -270,6 +286,12 @@ pub async fn run(config: Config) -> Result<()> {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(tokens = n, "removed expired and used-up tokens"),
                     Err(e) => tracing::warn!(error = %e, "cannot sweep tokens"),
+                }
+                let before = plinth_model::now() - chrono::Duration::from_std(keep).unwrap_or_default();
+                match sweep_store.prune_boot_events(before, max).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(events = n, "pruned boot events past their retention"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune boot events"),
                 }
             }
         };
@@ -285,6 +307,9 @@ pub async fn run(config: Config) -> Result<()> {
             Ok(l) => {
                 http_port = l.local_addr()?.port();
                 tracing::info!(service = "http", url = %format!("http://{}", l.local_addr()?), "listening");
+                if addr.ip().is_unspecified() {
+                    tracing::warn!(%addr, "boot HTTP answers on every address of this host, not only the provisioning network's; pass --http-addr ADDRESS:PORT to narrow it");
+                }
                 let (root, gen_files, log, stop) = (file_root.clone(), generated.clone(), boot_log.clone(), stopped());
                 let public = config.boot_url.clone();
                 tasks.spawn(async move {
@@ -302,8 +327,15 @@ pub async fn run(config: Config) -> Result<()> {
         match tokio::net::UdpSocket::bind(addr).await {
             Ok(s) => {
                 tracing::info!(service = "tftp", url = %format!("tftp://{}", s.local_addr()?), "listening");
+                if addr.ip().is_unspecified() {
+                    tracing::warn!(%addr, "TFTP answers on every address of this host, not only the provisioning network's; pass --tftp-addr ADDRESS:69 to narrow it");
+                }
                 let (root, gen_files, log, stop) = (file_root.clone(), generated.clone(), boot_log.clone(), stopped());
-                let tftp_config = plinth_boot::tftp::TftpConfig { http_port, ..Default::default() };
+                let tftp_config = plinth_boot::tftp::TftpConfig {
+                    http_port,
+                    http_url: config.boot_url.clone(),
+                    ..Default::default()
+                };
                 tasks.spawn(async move {
                     plinth_boot::tftp::serve(s, root, gen_files, tftp_config, log, stop)
                         .await
@@ -323,7 +355,12 @@ pub async fn run(config: Config) -> Result<()> {
     match config.dhcp_port {
         None => tracing::info!("dhcp: disabled (--dhcp-port off)"),
         Some(server_port) => {
-            let dhcp = plinth_boot::dhcp::DhcpConfig { server_port, http_port, ..Default::default() };
+            let dhcp = plinth_boot::dhcp::DhcpConfig {
+                server_port,
+                http_port,
+                http_url: config.boot_url.clone(),
+                ..Default::default()
+            };
             let (store, log, stop) = (state.store.clone(), boot_log.clone(), stopped());
             tasks.spawn(async move {
                 plinth_boot::dhcp::serve(store, dhcp, log, stop).await;

@@ -220,7 +220,7 @@ fn relayed_requests_get_leases_from_the_giaddr_subnet() {
     if !netns::available() || !have("perfdhcp") {
         return;
     }
-    let relayed = serde_json::json!({"name": "remote", "cidr": "10.88.0.0/24", "range_start": "10.88.0.10", "range_end": "10.88.0.250", "router": "10.88.0.1"});
+    let relayed = serde_json::json!({"name": "remote", "cidr": "10.88.0.0/24", "range_start": "10.88.0.10", "range_end": "10.88.0.250", "router": "10.88.0.1", "relays": ["10.88.0.1"], "unknown_share": 100});
     let lab = lab(&[lab_subnet(), relayed]);
     // The "relay" lives in the client namespace with an address on both nets.
     lab.cli.ip(&["addr", "add", "10.77.0.2/24", "dev", "vc0"]);

@@ -55,10 +55,7 @@ pub async fn load_with(store: &dyn Store, shared: &Shared, machine: Machine) -> 
             let l: plinth_model::Lease = plinth_model::decode(r.body).map_err(|e| LoadError::Corrupt(e.to_string()))?;
             // The bound, unexpired lease that runs longest is the current
             // one; an ended lease grants nothing.
-            if l.state == plinth_model::LeaseState::Bound
-                && l.expires_at > now
-                && lease.as_ref().is_none_or(|c| l.expires_at > c.expires_at)
-            {
+            if l.is_live(now) && lease.as_ref().is_none_or(|c| l.expires_at > c.expires_at) {
                 lease = Some(l);
             }
         }

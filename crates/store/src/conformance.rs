@@ -32,6 +32,7 @@ macro_rules! conformance_tests {
             unique_fields_have_one_holder,
             references_must_exist_and_hold_what_they_name,
             a_deleted_job_takes_its_log_with_it,
+            boot_events_are_pruned_by_age_and_count,
         );
     };
     (@each $make:expr; $($name:ident,)*) => {
@@ -500,4 +501,30 @@ pub async fn a_deleted_job_takes_its_log_with_it(s: Arc<dyn Store>) {
     s.append_job_log(job, 0, "output".into(), 1000).await.unwrap();
     s.delete(Kind::Job, &job.to_string(), Expect::Any).await.unwrap();
     assert_eq!(s.job_log(job).await.unwrap(), "");
+}
+
+/// Boot events are kept for a time and up to a count: older ones, and all
+/// but the newest `keep`, are pruned.
+pub async fn boot_events_are_pruned_by_age_and_count(s: Arc<dyn Store>) {
+    use plinth_model::BootEvent;
+    let ev = |at: chrono::DateTime<chrono::Utc>, detail: &str| BootEvent {
+        id: 0,
+        at,
+        mac: None,
+        address: None,
+        machine: None,
+        service: "http".into(),
+        detail: detail.into(),
+    };
+    let now = plinth_model::now();
+    let old = now - chrono::Duration::days(40);
+    let mut batch = vec![ev(old, "old-1"), ev(old, "old-2")];
+    batch.extend((0..10).map(|i| ev(now, &format!("new-{i}"))));
+    s.append_boot_events(batch).await.unwrap();
+    let q = crate::BootEventQuery { limit: 100, ..Default::default() };
+    assert_eq!(s.prune_boot_events(now - chrono::Duration::days(30), 1000).await.unwrap(), 2);
+    assert_eq!(s.boot_events(&q).await.unwrap().len(), 10);
+    assert_eq!(s.prune_boot_events(now - chrono::Duration::days(30), 4).await.unwrap(), 6);
+    let left: Vec<String> = s.boot_events(&q).await.unwrap().into_iter().map(|e| e.detail).collect();
+    assert_eq!(left, ["new-6", "new-7", "new-8", "new-9"], "the newest are kept");
 }

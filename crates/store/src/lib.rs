@@ -179,6 +179,10 @@ pub trait Store: Send + Sync + 'static {
     /// Boot events in id order, optionally for one MAC, after an id.
     async fn boot_events(&self, query: &BootEventQuery) -> Result<Vec<BootEvent>, StoreError>;
 
+    /// Deletes boot events older than `before`, and all but the newest
+    /// `keep` of the rest; returns how many went.
+    async fn prune_boot_events(&self, before: chrono::DateTime<chrono::Utc>, keep: u64) -> Result<u64, StoreError>;
+
     /// Appends chunk number `seq` of a job's log, keeping the whole log
     /// within `max_bytes`: the chunk that would pass it is cut there and a
     /// line saying so ends the log; later chunks are dropped. A chunk

@@ -879,6 +879,28 @@ impl Store for SqliteStore {
         .map_err(backend)?
     }
 
+    async fn prune_boot_events(&self, before: chrono::DateTime<chrono::Utc>, keep: u64) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        let before = serde_json::to_value(before).map_err(backend)?;
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| StoreError::Backend("writer lock poisoned".into()))?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let old = tx
+                .execute("DELETE FROM boot_events WHERE at < ?1", params![before.as_str().unwrap_or_default()])
+                .map_err(backend)?;
+            let over = tx
+                .execute(
+                    "DELETE FROM boot_events WHERE id <= (SELECT max(id) FROM boot_events) - ?1",
+                    params![keep.min(i64::MAX as u64) as i64],
+                )
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok((old + over) as u64)
+        })
+        .await
+        .map_err(backend)?
+    }
+
     async fn append_job_log(
         &self,
         job: plinth_model::JobId,

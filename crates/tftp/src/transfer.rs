@@ -16,6 +16,12 @@ pub struct Limits {
     pub max_timeout: Duration,
     /// Retransmissions of one window before giving up.
     pub max_retries: u32,
+    /// Retransmissions before the client has acknowledged anything. A read
+    /// request's source address is not verified (UDP), so until an ACK
+    /// proves the client is there, the server sends the first answer at
+    /// most this many more times: a forged request cannot aim more than a
+    /// packet or two at someone else.
+    pub max_unverified_retries: u32,
 }
 
 impl Default for Limits {
@@ -26,6 +32,7 @@ impl Default for Limits {
             default_timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(8),
             max_retries: 6,
+            max_unverified_retries: 1,
         }
     }
 }
@@ -70,6 +77,8 @@ pub struct Transfer {
     /// The OACK, until the client acknowledges it with ACK 0.
     oack: Option<Vec<u8>>,
     retries: u32,
+    /// Whether the client has acknowledged anything (and so is really there).
+    verified: bool,
     deadline: Instant,
     done: bool,
 }
@@ -125,6 +134,7 @@ impl Transfer {
             sent_up_to: 0,
             oack,
             retries: 0,
+            verified: false,
             deadline: now + timeout,
             done: false,
         };
@@ -192,6 +202,7 @@ impl Transfer {
                     }
                 }
                 self.retries = 0;
+                self.verified = true;
                 self.timeout = self.base_timeout;
                 if self.acked == self.total_blocks {
                     self.done = true;
@@ -213,9 +224,10 @@ impl Transfer {
             return Vec::new();
         }
         self.retries += 1;
-        if self.retries > self.limits.max_retries {
+        let limit = if self.verified { self.limits.max_retries } else { self.limits.max_unverified_retries };
+        if self.retries > limit {
             self.done = true;
-            return vec![Action::Failed(TransferError::TimedOut(self.limits.max_retries))];
+            return vec![Action::Failed(TransferError::TimedOut(limit))];
         }
         self.timeout = (self.timeout * 2).min(self.limits.max_timeout.max(self.base_timeout));
         if let Some(o) = &self.oack {
@@ -304,10 +316,40 @@ mod tests {
         assert!(t.on_packet(&Packet::Ack { block: 1 }, now).is_empty());
     }
 
+    /// A request nobody acknowledges (its source address may be forged)
+    /// gets its first answer once more, then nothing: a 16-byte request
+    /// cannot make the server send more than two packets to a stranger.
+    #[test]
+    fn an_unacknowledged_request_is_answered_at_most_twice() {
+        let now = Instant::now();
+        for opts in [&[][..], &[(&b"windowsize"[..], &b"64"[..]), (b"blksize", b"1428")][..]] {
+            let (mut t, first) = Transfer::start(opts, 1 << 20, &Limits::default(), now);
+            let mut sent = first.len();
+            let mut at = now;
+            while !t.is_done() {
+                at += Duration::from_secs(60);
+                let a = t.on_timeout(at);
+                sent += a.iter().filter(|a| matches!(a, Action::Send(_) | Action::SendBlock { .. })).count();
+                assert!(sent <= 2, "{opts:?}: {sent} packets to an unverified peer");
+            }
+            assert_eq!(sent, 2, "{opts:?}");
+        }
+        // Once it acknowledges, the ordinary retries apply.
+        let (mut t, _) = Transfer::start(&[], 5000, &Limits::default(), now);
+        t.on_packet(&Packet::Ack { block: 1 }, now);
+        let mut at = now;
+        let mut retransmits = 0;
+        while !t.is_done() {
+            at += Duration::from_secs(60);
+            retransmits += t.on_timeout(at).iter().filter(|a| matches!(a, Action::SendBlock { .. })).count();
+        }
+        assert_eq!(retransmits, Limits::default().max_retries as usize);
+    }
+
     #[test]
     fn timeouts_retransmit_with_backoff_then_give_up() {
         let start = Instant::now();
-        let limits = Limits { max_retries: 3, ..Limits::default() };
+        let limits = Limits { max_retries: 3, max_unverified_retries: 3, ..Limits::default() };
         let (mut t, _) = Transfer::start(&[], 5000, &limits, start);
         assert!(t.on_timeout(start).is_empty(), "not yet");
         let mut gaps = Vec::new();

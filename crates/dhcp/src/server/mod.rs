@@ -169,6 +169,11 @@ pub fn decide(m: &Message, subnet: &SubnetView<'_>, facts: &Facts<'_>) -> Decisi
             }),
             _ => Decision::Ignore("decline of an address the client was not given"),
         },
+        // An INFORM is about the address the client holds: one outside this
+        // subnet gets none of its options.
+        MessageType::Inform if !subnet.contains(m.ciaddr) => {
+            Decision::Ignore("INFORM for an address outside the subnet")
+        }
         MessageType::Inform => {
             let mut r = build(m, MessageType::Inform, Ipv4Addr::UNSPECIFIED, subnet, facts, false);
             r.set_option(code::MESSAGE_TYPE, vec![MessageType::Ack as u8]);

@@ -200,6 +200,9 @@ fn inform_gets_options_but_no_lease() {
     assert_eq!(m.yiaddr, Ipv4Addr::UNSPECIFIED);
     assert!(m.option(code::LEASE_TIME).is_none());
     assert_eq!((to, lease), (Destination::Unicast(Ipv4Addr::new(10, 0, 0, 50)), None));
+    // About an address of another network: none of this subnet's options.
+    req.ciaddr = Ipv4Addr::new(192, 168, 9, 9);
+    assert!(matches!(with_subnet(|s| decide(&req, s, &facts())), Decision::Ignore(_)));
 }
 
 #[test]
