@@ -98,7 +98,7 @@ head -c 50000000 /dev/urandom > "$files/big.bin"
 head -c 5000000 /dev/urandom > "$files/mid.bin"
 chmod -R a+rX "$work"
 env PLINTH_ADMIN_PASSWORD=bench-password PLINTH_LOG=warn "$PLINTH" serve --data-dir "$work/plinth2" --api-addr 127.0.0.1:0 \
-  --http-addr 127.0.0.1:18091 --tftp-addr 127.0.0.1:16969 --dhcp-port off --file-root "$files" &
+  --http-addr 127.0.0.1:18091 --tftp-addr 127.0.0.1:16969 --tftp-per-client 100 --dhcp-port off --file-root "$files" &
 pids+=($!)
 in.tftpd -L -a 127.0.0.1:16970 -s "$files" -u root &
 pids+=($!)

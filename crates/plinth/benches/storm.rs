@@ -259,9 +259,17 @@ async fn main() {
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for n in sizes {
         let tmp = tempfile::tempdir().unwrap();
-        // A storm is thousands of unknown machines at once: the join-token
-        // budget is raised to let them all through.
-        let budget = ["--discovery-tokens-max", "100000", "--discovery-tokens-per-subnet", "100000"];
+        // A storm is thousands of unknown machines at once, whose scripts
+        // this generator fetches from one address: the join-token budget is
+        // raised to let them all through.
+        let budget = [
+            "--discovery-tokens-max",
+            "100000",
+            "--discovery-tokens-per-subnet",
+            "100000",
+            "--discovery-tokens-per-address",
+            "10000",
+        ];
         let mut flags: Vec<&str> = if inside {
             vec!["--http-addr", "127.0.0.1:0", "--tftp-addr", "127.0.0.1:0", "--dhcp-port", "67"]
         } else {

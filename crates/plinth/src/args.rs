@@ -32,6 +32,13 @@ pub fn command() -> Command {
         )
         .arg(Arg::new("tftp-addr").long("tftp-addr").default_value("0.0.0.0:69").help("TFTP server address, or `off`"))
         .arg(
+            Arg::new("tftp-per-client")
+                .long("tftp-per-client")
+                .default_value("32")
+                .value_parser(value_parser!(u32).range(1..=1024))
+                .help("Most TFTP transfers one client address may have at once"),
+        )
+        .arg(
             Arg::new("file-root")
                 .long("file-root")
                 .value_parser(value_parser!(PathBuf))

@@ -58,6 +58,8 @@ pub struct Config {
     pub http_addr: Option<SocketAddr>,
     /// The TFTP server's address; `None` is off.
     pub tftp_addr: Option<SocketAddr>,
+    /// Most TFTP transfers one client address may have at once.
+    pub tftp_per_client: usize,
     /// The DHCP server port; `None` is off.
     pub dhcp_port: Option<u16>,
     /// The file root TFTP and HTTP serve.
@@ -111,6 +113,7 @@ impl Config {
             api_addr,
             http_addr: optional_addr(m, "http-addr")?,
             tftp_addr: optional_addr(m, "tftp-addr")?,
+            tftp_per_client: m.get_one::<u32>("tftp-per-client").copied().unwrap_or(32) as usize,
             dhcp_port,
             tls: m.get_one::<PathBuf>("tls-cert").cloned().zip(m.get_one::<PathBuf>("tls-key").cloned()),
             tls_sans: m.get_many::<String>("tls-san").into_iter().flatten().cloned().collect(),
@@ -334,6 +337,7 @@ pub async fn run(config: Config) -> Result<()> {
                 let tftp_config = plinth_boot::tftp::TftpConfig {
                     http_port,
                     http_url: config.boot_url.clone(),
+                    max_transfers_per_client: config.tftp_per_client,
                     ..Default::default()
                 };
                 tasks.spawn(async move {
