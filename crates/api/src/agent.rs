@@ -32,7 +32,7 @@ impl From<EngineError> for ApiError {
     }
 }
 
-fn machine_id(id: &str) -> Result<MachineId, ApiError> {
+pub(crate) fn machine_id(id: &str) -> Result<MachineId, ApiError> {
     id.parse().map_err(|_| ApiError::NotFound(format!("machines `{}` not found", id.escape_debug())))
 }
 
@@ -40,7 +40,7 @@ fn job_id(id: &str) -> Result<JobId, ApiError> {
     id.parse().map_err(|_| ApiError::NotFound(format!("jobs `{}` not found", id.escape_debug())))
 }
 
-async fn body<T: serde::de::DeserializeOwned + Default>(
+pub(crate) async fn body<T: serde::de::DeserializeOwned + Default>(
     headers: &HeaderMap,
     b: axum::body::Body,
 ) -> Result<T, ApiError> {
@@ -86,7 +86,7 @@ pub async fn resume(
 }
 
 /// Records an operator's action on a machine (the engine made the change).
-async fn audit_action(
+pub(crate) async fn audit_action(
     state: &AppState,
     principal: &Principal,
     m: &Machine,
@@ -105,7 +105,7 @@ async fn audit_action(
     Ok(state.store.append_audit(vec![entry]).await?)
 }
 
-fn machine_json(m: &Machine) -> Result<Value, ApiError> {
+pub(crate) fn machine_json(m: &Machine) -> Result<Value, ApiError> {
     let mut v = serde_json::to_value(m).map_err(|e| ApiError::Internal(e.to_string()))?;
     crate::crud::redact(Kind::Machine, &mut v);
     Ok(v)
@@ -784,38 +784,7 @@ pub async fn whoami(
     if claim.macs.is_empty() && claim.uuid().is_none() {
         return Err(ApiError::field("macs", "give at least one MAC address or a system UUID"));
     }
-    // Candidates: machines sharing a MAC (an index lookup each) or the UUID.
-    let mut candidates: Vec<Machine> = Vec::new();
-    let mut filters: Vec<plinth_store::Filter> =
-        macs.iter().map(|m| plinth_store::Filter { path: vec!["macs".into()], value: json!(m.to_string()) }).collect();
-    if let Some(u) = &req.system_uuid {
-        filters.push(plinth_store::Filter {
-            path: vec!["inventory".into(), "system".into(), "uuid".into()],
-            value: json!(u),
-        });
-        filters.push(plinth_store::Filter {
-            path: vec!["inventory".into(), "system".into(), "uuid".into()],
-            value: json!(u.to_ascii_lowercase()),
-        });
-    }
-    for f in filters {
-        for r in state.store.list_all(Kind::Machine, vec![f]).await? {
-            let m: Machine = plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
-            if !candidates.iter().any(|c| c.id == m.id) {
-                candidates.push(m);
-            }
-        }
-    }
-    let matched = match plinth_engine::identity::best(&candidates, &claim) {
-        Ok(found) => found.map(|(m, s)| (m.clone(), s)),
-        Err(tied) => {
-            let names: Vec<String> = tied.iter().map(|m| format!("{} ({})", m.name, m.id)).collect();
-            return Err(ApiError::Conflict(format!(
-                "these machines match equally well: {}; remove the duplicate or the shared MAC",
-                names.join(", ")
-            )));
-        }
-    };
+    let matched = match_machine(&state, &claim).await?;
     // A discovery join token (any unknown machine's boot script has one)
     // never hands over a machine Plinth knows: the registration is held as
     // a conflict until an operator says whether it is that machine.
@@ -890,6 +859,46 @@ pub async fn whoami(
     let (bearer, expires_at) = issue_session(&state, &machine, description, plinth_model::now() + max).await?;
     Ok(Json(json!({"machine": machine_json(&machine)?, "created": created, "score": score, "token": bearer,
         "expires_at": expires_at})))
+}
+
+/// The machine `claim` names best (by the identity score `whoami` uses):
+/// candidates share a MAC (an index lookup each) or the system UUID.
+pub(crate) async fn match_machine(
+    state: &AppState,
+    claim: &plinth_engine::identity::Claim,
+) -> Result<Option<(Machine, u32)>, ApiError> {
+    let mut candidates: Vec<Machine> = Vec::new();
+    let mut filters: Vec<plinth_store::Filter> = claim
+        .macs
+        .iter()
+        .map(|m| plinth_store::Filter { path: vec!["macs".into()], value: json!(m.to_string()) })
+        .collect();
+    if let Some(u) = &claim.system_uuid {
+        for value in [u.clone(), u.to_ascii_lowercase()] {
+            filters.push(plinth_store::Filter {
+                path: vec!["inventory".into(), "system".into(), "uuid".into()],
+                value: json!(value),
+            });
+        }
+    }
+    for f in filters {
+        for r in state.store.list_all(Kind::Machine, vec![f]).await? {
+            let m: Machine = plinth_model::decode(r.body).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if !candidates.iter().any(|c| c.id == m.id) {
+                candidates.push(m);
+            }
+        }
+    }
+    match plinth_engine::identity::best(&candidates, claim) {
+        Ok(found) => Ok(found.map(|(m, s)| (m.clone(), s))),
+        Err(tied) => {
+            let names: Vec<String> = tied.iter().map(|m| format!("{} ({})", m.name, m.id)).collect();
+            Err(ApiError::Conflict(format!(
+                "these machines match equally well: {}; remove the duplicate or the shared MAC",
+                names.join(", ")
+            )))
+        }
+    }
 }
 
 /// `POST /api/v1/machines/{id}/session`: the machine's agent trades the

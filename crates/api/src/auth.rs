@@ -114,12 +114,19 @@ pub fn builtin_roles() -> Vec<(&'static str, &'static str, Vec<Claim>)> {
     };
     let mut operator = objects(&[Kind::User, Kind::Role, Kind::Token], "*");
     operator.extend(
-        [("events", "read"), ("boot-events", "read"), ("audit", "read"), ("render", "read"), ("join-tokens", "create")]
-            .map(|(k, a)| Claim::new(k, a)),
+        [
+            ("events", "read"),
+            ("boot-events", "read"),
+            ("audit", "read"),
+            ("render", "read"),
+            ("join-tokens", "create"),
+            ("power", "*"),
+        ]
+        .map(|(k, a)| Claim::new(k, a)),
     );
     let mut viewer = objects(&[Kind::Token], "read");
     viewer.extend(
-        [("events", "read"), ("boot-events", "read"), ("audit", "read"), ("render", "read")]
+        [("events", "read"), ("boot-events", "read"), ("audit", "read"), ("render", "read"), ("power", "read")]
             .map(|(k, a)| Claim::new(k, a)),
     );
     vec![
@@ -153,12 +160,18 @@ pub fn requirement(method: &axum::http::Method, path: &str) -> Option<(String, &
         ["render"] => Some(("render".into(), "read", None)),
         ["join-tokens"] => Some(("join-tokens".into(), "create", None)),
         ["machines", "whoami"] => Some(("machines".into(), "create", None)),
+        // Enrolment creates (or updates) a machine from what its BMC says.
+        ["machines", "enroll"] => Some(("machines".into(), "create", None)),
         ["contents", "plan" | "export"] => Some(("contents".into(), "read", None)),
         ["contents", "install"] => Some(("contents".into(), "create", None)),
         ["contents", name, "rollback" | "promote"] => own("contents", "update", name),
         ["machines", id, "params" | "timeline"] => own("machines", "read", id),
         // Letting secure values reach a machine is a grant of its own.
         ["machines", id, "accept"] => own("secure", "update", id),
+        // A machine's power is a claim of its own.
+        ["machines", id, route @ ("power" | "boot-once" | "rebuild" | "boot-media")] => {
+            Some(crate::power::requirement(method, id, route))
+        }
         ["conflicts", _, "accept"] => Some(("secure".into(), "update", None)),
         ["conflicts", id, "reject"] => own("conflicts", "update", id),
         ["machines", id, _] => own("machines", "update", id),

@@ -210,6 +210,18 @@ async fn check_grants(
                 }
             }
         }
+        // Trusting a machine with the site's secrets is the accept route's
+        // claim, whichever route writes it.
+        Kind::Machine => {
+            let trusted = |b: &Value| b.get("trusted") != Some(&Value::Bool(false));
+            if let [Some(before), Some(after)] = bodies
+                && !trusted(before)
+                && trusted(after)
+                && !principal.may("secure", "update", Some(key))
+            {
+                return Err(refuse("trusting it needs the claim `update secure`".into()));
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -257,6 +269,9 @@ async fn prepare(
         (kind == Kind::User).then(|| body.get("password").and_then(Value::as_str).map(str::to_owned)).flatten();
     let (key, mut value) = plinth_model::normalize(kind, body)?;
     crate::secure::prepare_params(state, kind, &key, &mut value, previous).await?;
+    if kind == Kind::Machine {
+        crate::power::prepare_machine(state, &key, &mut value, previous)?;
+    }
     check_template_syntax(kind, &key, &value)?;
     if kind == Kind::User {
         let hash = match password {

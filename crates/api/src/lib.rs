@@ -18,6 +18,7 @@ mod error;
 mod events;
 mod openapi;
 mod params;
+pub mod power;
 pub mod sandbox;
 mod secure;
 pub mod tls;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub api_url: Option<String>,
     /// The most log one job may store, in bytes.
     pub job_log_max: u64,
+    /// BMC settings and the slots BMC calls take.
+    pub power: Arc<power::Power>,
 }
 
 /// The API's router, with authentication applied to every route but
@@ -84,6 +87,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/machines/whoami", post(agent::whoami))
         .route("/api/v1/machines/{id}/session", post(agent::session))
         .route("/api/v1/machines/{id}/accept", post(agent::accept_machine))
+        .route("/api/v1/machines/{id}/power", get(power::status).post(power::power))
+        .route("/api/v1/machines/{id}/boot-once", post(power::boot_once))
+        .route("/api/v1/machines/{id}/rebuild", post(power::rebuild))
+        .route("/api/v1/machines/{id}/boot-media", post(power::boot_media))
+        .route("/api/v1/machines/enroll", post(power::enroll))
         .route("/api/v1/conflicts/{id}/accept", post(agent::accept_conflict))
         .route("/api/v1/conflicts/{id}/reject", post(agent::reject_conflict))
         .route("/api/v1/join-tokens", post(agent::create_join_token))

@@ -258,6 +258,42 @@ pub fn build() -> Value {
         "Trust a machine discovery registered with the site's secrets (claim: secure update)",
         None, "the machine", &["401", "403", "404", "409"])}),
     );
+    let power_route = |op: &str, summary: &str, req: Option<Value>, ok: &str| {
+        let mut o = agent_route(op, summary, req, ok, &["400", "401", "404", "409", "502"]);
+        o["tags"] = json!(["power"]);
+        if let Some(body) = o.get_mut("requestBody") {
+            body["required"] = json!(true);
+        }
+        o
+    };
+    let power_answer = "{machine, name, action, state (on|off|unknown), checked_at, error}";
+    paths.insert("/api/v1/machines/{id}/power".into(), json!({
+        "get": power_route("power_status", "The machine's power state, read from its BMC now (claim: power read)", None, power_answer),
+        "post": power_route("power_action",
+            "A power action through the machine's BMC (claim: power update); audited, on the timeline; 502 names the BMC's trouble (unreachable, bad credentials, unsupported, TLS, unexpected answer)",
+            Some(json!({"type": "object", "required": ["action"], "properties": {"action": {"type": "string", "enum": ["on", "off", "cycle", "reset", "soft-off"]}}})),
+            power_answer)}));
+    paths.insert("/api/v1/machines/{id}/boot-once".into(), json!({"post": power_route("boot_once",
+        "Boot a device once, at the machine's next boot (IPMI chassis bootdev, Redfish BootSourceOverride; claim: power update)",
+        Some(json!({"type": "object", "required": ["device"], "properties": {"device": {"type": "string", "enum": ["pxe", "disk", "cd"]},
+            "uefi": {"type": "boolean", "description": "UEFI boot; by default what Plinth saw the machine boot with"}}})),
+        "{machine, name, device}")}));
+    paths.insert("/api/v1/machines/{id}/rebuild".into(), json!({"post": power_route("rebuild",
+        "Reprovision with nobody at the machine: assign the workflow (it waits for the next boot), boot once from the network, power-cycle (claims: power update and machines update)",
+        Some(json!({"type": "object", "properties": {"workflow": {"type": "string", "description": "by default the machine's own"}}})),
+        "{machine, name, action, state, workflow, checked_at, error}")}));
+    paths.insert("/api/v1/machines/{id}/boot-media".into(), json!({"post": power_route("boot_media",
+        "Boot the machine from the discovery image over Redfish virtual media (no DHCP boot options needed): an image of its own carrying a single-use, short-lived boot credential is inserted, booted once and the machine powered on or cycled; with eject, the media is ejected (claim: power update)",
+        Some(json!({"type": "object", "properties": {"eject": {"type": "boolean"}}})),
+        "{machine, name, action, state, image, credential_expires_at} | {machine, name, ejected}")}));
+    let mut enroll = json!({"post": power_route("enroll",
+        "Create a machine, or give the BMC to the machine it matches, from what a Redfish BMC says of its system (UUID, serial, NIC MACs), before it ever boots (claim: machines create)",
+        Some(json!({"type": "object", "required": ["bmc"], "properties": {"bmc": {"$ref": "#/components/schemas/Bmc"},
+            "name": {"type": "string"}, "profiles": {"type": "array", "items": {"type": "string"}}, "workflow": {"type": "string"}}})),
+        "{machine, created, score}")});
+    enroll["post"]["parameters"] = json!([]);
+    enroll["post"]["responses"]["201"] = json!({"description": "a new machine", "content": obj.clone()});
+    paths.insert("/api/v1/machines/enroll".into(), enroll);
     paths.insert("/api/v1/conflicts/{id}/accept".into(), json!({"post": agent_route("accept_conflict",
         "A held discovery registration is the machine it matched: its next registration gets that machine's session (claim: secure update)",
         None, "the conflict", &["401", "403", "404", "409"])}));
@@ -312,6 +348,7 @@ pub fn build() -> Value {
         ("412", "If-Match names a stale revision"),
         ("413", "body too large"),
         ("415", "body is not JSON"),
+        ("502", "the machine's BMC failed: unreachable, bad credentials, unsupported, TLS, or an unexpected answer (in `detail`)"),
     ]
     .into_iter()
     .map(|(c, d)| (c.to_owned(), json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})))

@@ -166,10 +166,7 @@ impl JoinBudget {
     }
 }
 
-/// The most boot credentials one machine may have outstanding (handed out,
-/// not traded, not expired): each boot file fetch mints one, and the
-/// oldest beyond these are revoked as a new one is stored.
-pub const BOOT_TOKENS_KEPT: usize = 8;
+pub use plinth_store::BOOT_TOKENS_KEPT;
 
 /// Renders the files of each known machine's bootenv at their paths, found
 /// by MAC (from the path or the client's lease). Unknown machines, and paths
@@ -235,33 +232,6 @@ fn store_token(
         .block_on(plinth_store::StoreExt::create(store, plinth_model::Kind::Token, &token.id.to_string(), body))
         .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-/// Stores a new boot credential, revoking the machine's oldest outstanding
-/// ones beyond [`BOOT_TOKENS_KEPT`] in the same write.
-async fn store_boot_token(
-    store: &dyn plinth_store::Store,
-    token: &plinth_model::Token,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<(), plinth_store::StoreError> {
-    use plinth_store::{Expect, StoreExt, WriteOp};
-    let machine = token.machine.map(|m| m.to_string()).unwrap_or_default();
-    let filter = plinth_store::Filter { path: vec!["machine".into()], value: serde_json::Value::String(machine) };
-    let mut outstanding: Vec<plinth_model::Token> = store
-        .list_all(plinth_model::Kind::Token, vec![filter])
-        .await?
-        .into_iter()
-        .filter_map(|r| plinth_model::decode::<plinth_model::Token>(r.body).ok())
-        .filter(|t| t.boot && t.uses_left != Some(0) && t.expires_at > now)
-        .collect();
-    outstanding.sort_by_key(|t| std::cmp::Reverse(t.expires_at));
-    let body = serde_json::to_value(token).map_err(|e| plinth_store::StoreError::Backend(e.to_string()))?;
-    let mut ops =
-        vec![WriteOp::Put { kind: plinth_model::Kind::Token, key: token.id.to_string(), body, expect: Expect::Absent }];
-    for old in outstanding.iter().skip(BOOT_TOKENS_KEPT - 1) {
-        ops.push(WriteOp::Delete { kind: plinth_model::Kind::Token, key: old.id.to_string(), expect: Expect::Any });
-    }
-    store.apply(ops).await.map(|_| ())
 }
 
 /// The stored template that answers `ipxe/<mac>` for machines Plinth does
@@ -421,7 +391,9 @@ impl RenderedFiles {
             token.boot = true;
             token.uses_left = Some(1);
             token.address = address;
-            handle.block_on(store_boot_token(store.as_ref(), &token, now)).map_err(|e| e.to_string())?;
+            handle
+                .block_on(plinth_store::StoreExt::put_boot_token(store.as_ref(), &token, now))
+                .map_err(|e| e.to_string())?;
             Ok(bearer)
         })
     }

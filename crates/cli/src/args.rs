@@ -274,6 +274,7 @@ fn kind_command(kind: Kind) -> Command {
                     .help("Show where each value came from and what it shadows"),
             ),
         );
+        cmd = crate::power::commands(cmd);
     }
     if kind == Kind::Job {
         cmd = cmd.subcommand(Command::new("log").about("Print a job's output").arg(key()));

@@ -19,6 +19,7 @@ mod iso;
 mod objects;
 pub mod output;
 mod packs;
+mod power;
 mod session;
 
 pub use args::augment;

@@ -134,6 +134,9 @@ pub(crate) async fn object_command(
             ))
         }
         "import-iso" => crate::iso::import_iso(c, m).await,
+        "power" | "boot-once" | "rebuild" | "boot-media" | "bmc" | "enroll" => {
+            crate::power::command(c, action, m, format).await
+        }
         "workflow" => {
             let wf = m.get_one::<String>("workflow").cloned().unwrap_or_default();
             let body = serde_json::json!({"workflow": wf});

@@ -146,7 +146,13 @@ impl Engine {
 
     /// Writes `machine` (at `revision`) and `others` in one batch; `Ok(false)`
     /// when another request changed the machine first.
-    async fn commit(&self, machine: &Machine, revision: u64, others: Vec<WriteOp>) -> Result<bool, EngineError> {
+    async fn commit(&self, machine: &mut Machine, revision: u64, others: Vec<WriteOp>) -> Result<bool, EngineError> {
+        // When the machine was told to reboot, for the server's watchdog.
+        if machine.workflow_state == WorkflowState::Rebooting {
+            machine.rebooting_since.get_or_insert_with(plinth_model::now);
+        } else {
+            machine.rebooting_since = None;
+        }
         let mut ops = others;
         ops.push(WriteOp::Put {
             kind: Kind::Machine,
@@ -164,7 +170,15 @@ impl Engine {
     /// Starts `workflow` on a machine from its first stage (switching to
     /// that stage's bootenv, if it names one).
     pub async fn assign(&self, id: MachineId, workflow: &Name) -> Result<Machine, EngineError> {
-        self.retrying(|| self.assign_once(id, workflow)).await
+        self.retrying(|| self.assign_once(id, workflow, false)).await
+    }
+
+    /// [`Engine::assign`] for a machine about to be booted afresh (a
+    /// rebuild through its BMC): the workflow waits for the machine's next
+    /// boot, and its agent in the current boot is told to reboot, never
+    /// given the workflow's jobs.
+    pub async fn assign_for_reboot(&self, id: MachineId, workflow: &Name) -> Result<Machine, EngineError> {
+        self.retrying(|| self.assign_once(id, workflow, true)).await
     }
 
     /// Goes on after a failure or a pause: the failed task runs again.
@@ -184,14 +198,40 @@ impl Engine {
         };
         let stage = defs.get::<Stage>(Kind::Stage, name.as_str()).await?;
         m.stage = Some(stage.name.clone());
+        let power_boots = stage.power.is_some_and(plinth_model::PowerAction::boots);
         if let Some(b) = &stage.bootenv
             && *b != m.bootenv
         {
             m.bootenv = b.clone();
             m.workflow_state = WorkflowState::Rebooting;
+        }
+        // The stage's power action is the server's to carry out through
+        // the BMC; one that boots the machine means waiting for its agent.
+        if let Some(action) = stage.power {
+            m.power_request = Some(plinth_model::PowerRequest {
+                action,
+                reason: format!("stage `{}`", stage.name),
+                at: plinth_model::now(),
+            });
+            if power_boots {
+                m.workflow_state = WorkflowState::Rebooting;
+            }
+        }
+        if m.workflow_state == WorkflowState::Rebooting {
             m.reboot_from = m.boot_id.clone();
+            m.rebooting_since = Some(plinth_model::now());
         }
         Ok(())
+    }
+
+    /// What the agent of a machine that must boot afresh is told: reboot
+    /// itself, or wait while the server powers it through its BMC.
+    fn reboot_or_wait(m: &Machine) -> Next {
+        if m.power_request.as_ref().is_some_and(|p| p.action.boots()) {
+            Next::Wait { state: WorkflowState::Rebooting }
+        } else {
+            Next::Reboot
+        }
     }
 
     /// Marks a job ended (if it has not) and returns the write.
@@ -222,7 +262,7 @@ impl Engine {
     }
 
     /// One attempt of [`Engine::assign`]: `None` when it lost a race.
-    async fn assign_once(&self, id: MachineId, workflow: &Name) -> Result<Option<Machine>, EngineError> {
+    async fn assign_once(&self, id: MachineId, workflow: &Name, reboot: bool) -> Result<Option<Machine>, EngineError> {
         let (mut m, rev) = self.get::<Machine>(Kind::Machine, &id.to_string()).await?;
         let defs = self.defs(&m).await?;
         let wf = defs.get::<Workflow>(Kind::Workflow, workflow.as_str()).await?;
@@ -241,7 +281,12 @@ impl Engine {
         m.current_job = None;
         m.workflow_state = WorkflowState::Running;
         Self::enter_stage(&defs, &mut m, &wf, 0).await?;
-        if self.commit(&m, rev, others).await? {
+        if reboot && m.workflow_state == WorkflowState::Running {
+            m.workflow_state = WorkflowState::Rebooting;
+            m.reboot_from = m.boot_id.clone();
+            m.rebooting_since = Some(plinth_model::now());
+        }
+        if self.commit(&mut m, rev, others).await? {
             let stage = m.stage.as_ref().map(|s| s.to_string()).unwrap_or_default();
             let mut detail = format!("workflow `{}` assigned; stage `{stage}`", wf.name);
             if m.workflow_state == WorkflowState::Rebooting {
@@ -264,7 +309,7 @@ impl Engine {
         }
         m.workflow_state = WorkflowState::Running;
         m.task_attempts = 0;
-        if self.commit(&m, rev, Vec::new()).await? {
+        if self.commit(&mut m, rev, Vec::new()).await? {
             self.note(&m, "workflow resumed".into()).await;
             return Ok(Some(m));
         }
@@ -284,10 +329,10 @@ impl Engine {
             WorkflowState::Rebooting => {
                 let still_old = m.reboot_from.is_some() && m.reboot_from == seen_boot;
                 if still_old || seen_boot.is_none() {
-                    if new_boot && !self.commit(&m, rev, others).await? {
+                    if new_boot && !self.commit(&mut m, rev, others).await? {
                         return Ok(None);
                     }
-                    return Ok(Some(Next::Reboot));
+                    return Ok(Some(Self::reboot_or_wait(&m)));
                 }
                 m.workflow_state = WorkflowState::Running;
                 m.reboot_from = None;
@@ -295,7 +340,7 @@ impl Engine {
             }
             WorkflowState::Running => {}
             state => {
-                if new_boot && !self.commit(&m, rev, others).await? {
+                if new_boot && !self.commit(&mut m, rev, others).await? {
                     return Ok(None);
                 }
                 return Ok(Some(Next::Wait { state }));
@@ -320,7 +365,7 @@ impl Engine {
                             m.last_job = Some(jid);
                             self.count_failure(&mut m).await?;
                             if m.workflow_state != WorkflowState::Running {
-                                if !self.commit(&m, rev, others).await? {
+                                if !self.commit(&mut m, rev, others).await? {
                                     return Ok(None);
                                 }
                                 return Ok(Some(Next::Wait { state: m.workflow_state }));
@@ -368,7 +413,7 @@ impl Engine {
                     body: body(&job)?,
                     expect: Expect::Absent,
                 });
-                if !self.commit(&m, rev, others).await? {
+                if !self.commit(&mut m, rev, others).await? {
                     break;
                 }
                 let stored = self.get::<Job>(Kind::Job, &job.id.to_string()).await?.0;
@@ -389,19 +434,24 @@ impl Engine {
             if reboot_after && m.workflow_state == WorkflowState::Running {
                 m.workflow_state = WorkflowState::Rebooting;
                 m.reboot_from = m.boot_id.clone();
+                m.rebooting_since = Some(plinth_model::now());
             }
             match m.workflow_state {
                 WorkflowState::Running => continue,
                 WorkflowState::Rebooting => {
-                    if !self.commit(&m, rev, others).await? {
+                    if !self.commit(&mut m, rev, others).await? {
                         break;
                     }
                     let stage = m.stage.as_ref().map(|s| s.to_string()).unwrap_or_default();
-                    self.note(&m, format!("stage `{stage}`, bootenv `{}`: reboot", m.bootenv)).await;
-                    return Ok(Some(Next::Reboot));
+                    let how = match &m.power_request {
+                        Some(p) => format!("power {} through the BMC", p.action.as_str()),
+                        None => "reboot".into(),
+                    };
+                    self.note(&m, format!("stage `{stage}`, bootenv `{}`: {how}", m.bootenv)).await;
+                    return Ok(Some(Self::reboot_or_wait(&m)));
                 }
                 state => {
-                    if !self.commit(&m, rev, others).await? {
+                    if !self.commit(&mut m, rev, others).await? {
                         break;
                     }
                     self.note(&m, format!("workflow {}", format!("{state:?}").to_lowercase())).await;
@@ -450,6 +500,7 @@ impl Engine {
                 EXIT_REBOOT | EXIT_POWEROFF => {
                     m.workflow_state = WorkflowState::Rebooting;
                     m.reboot_from = m.boot_id.clone();
+                    m.rebooting_since = Some(plinth_model::now());
                 }
                 EXIT_STOP => m.workflow_state = WorkflowState::Paused,
                 _ => {}
@@ -459,7 +510,7 @@ impl Engine {
         }
         let op =
             WriteOp::Put { kind: Kind::Job, key: job.to_string(), body: body(&j)?, expect: Expect::Revision(jrev) };
-        if self.commit(&m, rev, vec![op]).await? {
+        if self.commit(&mut m, rev, vec![op]).await? {
             let mut detail = format!(
                 "job {job} {}: task `{}`, exit {}{}",
                 if ok { "finished" } else { "failed" },

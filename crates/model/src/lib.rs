@@ -12,11 +12,13 @@ pub mod integrity;
 mod kind;
 pub mod meta;
 mod objects;
+mod power;
 mod types;
 
 pub use error::ValidationError;
 pub use kind::Kind;
 pub use objects::*;
+pub use power::*;
 pub use types::*;
 
 use serde::Serialize;

@@ -253,6 +253,21 @@ object! {
         /// secure value and its token reads no resolved params.
         #[serde(default = "default_true")]
         pub trusted: bool,
+        /// The machine's BMC, through which Plinth controls its power.
+        #[serde(default)]
+        pub bmc: Option<crate::Bmc>,
+        /// The power state Plinth last read from the BMC (written by the
+        /// server; a value sent by a client is ignored).
+        #[serde(default)]
+        pub power: Option<crate::PowerStatus>,
+        /// A power action the workflow asked for, until the server has
+        /// carried it out (written by the server).
+        #[serde(default)]
+        pub power_request: Option<crate::PowerRequest>,
+        /// While `rebooting`: since when (the server power-cycles a machine
+        /// with a BMC that has not come back in time).
+        #[serde(default)]
+        pub rebooting_since: Option<chrono::DateTime<chrono::Utc>>,
     }
 }
 
@@ -265,6 +280,9 @@ impl Machine {
         }
         if self.stage.is_some() && self.workflow.is_none() {
             return Err(self.invalid("stage", "a stage is set but no workflow; set `workflow` too"));
+        }
+        if let Some(b) = &self.bmc {
+            b.check().map_err(|(field, why)| self.invalid(&field, why))?;
         }
         Ok(())
     }
@@ -630,11 +648,30 @@ object! {
         /// Reboot after the stage's tasks finish.
         #[serde(default)]
         pub reboot: bool,
+        /// A power action carried out through the machine's BMC as the
+        /// machine enters the stage (after its bootenv is set): `on`,
+        /// `cycle` or `reset` boot it into the stage (the workflow waits
+        /// for its agent, as after a reboot); `off` or `soft-off` end with
+        /// the machine off, in a stage without tasks.
+        #[serde(default)]
+        pub power: Option<crate::PowerAction>,
     }
 }
 
 impl Stage {
     fn check_fields(&self) -> Result<(), ValidationError> {
+        if let Some(a) = self.power
+            && !a.boots()
+            && !self.tasks.is_empty()
+        {
+            return Err(self.invalid(
+                "power",
+                format!(
+                    "a stage that powers the machine off (`{}`) runs no tasks; move them to a stage before it",
+                    a.as_str()
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -1103,7 +1140,7 @@ pub struct Claim {
 }
 
 /// Kinds a claim may name besides the object kinds.
-pub const CLAIM_KINDS_EXTRA: [&str; 6] = ["events", "boot-events", "audit", "render", "join-tokens", "secure"];
+pub const CLAIM_KINDS_EXTRA: [&str; 7] = ["events", "boot-events", "audit", "render", "join-tokens", "secure", "power"];
 /// Actions a claim may name.
 pub const CLAIM_ACTIONS: [&str; 4] = ["read", "create", "update", "delete"];
 

@@ -93,6 +93,54 @@ pub fn command() -> Command {
                 .help("Most log one job may store, bytes; beyond it the log is cut, and says so"),
         )
         .arg(
+            Arg::new("power-poll")
+                .long("power-poll")
+                .default_value("300")
+                .value_parser(value_parser!(u64).range(0..=86_400))
+                .help("Seconds between readings of every BMC's power state; 0: never polled"),
+        )
+        .arg(
+            Arg::new("power-concurrency")
+                .long("power-concurrency")
+                .default_value("16")
+                .value_parser(value_parser!(u32).range(1..=256))
+                .help("Most BMC calls at once"),
+        )
+        .arg(
+            Arg::new("bmc-timeout")
+                .long("bmc-timeout")
+                .default_value("20")
+                .value_parser(value_parser!(u64).range(2..=300))
+                .help("Seconds one BMC call may take"),
+        )
+        .arg(
+            Arg::new("reboot-timeout")
+                .long("reboot-timeout")
+                .default_value("1200")
+                .value_parser(value_parser!(u64).range(30..=86_400))
+                .help("Seconds a machine with a BMC may take to come back from a reboot before it is power-cycled"),
+        )
+        .arg(
+            Arg::new("reboot-cycles")
+                .long("reboot-cycles")
+                .default_value("2")
+                .value_parser(value_parser!(u32).range(0..=10))
+                .help("Power cycles for one reboot that does not come back, before giving up"),
+        )
+        .arg(
+            Arg::new("job-grace")
+                .long("job-grace")
+                .default_value("120")
+                .value_parser(value_parser!(u64).range(10..=3600))
+                .help("Seconds past its task's time limit a job may run with no word from its agent before its machine is power-cycled"),
+        )
+        .arg(
+            Arg::new("ipmitool")
+                .long("ipmitool")
+                .value_parser(value_parser!(std::path::PathBuf))
+                .help("The ipmitool program [default: ipmitool on PATH]"),
+        )
+        .arg(
             Arg::new("boot-events-days")
                 .long("boot-events-days")
                 .default_value("30")
@@ -212,6 +260,12 @@ pub fn command() -> Command {
                     .help("The server's data dir [default: ./plinth-data]"),
             )
             .arg(path_arg("file-root", "The file root (instead of <data-dir>/files)"))
+            .arg(
+                Arg::new("iso")
+                    .long("iso")
+                    .action(clap::ArgAction::SetTrue)
+                    .help("Also write discovery/discovery.iso, BIOS and UEFI bootable, for Redfish virtual media (needs grub-mkrescue, xorriso, mtools, grub-pc-bin, grub-efi-amd64-bin)"),
+            )
             .arg(
                 Arg::new("with-modules")
                     .long("with-modules")

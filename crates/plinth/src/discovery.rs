@@ -198,7 +198,26 @@ machine=$(arg plinth.machine)
 token=$(arg plinth.token)
 echo "plinth-discovery: API $api"
 up=""
+# A static address (virtual media on a network without DHCP): on the NIC
+# with plinth.mac, else the first.
+static=$(arg plinth.ip)
+if [ -n "$static" ]; then
+  want=$(arg plinth.mac)
+  for nic in $(ls /sys/class/net | grep -v '^lo$'); do
+    if [ -z "$want" ] || [ "$(cat /sys/class/net/$nic/address)" = "$want" ]; then
+      ip link set "$nic" up
+      ip addr add "$static" dev "$nic"
+      gw=$(arg plinth.gw)
+      [ -n "$gw" ] && ip route add default via "$gw" dev "$nic"
+      : > /etc/resolv.conf
+      for d in $(arg plinth.dns | tr ',' ' '); do echo "nameserver $d" >> /etc/resolv.conf; done
+      up=$nic
+      break
+    fi
+  done
+fi
 for i in 1 2 3 4 5; do
+  [ -n "$up" ] && break
   for nic in $(ls /sys/class/net | grep -v '^lo$'); do
     ip link set "$nic" up
     if udhcpc -i "$nic" -q -n -t 5 -T 2 -s /etc/udhcpc.sh; then up=$nic; break 2; fi
@@ -319,6 +338,58 @@ pub struct Built {
     pub kernel_version: Option<String>,
     /// The modules in the initramfs, in load order.
     pub modules: Vec<String>,
+    /// The virtual media image (`--iso`), when asked for.
+    pub iso: Option<PathBuf>,
+}
+
+/// The GRUB platforms a BIOS and UEFI bootable image needs, and the Debian
+/// packages that have them.
+const ISO_PLATFORMS: [(&str, &str); 2] = [("i386-pc", "grub-pc-bin"), ("x86_64-efi", "grub-efi-amd64-bin")];
+
+/// Writes `discovery.iso` next to the image in `dest`: BIOS and UEFI
+/// bootable (GRUB through `grub-mkrescue`, with `xorriso` and `mtools`),
+/// its GRUB booting the discovery kernel with the arguments of
+/// `/plinth/seed.cfg`, which the server writes for each machine it boots
+/// from the image (`plinth machines boot-media`). The image itself carries
+/// no credential.
+fn build_iso(dest: &Path, arch: Arch) -> Result<PathBuf> {
+    if arch != Arch::Amd64 {
+        bail!("--iso builds x86-64 images (BIOS and UEFI); this agent is for {}", arch.as_str());
+    }
+    for (platform, package) in ISO_PLATFORMS {
+        if !Path::new("/usr/lib/grub").join(platform).is_dir() {
+            bail!(
+                "--iso needs GRUB's {platform} modules: apt-get install {package} (and grub-common, xorriso, mtools)"
+            );
+        }
+    }
+    let stage = tempfile::Builder::new().prefix("plinth-iso-").tempdir().context("cannot make a scratch folder")?;
+    let s = stage.path();
+    std::fs::create_dir_all(s.join("boot/grub"))?;
+    std::fs::create_dir_all(s.join("discovery"))?;
+    std::fs::create_dir_all(s.join("plinth"))?;
+    std::fs::write(s.join("boot/grub/grub.cfg"), plinth_power::media::GRUB_CFG)?;
+    std::fs::write(s.join("plinth/seed.cfg"), "set plinth_args=\"\"\n")?;
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(dest.join(f), s.join("discovery").join(f)).with_context(|| format!("cannot copy {f}"))?;
+    }
+    let out = dest.join("discovery.iso");
+    let tmp = dest.join(".discovery.iso.tmp");
+    let run = std::process::Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(s)
+        .arg("--")
+        .args(["-volid", "PLINTH"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run grub-mkrescue (apt-get install grub-common xorriso mtools)")?;
+    if !run.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("grub-mkrescue failed: {}", String::from_utf8_lossy(&run.stderr).trim());
+    }
+    std::fs::rename(&tmp, &out)?;
+    Ok(out)
 }
 
 /// `plinth discovery build`.
@@ -417,7 +488,14 @@ pub fn run(m: &ArgMatches) -> Result<Built> {
     let tmp = agents.join(format!(".plinth-agent-{}.tmp", arch.as_str()));
     std::fs::write(&tmp, &agent_bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, agents.join(format!("plinth-agent-{}", arch.as_str())))?;
-    Ok(Built { arch, dir: image_dir(arch), kernel_version, modules: modules.into_iter().map(|(n, _)| n).collect() })
+    let iso = if m.get_flag("iso") { Some(build_iso(&dest, arch)?) } else { None };
+    Ok(Built {
+        iso,
+        arch,
+        dir: image_dir(arch),
+        kernel_version,
+        modules: modules.into_iter().map(|(n, _)| n).collect(),
+    })
 }
 
 #[cfg(test)]

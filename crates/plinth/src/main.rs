@@ -58,7 +58,7 @@ fn main() -> ExitCode {
                 built.kernel_version.as_deref().unwrap_or("?"),
                 built.dir,
                 built.modules.join(" ")
-            )
+            ) + &built.iso.map(|p| format!("virtual media image: {}\n", p.display())).unwrap_or_default()
         }),
         ("secrets", Some((action, m))) => secrets::run(&runtime, action, m).map(|text| format!("{text}\n")),
         ("lab", Some(("up", m))) => plinth::lab::up(&plinth::lab::Options {

@@ -76,6 +76,8 @@ pub struct Config {
     pub machine_session_max: Duration,
     /// Most log one job may store, in bytes.
     pub job_log_max: u64,
+    /// How BMCs are driven.
+    pub power: plinth_api::power::PowerConfig,
     /// Bounds on the join tokens unknown machines' scripts carry.
     pub join_limits: plinth_boot::generated::JoinLimits,
     /// How long boot events are kept.
@@ -121,6 +123,18 @@ impl Config {
             machine_token_ttl: secs("machine-token-ttl", 900),
             machine_session_max: secs("machine-session-max", 30 * 86_400),
             job_log_max: m.get_one::<u64>("job-log-max").copied().unwrap_or(16 << 20),
+            power: plinth_api::power::PowerConfig {
+                limits: plinth_power::Limits {
+                    timeout: secs("bmc-timeout", 20),
+                    ipmitool: m.get_one::<std::path::PathBuf>("ipmitool").cloned().unwrap_or_else(|| "ipmitool".into()),
+                },
+                concurrency: m.get_one::<u32>("power-concurrency").copied().unwrap_or(16) as usize,
+                poll: Some(secs("power-poll", 300)).filter(|d| !d.is_zero()),
+                reboot_timeout: secs("reboot-timeout", 1200),
+                reboot_cycles: m.get_one::<u32>("reboot-cycles").copied().unwrap_or(2),
+                job_grace: secs("job-grace", 120),
+                media: None,
+            },
             join_limits: plinth_boot::generated::JoinLimits {
                 outstanding: m.get_one::<u64>("discovery-tokens-max").copied().unwrap_or(1024) as usize,
                 per_subnet: m.get_one::<u64>("discovery-tokens-per-subnet").copied().unwrap_or(256) as usize,
@@ -239,6 +253,15 @@ pub async fn run(config: Config) -> Result<()> {
         machine_session_max: config.machine_session_max,
         api_url: config.api_url.clone(),
         job_log_max: config.job_log_max,
+        power: Arc::new(plinth_api::power::Power::new(plinth_api::power::PowerConfig {
+            media: config.http_addr.map(|_| plinth_api::power::MediaConfig {
+                file_root: config.file_root.clone(),
+                boot_url: config.boot_url.clone(),
+                credential_ttl: config.machine_token_ttl,
+                xorriso: "xorriso".into(),
+            }),
+            ..config.power.clone()
+        })),
     };
     tracing::info!(service = "api", url = %format!("https://{bound}"), "listening");
 
@@ -309,6 +332,7 @@ pub async fn run(config: Config) -> Result<()> {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
                 http_port = l.local_addr()?.port();
+                let _ = state.power.http_port.set(http_port);
                 tracing::info!(service = "http", url = %format!("http://{}", l.local_addr()?), "listening");
                 if addr.ip().is_unspecified() {
                     tracing::warn!(%addr, "boot HTTP answers on every address of this host, not only the provisioning network's; pass --http-addr ADDRESS:PORT to narrow it");
@@ -372,6 +396,13 @@ pub async fn run(config: Config) -> Result<()> {
             });
         }
     }
+    // Power: BMCs polled, the workflow's power actions carried out, and
+    // machines that do not come back from a reboot power-cycled.
+    let (power_state, power_stop) = (state.clone(), stopped());
+    tasks.spawn(async move {
+        plinth_api::power::run(power_state, power_stop).await;
+        Ok(())
+    });
     let api_stop = stopped();
     tasks.spawn(async move { plinth_api::serve(listener, tls, state, api_stop).await.context("API server failed") });
     tokio::select! {

@@ -302,6 +302,15 @@ async fn discovery_cannot_take_over_or_read_secrets() {
     created(&admin, "/api/v1/users", json!({"name": "op", "password": "op-password", "roles": ["operator"]})).await;
     let op = as_user(&server, "op", "op-password").await;
     assert_eq!(op.post(&format!("/api/v1/machines/{id}/accept"), json!({})).await.status, 403);
+    // Nor by writing the field: a patch or a replace that trusts it needs
+    // the same claim.
+    let path = format!("/api/v1/machines/{id}");
+    let r = op.send(reqwest::Method::PATCH, &path, Some(json!({"trusted": true})), None).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let mut whole = op.get(&format!("/api/v1/machines/{id}")).await.body;
+    whole["trusted"] = json!(true);
+    assert_eq!(op.send(reqwest::Method::PUT, &path, Some(whole), None).await.status, 403);
+    assert_eq!(admin.get(&format!("/api/v1/machines/{id}")).await.body["trusted"], false);
     assert_eq!(admin.post(&format!("/api/v1/machines/{id}/accept"), json!({})).await.status, 200);
     let files = agent.get(&format!("/api/v1/jobs/{peek}/files")).await;
     assert_eq!(files.status, 200, "{}", files.body);

@@ -281,6 +281,11 @@ pub struct BootEventQuery {
     pub limit: usize,
 }
 
+/// The most boot credentials one machine may have outstanding (handed out,
+/// not traded, not expired): each boot file fetch mints one, and the
+/// oldest beyond these are revoked as a new one is stored.
+pub const BOOT_TOKENS_KEPT: usize = 8;
+
 /// Convenience calls on any store.
 #[async_trait]
 pub trait StoreExt: Store {
@@ -341,6 +346,31 @@ pub trait StoreExt: Store {
             }
         }
         Err(StoreError::Busy { kind: T::KIND, key: key.to_owned() }.into())
+    }
+
+    /// Stores a new boot credential, revoking the machine's oldest
+    /// outstanding ones beyond [`BOOT_TOKENS_KEPT`] in the same write.
+    async fn put_boot_token(
+        &self,
+        token: &plinth_model::Token,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        let machine = token.machine.map(|m| m.to_string()).unwrap_or_default();
+        let filter = Filter { path: vec!["machine".into()], value: Value::String(machine) };
+        let mut outstanding: Vec<plinth_model::Token> = self
+            .list_all(Kind::Token, vec![filter])
+            .await?
+            .into_iter()
+            .filter_map(|r| plinth_model::decode::<plinth_model::Token>(r.body).ok())
+            .filter(|t| t.boot && t.uses_left != Some(0) && t.expires_at > now)
+            .collect();
+        outstanding.sort_by_key(|t| std::cmp::Reverse(t.expires_at));
+        let body = serde_json::to_value(token).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut ops = vec![WriteOp::Put { kind: Kind::Token, key: token.id.to_string(), body, expect: Expect::Absent }];
+        for old in outstanding.iter().skip(BOOT_TOKENS_KEPT - 1) {
+            ops.push(WriteOp::Delete { kind: Kind::Token, key: old.id.to_string(), expect: Expect::Any });
+        }
+        self.apply(ops).await.map(|_| ())
     }
 
     /// Lists every object of a kind matching `filters`, page by page.
