@@ -12,7 +12,8 @@
 #           ipmitool children included) and the CLI.
 #   Peer:   ipmitool over the same BMCs, one after another, and C at a time
 #           (xargs -P C); wall time and CPU.
-# Needs root, iproute2, openipmi (ipmi_sim), ipmitool.
+# Needs root, iproute2, openipmi (ipmi_sim), ipmitool. Background processes
+# are started with `ip netns exec` itself (which execs), so $! is their PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200}
@@ -51,13 +52,13 @@ set_working_mc 0x20
   endlan
   user 2 true "admin" "$PASSWORD" admin 10 none md2 md5 straight
 CONF
-  in_ns timeout 3600 ipmi_sim -c "$d/lan.conf" -f "$work/x.emu" -s "$d/state" -n </dev/null >/dev/null 2>"$d/sim.log" &
+  ip netns exec "$NS" timeout 3600 ipmi_sim -c "$d/lan.conf" -f "$work/x.emu" -s "$d/state" -n </dev/null >/dev/null 2>"$d/sim.log" &
   pids+=($!)
 done
 sleep 2
 
 # Plinth, and N machines with those BMCs.
-in_ns env PLINTH_ADMIN_PASSWORD=bench-password PLINTH_LOG=warn "$PLINTH" serve --data-dir "$work/plinth" \
+ip netns exec "$NS" env PLINTH_ADMIN_PASSWORD=bench-password PLINTH_LOG=warn "$PLINTH" serve --data-dir "$work/plinth" \
   --api-addr 127.0.0.1:18092 --http-addr off --tftp-addr off --dhcp-port off --power-poll 0 \
   --power-concurrency "$C" 2>"$work/plinth.log" &
 pids+=($!); server=$!
@@ -82,8 +83,8 @@ before=$(cpu "$server"); t0=$(now)
 t1=$(now); after=$(cpu "$server")
 p_wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')
 p_cpu=$(awk -v a="$before" -v b="$after" -v c="$(cat "$work/cli.time")" 'BEGIN{split(c,x," "); printf "%.2f", b-a+x[1]+x[2]}')
-p_on=$(grep -Eo '"state": *"(on|off)"' "$work/plinth.json" | wc -l)
-p_fail=$(grep -o '"result": *"failed"' "$work/plinth.json" | wc -l)
+p_on=$(grep -Eo '"state": *"(on|off)"' "$work/plinth.json" | wc -l || true)
+p_fail=$(grep -Eo '"result": *"failed"' "$work/plinth.json" | wc -l || true)
 
 # ipmitool over the same BMCs.
 one() { IPMI_PASSWORD=$PASSWORD ipmitool -I lanplus -H 127.0.0.1 -p "$1" -U admin -E -C 3 -N 2 -R 2 chassis power status; }

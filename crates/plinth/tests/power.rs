@@ -256,6 +256,24 @@ fn ipmi_through_qemus_external_bmc_device_powers_a_real_guest() {
         m["power"]["state"] == "off" && m["power"]["checked_at"].is_string()
     });
 
+    // The bulk form: every machine a filter selects, a line each, and a
+    // failure for the one whose BMC does not answer.
+    let m2 =
+        cli_json(&server, &["machines", "create", "--data", r#"{"name": "guest-2", "macs": ["52:54:00:b0:00:02"]}"#]);
+    give_bmc(&server, dir.path(), m2["id"].as_str().unwrap(), BMC_PASSWORD, BMC_PORT + 1);
+    let bulk = server.cli(&["machines", "power", "status", "--filter", "bmc.driver=ipmi", "-o", "json"], None);
+    assert!(!bulk.status.success());
+    let rows: Value = serde_json::from_slice(&bulk.stdout).unwrap();
+    let row = |name: &str| rows.as_array().unwrap().iter().find(|r| r["name"] == name).cloned().unwrap_or_default();
+    assert_eq!(
+        (row("guest-1")["result"].as_str(), row("guest-1")["state"].as_str()),
+        (Some("ok"), Some("off")),
+        "{rows}"
+    );
+    assert_eq!(row("guest-2")["result"], "failed", "{rows}");
+    assert!(row("guest-2")["detail"].as_str().unwrap().contains("unreachable"), "{rows}");
+    assert!(String::from_utf8_lossy(&bulk.stderr).contains("1 of 2 machines failed"));
+
     // A wrong password, then a BMC that does not answer: clear errors, on
     // the machine too.
     give_bmc(&server, dir.path(), &id, "not-the-password", BMC_PORT);

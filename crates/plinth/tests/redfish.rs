@@ -316,6 +316,8 @@ fn redfish_enrols_powers_and_boots_a_guest_from_virtual_media_without_dhcp() {
     let status = || cli_json(&server, &["machines", "power", &id, "status"]);
     assert_eq!(status()["state"], "off");
     assert_eq!(cli_json(&server, &["machines", "boot-once", &id, "pxe"])["device"], "pxe");
+    let xml = ok(Libvirt::virsh(&ns.name, &["dumpxml", "plt-rf-vm"]));
+    assert!(xml.contains("<boot dev='network'/>"), "the boot override did not reach the guest: {xml}");
 
     // Virtual media: inserted, booted once, powered on; the guest runs
     // its workflow.
