@@ -220,6 +220,15 @@ fn ipmi_through_qemus_external_bmc_device_powers_a_real_guest() {
     let m =
         cli_json(&server, &["machines", "create", "--data", r#"{"name": "guest-1", "macs": ["52:54:00:b0:00:01"]}"#]);
     let id = m["id"].as_str().unwrap().to_owned();
+    // Every change event of the test, read as an operator would.
+    let events_out = dir.path().join("events.json");
+    let mut events = server
+        .cli_command(&["events", "--kind", "machines", "-o", "json"], None)
+        .stdout(std::fs::File::create(&events_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     give_bmc(&server, dir.path(), &id, BMC_PASSWORD, BMC_PORT);
 
     let shown = cli_json(&server, &["machines", "show", &id]);
@@ -295,6 +304,13 @@ fn ipmi_through_qemus_external_bmc_device_powers_a_real_guest() {
 
     // Nowhere to be read: answers, the server's log, events, the audit log,
     // the timeline, and no process's command line.
+    let _ = events.kill();
+    let _ = events.wait();
+    let events = std::fs::read_to_string(&events_out).unwrap();
+    assert!(
+        events.contains("<secure>") && events.contains("\"power\""),
+        "the events carry the BMC and power: {events}"
+    );
     let (ipmitools, leaks) = watch.finish();
     assert!(ipmitools >= 5, "the watch saw ipmitool run ({ipmitools} times)");
     assert!(leaks.is_empty(), "the BMC password on a command line: {leaks:?}");
@@ -303,6 +319,7 @@ fn ipmi_through_qemus_external_bmc_device_powers_a_real_guest() {
         ok(server.cli(&["machines", "show", &id, "-o", "yaml"], None)),
         audit,
         timeline,
+        events,
         server.log.lock().unwrap().join("\n"),
     ];
     for text in everything {

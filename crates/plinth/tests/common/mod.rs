@@ -223,6 +223,12 @@ impl Server {
 
     /// Runs the CLI against this server with a config file in the data dir.
     pub fn cli(&self, args: &[&str], token: Option<&str>) -> Output {
+        self.cli_command(args, token).output().unwrap()
+    }
+
+    /// The CLI with `args`, as [`Server::cli`] runs it, to start by hand
+    /// (a command that runs until stopped, such as `events`).
+    pub fn cli_command(&self, args: &[&str], token: Option<&str>) -> Command {
         let mut c = match self.prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -240,7 +246,7 @@ impl Server {
         if let Some(t) = token {
             c.env("PLINTH_TOKEN", t);
         }
-        c.output().unwrap()
+        c
     }
 }
 
