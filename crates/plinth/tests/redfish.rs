@@ -380,3 +380,59 @@ fn redfish_enrols_powers_and_boots_a_guest_from_virtual_media_without_dhcp() {
         assert!(!t.contains(RF_PASSWORD), "the BMC password leaked: {t}");
     }
 }
+
+/// The discovery ISO boots under UEFI firmware as well as BIOS: OVMF
+/// starts GRUB's EFI image from the CD, which boots the discovery kernel
+/// into the image's init (no network here: nothing further is asked).
+#[test]
+fn the_discovery_iso_boots_under_uefi_firmware() {
+    let Some(assets) = lab::assets(&["vmlinuz", "plinth-agent", "kernel/lib/modules"]) else { return };
+    if !lab::can_boot(true) || !have("grub-mkrescue") || !have("xorriso") || !have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+    ok(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=plinth-test-ca", "-keyout"])
+        .arg(dir.path().join("ca-key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("tls/ca.pem"))
+        .output()
+        .unwrap());
+    let modules = std::fs::read_dir(assets.join("kernel/lib/modules")).unwrap().next().unwrap().unwrap().path();
+    ok(Command::new(common::bin())
+        .args(["discovery", "build", "--iso", "--with-modules", "e1000", "--kernel"])
+        .arg(assets.join("vmlinuz"))
+        .arg("--modules")
+        .arg(&modules)
+        .arg("--agent")
+        .arg(assets.join("plinth-agent"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap());
+    let iso = dir.path().join("files/discovery/discovery.iso");
+    let console = dir.path().join("console.log");
+    let mut vm = Command::new("timeout")
+        .args(["180", "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-display", "none", "-nodefaults"])
+        .args(["-bios", "/usr/share/ovmf/OVMF.fd", "-net", "none", "-no-reboot", "-serial"])
+        .arg(format!("file:{}", console.display()))
+        .arg("-cdrom")
+        .arg(&iso)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let read = || String::from_utf8_lossy(&std::fs::read(&console).unwrap_or_default()).into_owned();
+    let start = Instant::now();
+    while !read().contains("plinth-discovery: API") && start.elapsed() < Duration::from_secs(150) {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let _ = Command::new("kill").args(["-TERM", &vm.id().to_string()]).status();
+    let _ = vm.wait();
+    let text = read();
+    assert!(text.contains("GNU GRUB") && text.contains("Linux version"), "{text}");
+    assert!(text.contains("plinth-discovery: API"), "the image's init did not start under UEFI: {text}");
+}
