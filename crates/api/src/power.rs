@@ -301,11 +301,8 @@ fn answer(m: &Machine, action: Option<&str>, status: &PowerStatus) -> Value {
 pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let m = machine(&state, &id).await?;
     if m.bmc.is_none() {
-        return Err(bmc_error(
-            &m,
-            "power status",
-            &driver(&state, &m).err().unwrap_or(PowerError::Config(String::new())),
-        ));
+        // No BMC: said as the driver says it, and nothing recorded.
+        driver(&state, &m).map_err(|e| bmc_error(&m, "power status", &e))?;
     }
     let status = read(&state, &m, true).await?;
     if let Some(e) = &status.error {

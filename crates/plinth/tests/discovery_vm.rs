@@ -75,18 +75,7 @@ fn discover(uefi: bool, mac: &str, mode: Mode) {
     );
     let files = server.files();
     ok(Command::new(common::bin()).args(["bootloaders", "install", "--file-root"]).arg(&files).output().unwrap());
-    let modules = std::fs::read_dir(assets.join("kernel/lib/modules")).unwrap().next().unwrap().unwrap().path();
-    let built = ok(Command::new(common::bin())
-        .args(["discovery", "build", "--with-modules", "e1000,virtio_pci,virtio_net,virtio_blk", "--kernel"])
-        .arg(assets.join("vmlinuz"))
-        .arg("--modules")
-        .arg(&modules)
-        .arg("--agent")
-        .arg(assets.join("plinth-agent"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap());
+    let built = lab::discovery_build(&assets, dir.path(), "e1000,virtio_pci,virtio_net,virtio_blk", &[]);
     assert!(built.contains("e1000") && built.contains("virtio_blk"), "{built}");
     assert!(files.join("agent/plinth-agent-amd64").is_file(), "the agent for installed systems");
 

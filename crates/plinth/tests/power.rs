@@ -14,13 +14,13 @@ mod common;
 
 use common::lab;
 use common::netns::Netns;
-use common::{Server, have, ok};
+use common::{Server, cli_err, cli_json, have, ok, wait_until};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BMC_PASSWORD: &str = "bmc-Secret-4f9c2e";
 const BMC_PORT: u16 = 6230;
@@ -127,19 +127,6 @@ impl CmdlineWatch {
     }
 }
 
-fn cli_json(server: &Server, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&ok(server.cli(&all, None))).unwrap()
-}
-
-/// A CLI call that must fail; its stderr.
-fn cli_err(server: &Server, args: &[&str]) -> String {
-    let out = server.cli(args, None);
-    assert!(!out.status.success(), "{args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn login(server: &Server, dir: &Path) {
     let pw = dir.join("pw");
     std::fs::write(&pw, common::PASSWORD).unwrap();
@@ -166,14 +153,6 @@ fn give_bmc(server: &Server, dir: &Path, id: &str, password: &str, port: u16) {
         ],
         None,
     ));
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// Power through QEMU's external BMC device: on starts the guest, cycle
@@ -411,18 +390,7 @@ fn boot_once_pxe_and_rebuild_take_a_vm_through_its_workflow_with_nobody_at_it() 
     );
     let files = server.files();
     ok(Command::new(common::bin()).args(["bootloaders", "install", "--file-root"]).arg(&files).output().unwrap());
-    let modules = std::fs::read_dir(assets.join("kernel/lib/modules")).unwrap().next().unwrap().unwrap().path();
-    ok(Command::new(common::bin())
-        .args(["discovery", "build", "--with-modules", "e1000", "--kernel"])
-        .arg(assets.join("vmlinuz"))
-        .arg("--modules")
-        .arg(&modules)
-        .arg("--agent")
-        .arg(assets.join("plinth-agent"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap());
+    lab::discovery_build(&assets, dir.path(), "e1000", &[]);
     login(&server, dir.path());
     let create = |kind: &str, v: Value| ok(server.cli(&[kind, "create", "--data", &v.to_string()], None));
     create("subnets", lab::subnet());

@@ -8,7 +8,7 @@ mod common;
 
 use common::lab;
 use common::netns::Netns;
-use common::{Server, have, ok};
+use common::{Server, cli_err, cli_json, have, ok, wait_until};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,14 +31,6 @@ fn sushy() -> Option<PathBuf> {
         .flatten()
         .find(|p| p.is_file())
         .or_else(|| have("sushy-emulator").then(|| "sushy-emulator".into()))
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// A process started in the namespace behind `timeout`; SIGTERM (passed on
@@ -142,18 +134,6 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn cli_json(server: &Server, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&ok(server.cli(&all, None))).unwrap()
-}
-
-fn cli_err(server: &Server, args: &[&str]) -> String {
-    let out = server.cli(args, None);
-    assert!(!out.status.success(), "{args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Enrolment, TLS, power, boot override and virtual media through
 /// sushy-tools and libvirt, with one guest boot: it boots the discovery
 /// ISO Plinth inserted and runs its workflow with no DHCP on its network.
@@ -240,18 +220,7 @@ fn redfish_enrols_powers_and_boots_a_guest_from_virtual_media_without_dhcp() {
             "0",
         ],
     );
-    let modules = std::fs::read_dir(assets.join("kernel/lib/modules")).unwrap().next().unwrap().unwrap().path();
-    let built = ok(Command::new(common::bin())
-        .args(["discovery", "build", "--iso", "--with-modules", "e1000", "--kernel"])
-        .arg(assets.join("vmlinuz"))
-        .arg("--modules")
-        .arg(&modules)
-        .arg("--agent")
-        .arg(assets.join("plinth-agent"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap());
+    let built = lab::discovery_build(&assets, dir.path(), "e1000", &["--iso"]);
     assert!(built.contains("discovery.iso"), "{built}");
     let pw = dir.path().join("pw");
     std::fs::write(&pw, common::PASSWORD).unwrap();
@@ -400,18 +369,7 @@ fn the_discovery_iso_boots_under_uefi_firmware() {
         .arg(dir.path().join("tls/ca.pem"))
         .output()
         .unwrap());
-    let modules = std::fs::read_dir(assets.join("kernel/lib/modules")).unwrap().next().unwrap().unwrap().path();
-    ok(Command::new(common::bin())
-        .args(["discovery", "build", "--iso", "--with-modules", "e1000", "--kernel"])
-        .arg(assets.join("vmlinuz"))
-        .arg("--modules")
-        .arg(&modules)
-        .arg("--agent")
-        .arg(assets.join("plinth-agent"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap());
+    lab::discovery_build(&assets, dir.path(), "e1000", &["--iso"]);
     let iso = dir.path().join("files/discovery/discovery.iso");
     let console = dir.path().join("console.log");
     let mut vm = Command::new("timeout")

@@ -80,3 +80,25 @@ pub fn qemu_with(
     };
     plinth::lab::qemu(&ns.lab(), &vm, "tap0", Some(timeout))
 }
+
+/// `plinth discovery build` from the lab assets into `data_dir`'s file
+/// root, with the NIC modules `modules` (comma-separated) and `extra`
+/// flags (`--iso`); what it printed.
+pub fn discovery_build(assets: &std::path::Path, data_dir: &std::path::Path, modules: &str, extra: &[&str]) -> String {
+    let kernel_modules = std::fs::read_dir(assets.join("kernel/lib/modules")).unwrap().next().unwrap().unwrap().path();
+    super::ok(
+        std::process::Command::new(super::bin())
+            .args(["discovery", "build"])
+            .args(extra)
+            .args(["--with-modules", modules, "--kernel"])
+            .arg(assets.join("vmlinuz"))
+            .arg("--modules")
+            .arg(&kernel_modules)
+            .arg("--agent")
+            .arg(assets.join("plinth-agent"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .output()
+            .unwrap(),
+    )
+}

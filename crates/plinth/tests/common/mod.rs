@@ -25,6 +25,29 @@ pub fn have(tool: &str) -> bool {
 }
 
 /// Stdout of a command that must succeed.
+/// Polls `f` every half second until it holds; fails the test after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A CLI call that must succeed, its output as JSON.
+pub fn cli_json(server: &Server, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&ok(server.cli(&all, None))).unwrap()
+}
+
+/// A CLI call that must fail; its stderr.
+pub fn cli_err(server: &Server, args: &[&str]) -> String {
+    let out = server.cli(args, None);
+    assert!(!out.status.success(), "{args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 pub fn ok(o: Output) -> String {
     assert!(
         o.status.success(),
