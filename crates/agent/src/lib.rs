@@ -6,12 +6,17 @@
 //! job until it is started, a log chunk stored once, an end reported once).
 //!
 //! Task contract: scripts run in order as root with `PLINTH_ENDPOINT`,
-//! `PLINTH_MACHINE`, `PLINTH_JOB` and `PLINTH_RESULT` set; a script may write
-//! `{"params": {...}}` to `$PLINTH_RESULT` to set params on its machine.
+//! `PLINTH_MACHINE`, `PLINTH_JOB`, `PLINTH_RESULT` and `PLINTH_AGENT` (this
+//! program) set; a script may write `{"params": {...}}` to `$PLINTH_RESULT`
+//! to set params on its machine, and a line of its output
+//! `plinth-progress done=N [total=M] [rate=R] <what>` goes to the machine's
+//! timeline as well as the job log (the agent sends one every 5 s at most).
 //! Exit 0 is success, 64 success + reboot, 65 success + power off, 66
 //! success + pause the workflow; anything else fails the job.
 #![forbid(unsafe_code)]
 
+pub mod deploy;
+pub mod gpt;
 mod inventory;
 
 use clap::{Arg, ArgAction, Command, value_parser};
@@ -271,6 +276,7 @@ impl Agent {
             .env("PLINTH_MACHINE", &self.machine)
             .env("PLINTH_JOB", job)
             .env("PLINTH_RESULT", result)
+            .env("PLINTH_AGENT", std::env::current_exe().unwrap_or_else(|_| "plinth-agent".into()))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -304,10 +310,14 @@ impl Agent {
         let mut pending: Vec<u8> = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut open = true;
+        let mut lines = ProgressLines::default();
         let status = loop {
             tokio::select! {
                 chunk = rx.recv(), if open => match chunk {
                     Some(c) => {
+                        if let Some(report) = lines.feed(&c) {
+                            self.send_progress(job, &report).await;
+                        }
                         pending.extend(c);
                         if pending.len() >= 64 * 1024 {
                             self.send_log(job, seq, &mut pending).await;
@@ -338,6 +348,13 @@ impl Agent {
         (status, reason)
     }
 
+    /// A job's progress, for the machine's timeline; a refusal only logged.
+    async fn send_progress(&self, job: &str, report: &Value) {
+        if let Err(e) = self.call(reqwest::Method::POST, &format!("/api/v1/jobs/{job}/progress"), Some(report)).await {
+            log(&format!("progress refused: {e}"));
+        }
+    }
+
     async fn send_log(&self, job: &str, seq: &mut u64, pending: &mut Vec<u8>) {
         if pending.is_empty() {
             return;
@@ -350,6 +367,58 @@ impl Agent {
         *seq += 1;
         pending.clear();
     }
+}
+
+/// Finds `plinth-progress` lines in a job's output, across chunks, and
+/// lets one through every [`PROGRESS_EVERY`] at most (the newest wins).
+#[derive(Default)]
+struct ProgressLines {
+    partial: Vec<u8>,
+    last: Option<std::time::Instant>,
+}
+
+/// The least time between two progress reports of one job.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+impl ProgressLines {
+    fn feed(&mut self, chunk: &[u8]) -> Option<Value> {
+        self.partial.extend_from_slice(chunk);
+        let mut newest = None;
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            if let Some(report) = parse_progress(&String::from_utf8_lossy(&line)) {
+                newest = Some(report);
+            }
+        }
+        if self.partial.len() > 4096 {
+            self.partial.clear();
+        }
+        let due = self.last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+        let report = newest.filter(|_| due)?;
+        self.last = Some(std::time::Instant::now());
+        Some(report)
+    }
+}
+
+/// `plinth-progress done=N [total=M] [rate=R] <what>` as the body of
+/// `POST /jobs/{id}/progress`.
+fn parse_progress(line: &str) -> Option<Value> {
+    let rest = line.trim().strip_prefix("plinth-progress ")?;
+    let mut report = json!({"done": 0});
+    let mut what = Vec::new();
+    let mut done = false;
+    for word in rest.split_whitespace() {
+        match word.split_once('=') {
+            Some((k @ ("done" | "total" | "rate"), v)) if what.is_empty() => {
+                report[k] = json!(v.parse::<u64>().ok()?);
+                done |= k == "done";
+            }
+            _ => what.push(word),
+        }
+    }
+    let what: String = what.join(" ").chars().filter(|c| !c.is_control()).take(200).collect();
+    report["what"] = json!(what);
+    done.then_some(report)
 }
 
 /// Registers this machine with a join token: its MACs, DMI UUID and serial
@@ -486,6 +555,86 @@ fn command() -> Command {
         .subcommand(run)
         .subcommand(join)
         .subcommand(Command::new("inventory").about("Print this machine's inventory as JSON"))
+        .subcommand(deploy_command())
+}
+
+/// `deploy-image`: what the built-in image-deploy task runs.
+fn deploy_command() -> Command {
+    let bytes = || value_parser!(u64);
+    Command::new("deploy-image")
+        .about("Stream a disk image onto this machine's disk, verify its SHA-256, leave its cloud-init seed")
+        .arg(Arg::new("url").long("url").required(true).help("Where the image is (http or https)"))
+        .arg(Arg::new("sha256").long("sha256").required(true).help("SHA-256 of the file as served"))
+        .arg(
+            Arg::new("format")
+                .long("format")
+                .default_value("raw")
+                .help("raw, raw.gz, raw.xz, raw.zst (qcow2 is refused)"),
+        )
+        .arg(Arg::new("size").long("size").value_parser(bytes()).help("Bytes of the file as served"))
+        .arg(Arg::new("raw-size").long("raw-size").value_parser(bytes()).help("Bytes once decoded"))
+        .arg(Arg::new("disk").long("disk").help("The target: a device or /dev/disk/by-path|by-id link"))
+        .arg(Arg::new("disk-serial").long("disk-serial").help("The target's serial number"))
+        .arg(Arg::new("disk-min-size").long("disk-min-size").value_parser(bytes()))
+        .arg(Arg::new("disk-max-size").long("disk-max-size").value_parser(bytes()))
+        .arg(Arg::new("disk-pick").long("disk-pick").help("smallest, largest or first, when several disks are left"))
+        .arg(
+            Arg::new("seed-url")
+                .long("seed-url")
+                .env("PLINTH_SEED_URL")
+                .hide_env_values(true)
+                .help("NoCloud seed URL left on the image's root file system"),
+        )
+        .arg(Arg::new("efi-loader").long("efi-loader").help("Loader the UEFI boot entry names"))
+        .arg(Arg::new("efi-label").long("efi-label").default_value("Plinth image"))
+        .arg(Arg::new("attempts").long("attempts").default_value("8").value_parser(value_parser!(u32).range(1..=100)))
+        .arg(Arg::new("sysfs").long("sysfs").default_value("/sys").value_parser(value_parser!(PathBuf)).hide(true))
+        .arg(Arg::new("dev").long("dev").default_value("/dev").value_parser(value_parser!(PathBuf)).hide(true))
+}
+
+/// Runs `deploy-image`.
+async fn deploy_image(m: &clap::ArgMatches) -> ExitCode {
+    let s = |n: &str| m.get_one::<String>(n).cloned();
+    let n = |n: &str| m.get_one::<u64>(n).copied();
+    let sysfs = m.get_one::<PathBuf>("sysfs").cloned().unwrap_or_default();
+    let efivars = sysfs.join("firmware/efi/efivars");
+    // efivarfs where the firmware is UEFI and nobody mounted it yet.
+    if sysfs.join("firmware/efi").is_dir() && std::fs::read_dir(&efivars).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = std::process::Command::new("mount").args(["-t", "efivarfs", "efivarfs"]).arg(&efivars).status();
+    }
+    let options = deploy::Options {
+        url: s("url").unwrap_or_default(),
+        sha256: s("sha256").unwrap_or_default(),
+        format: s("format").unwrap_or_default(),
+        size: n("size"),
+        raw_size: n("raw-size"),
+        disk: deploy::DiskRule {
+            path: s("disk").filter(|d| !d.is_empty()),
+            serial: s("disk-serial").filter(|d| !d.is_empty()),
+            min_size: n("disk-min-size"),
+            max_size: n("disk-max-size"),
+            pick: s("disk-pick").filter(|d| !d.is_empty()),
+        },
+        sysfs,
+        dev: m.get_one::<PathBuf>("dev").cloned().unwrap_or_default(),
+        seed_url: s("seed-url").filter(|d| !d.is_empty()),
+        efi_loader: s("efi-loader").filter(|d| !d.is_empty()),
+        efi_label: s("efi-label").unwrap_or_default(),
+        efivars,
+        attempts: m.get_one::<u32>("attempts").copied().unwrap_or(8),
+        progress_every: PROGRESS_EVERY,
+    };
+    match deploy::deploy(&options).await {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("image deploy failed: {e}");
+            log(&format!("image deploy failed: {e}"));
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The agent's `main`: parses the command line and runs.
@@ -510,6 +659,7 @@ async fn main_async() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Some(("deploy-image", m)) => deploy_image(m).await,
         Some((sub @ ("run" | "join"), m)) => {
             let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(90));
             if let Some(ca) = m.get_one::<PathBuf>("ca-cert") {

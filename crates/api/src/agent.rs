@@ -280,6 +280,58 @@ pub async fn append_log(
         "truncated": outcome == plinth_store::LogAppend::Truncated})))
 }
 
+/// What an agent reports of a job's progress (`POST /api/v1/jobs/{id}/progress`).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ProgressRequest {
+    /// What is being done, e.g. `image debian-12 to /dev/vda`.
+    #[serde(default)]
+    what: String,
+    /// Bytes (or units) done so far.
+    done: u64,
+    /// Of how many, when known.
+    #[serde(default)]
+    total: Option<u64>,
+    /// Bytes a second, when measured.
+    #[serde(default)]
+    rate: Option<u64>,
+}
+
+/// `POST /api/v1/jobs/{id}/progress`: a running job's progress, put on its
+/// machine's timeline (the agent sends it at most every few seconds).
+pub async fn progress(
+    State(state): State<AppState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    b: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    let job = job_for(&state, &principal, &id).await?;
+    let req: ProgressRequest = body(&headers, b).await?;
+    if job.state != plinth_model::JobState::Running {
+        return Err(ApiError::Conflict(format!("job {} is not running", job.id)));
+    }
+    if req.what.len() > 200 || req.what.chars().any(char::is_control) {
+        return Err(ApiError::field("what", "at most 200 characters, no control characters"));
+    }
+    let (machine, _) = state
+        .store
+        .get_as::<Machine>(&job.machine.to_string())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("machines `{}` not found", job.machine)))?;
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+    let mut detail = format!("job {} (task `{}`): {}", job.id, job.task, req.what);
+    detail.push_str(&format!(" {} done", mib(req.done)));
+    if let Some(total) = req.total.filter(|t| *t > 0) {
+        detail.push_str(&format!(" of {} ({}%)", mib(total), req.done.saturating_mul(100) / total));
+    }
+    if let Some(rate) = req.rate {
+        detail.push_str(&format!(", {}/s", mib(rate)));
+    }
+    state.store.append_boot_events(vec![plinth_model::BootEvent::about(&machine, "agent", detail)]).await?;
+    Ok(Json(json!({"recorded": true})))
+}
+
 /// `GET /api/v1/jobs/{id}/log`: the job's output so far, as text.
 pub async fn log(
     State(state): State<AppState>,
@@ -346,9 +398,37 @@ pub async fn files(
     } else {
         view.secure_placeholders()
     };
-    let hooks =
-        plinth_render::Hooks { machine_token: Some(placeholder), join_token: None, secure_param: Some(secure_param) };
-    let provisioner = plinth_render::Provisioner { api, ca_pem: state.agent_ca.clone(), hooks, ..Default::default() };
+    // A metadata token (the seed an image deploy leaves on the disk) is
+    // minted only for the machine's own agent, and only when the task asks.
+    let metadata_token: plinth_render::TokenMinter = if principal.machine == Some(job.machine) {
+        let (store, ttl, machine) = (state.store.clone(), state.metadata_token_ttl, job.machine);
+        let (handle, actor, why) = (
+            tokio::runtime::Handle::current(),
+            principal.actor(),
+            format!("for task `{}` of job {}", task.name, job.id),
+        );
+        std::sync::Arc::new(move || {
+            handle
+                .block_on(crate::metadata::mint(store.as_ref(), machine, ttl, &why, actor.clone()))
+                .map(|(bearer, _)| bearer)
+                .map_err(|e| e.to_string())
+        })
+    } else {
+        std::sync::Arc::new(|| Ok(plinth_render::METADATA_TOKEN_PLACEHOLDER.to_owned()))
+    };
+    let hooks = plinth_render::Hooks {
+        machine_token: Some(placeholder),
+        join_token: None,
+        secure_param: Some(secure_param),
+        metadata_token: Some(metadata_token),
+    };
+    // Boot HTTP as the machine reaches it (for image URLs and metadata seeds).
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host =
+        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+    let http = crate::power::boot_base(&state, host).unwrap_or_default();
+    let provisioner =
+        plinth_render::Provisioner { api, http, ca_pem: state.agent_ca.clone(), hooks, ..Default::default() };
     let task_name = task.name.to_string();
     let rendered = tokio::task::spawn_blocking(move || view.render_task(&task, &provisioner))
         .await
@@ -465,7 +545,7 @@ async fn issue_session(
         .await?
         .into_iter()
         .filter_map(|r| plinth_model::decode::<plinth_model::Token>(r.body).ok())
-        .filter(|t| !t.boot)
+        .filter(|t| !t.boot && !t.metadata)
         .collect();
     sessions.sort_by_key(|t| std::cmp::Reverse(t.expires_at));
     for old in sessions.iter().skip(SESSIONS_KEPT - 1) {

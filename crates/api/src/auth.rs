@@ -99,7 +99,7 @@ fn machine_may(p: &Principal, machine: plinth_model::MachineId, method: &axum::h
                 || path == format!("{own}/next")
                 || path == format!("{own}/inventory")
                 || path == format!("{own}/session")
-                || matches!(job_route, Some("start" | "finish" | "log"))
+                || matches!(job_route, Some("start" | "finish" | "log" | "progress"))
         }
         _ => false,
     }
@@ -172,6 +172,9 @@ pub fn requirement(method: &axum::http::Method, path: &str) -> Option<(String, &
         ["machines", id, route @ ("power" | "boot-once" | "rebuild" | "boot-media")] => {
             Some(crate::power::requirement(method, id, route))
         }
+        // A metadata token reads what the machine's metadata renders,
+        // secure values included.
+        ["machines", id, "metadata-token"] => own("secure", "read", id),
         ["conflicts", _, "accept"] => Some(("secure".into(), "update", None)),
         ["conflicts", id, "reject"] => own("conflicts", "update", id),
         ["machines", id, _] => own("machines", "update", id),
@@ -519,6 +522,11 @@ async fn authenticate(
     let stored: Token = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
     if !stored.secret_matches(secret) || stored.expires_at <= plinth_model::now() {
         return Err(invalid());
+    }
+    if stored.metadata {
+        return Err(ApiError::Unauthorized(
+            "a metadata token reads its machine's metadata on boot HTTP (/t/<token>/...), nothing on the API".into(),
+        ));
     }
     if let Some(machine) = stored.machine {
         // A machine token lives as long as its machine.

@@ -16,6 +16,7 @@ mod content;
 mod crud;
 mod error;
 mod events;
+mod metadata;
 mod openapi;
 mod params;
 pub mod power;
@@ -68,6 +69,9 @@ pub struct AppState {
     pub job_log_max: u64,
     /// BMC settings and the slots BMC calls take.
     pub power: Arc<power::Power>,
+    /// Lifetime of the metadata tokens an image deploy leaves on the disk
+    /// and `POST /machines/{id}/metadata-token` mints.
+    pub metadata_token_ttl: Duration,
 }
 
 /// The API's router, with authentication applied to every route but
@@ -92,6 +96,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/machines/{id}/rebuild", post(power::rebuild))
         .route("/api/v1/machines/{id}/boot-media", post(power::boot_media))
         .route("/api/v1/machines/enroll", post(power::enroll))
+        .route("/api/v1/machines/{id}/metadata-token", post(metadata::create))
+        .route("/api/v1/jobs/{id}/progress", post(agent::progress))
         .route("/api/v1/conflicts/{id}/accept", post(agent::accept_conflict))
         .route("/api/v1/conflicts/{id}/reject", post(agent::reject_conflict))
         .route("/api/v1/join-tokens", post(agent::create_join_token))

@@ -62,6 +62,17 @@ pub struct MediaConfig {
     pub xorriso: std::path::PathBuf,
 }
 
+/// The boot HTTP server's URL as machines reach it: `--boot-url`, else
+/// the host an operator's API call named, with the boot HTTP port.
+pub(crate) fn boot_base(state: &AppState, host: &str) -> Result<String, ApiError> {
+    let configured = state.power.config.media.as_ref().and_then(|m| m.boot_url.clone());
+    match (configured, state.power.http_port.get()) {
+        (Some(u), _) => Ok(u.trim_end_matches('/').to_owned()),
+        (None, Some(port)) => Ok(format!("http://{host}:{port}")),
+        (None, None) => Err(ApiError::Conflict("boot HTTP is not listening".into())),
+    }
+}
+
 impl Default for PowerConfig {
     fn default() -> PowerConfig {
         PowerConfig {
@@ -534,11 +545,7 @@ pub async fn boot_media(
     let host_only =
         host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
     let api = state.api_url.clone().unwrap_or_else(|| format!("https://{host}"));
-    let http = match (&media.boot_url, state.power.http_port.get()) {
-        (Some(u), _) => u.clone(),
-        (None, Some(port)) => format!("http://{host_only}:{port}"),
-        (None, None) => return Err(ApiError::Conflict("boot HTTP is not listening: virtual media needs it".into())),
-    };
+    let http = boot_base(&state, host_only)?;
     // The boot credential the image carries.
     let now = plinth_model::now();
     let expires =

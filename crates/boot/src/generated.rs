@@ -488,8 +488,9 @@ impl RenderedFiles {
         format!("{}.{}.{}.0/24", o[0], o[1], o[2])
     }
 
-    /// The machine a valid, unexpired machine token belongs to.
-    async fn token_machine(&self, bearer: &str) -> Option<plinth_model::Machine> {
+    /// The machine a valid, unexpired machine token belongs to, and whether
+    /// the token is a metadata token (it reads the metadata service only).
+    async fn token_machine(&self, bearer: &str) -> Option<(plinth_model::Machine, bool)> {
         use plinth_model::Kind;
         let (id, secret) = plinth_model::Token::parse_bearer(bearer)?;
         let record = self.store.get(Kind::Token, &id.to_string()).await.ok()??;
@@ -500,7 +501,7 @@ impl RenderedFiles {
             return None;
         }
         let machine = self.store.get(Kind::Machine, &token.machine?.to_string()).await.ok()??;
-        plinth_model::decode(machine.body).ok()
+        Some((plinth_model::decode(machine.body).ok()?, token.metadata))
     }
 
     /// The machine a request is for: the token's, or the one holding the
@@ -509,7 +510,7 @@ impl RenderedFiles {
         use plinth_model::Kind;
         use plinth_store::StoreExt;
         if let Some(bearer) = request.token {
-            return self.token_machine(bearer).await.map_or(Found::Unknown, |m| Found::One(Box::new(m)));
+            return self.token_machine(bearer).await.map_or(Found::Unknown, |(m, _)| Found::One(Box::new(m)));
         }
         let mac = match request.mac.or(target.mac()) {
             Some(m) => m,
@@ -619,6 +620,88 @@ impl RenderedFiles {
     }
 }
 
+impl RenderedFiles {
+    /// The metadata service's answer for `machine` (the token's): a NoCloud
+    /// file rendered from its template, or a key of EC2's tree. Secure
+    /// values are rendered as in boot files, and recorded; the read is on
+    /// the machine's timeline.
+    async fn metadata_for(
+        &self,
+        machine: plinth_model::Machine,
+        request: &FileRequest<'_>,
+        what: crate::metadata::MetadataPath,
+    ) -> Option<Vec<u8>> {
+        use crate::metadata::{MetadataPath, NOCLOUD};
+        let name = machine.name.to_string();
+        let shared = self.shared.get().await.ok()?;
+        let view = match plinth_render::load_with(self.store.as_ref(), &shared, machine).await {
+            Ok(view) => view,
+            Err(e) => {
+                tracing::warn!(machine = %name, error = %e, "cannot load what the machine's metadata needs");
+                return None;
+            }
+        };
+        let mut provisioner = self.provisioner(request).await;
+        provisioner.hooks.machine_token = Some(self.minter(&view, request));
+        let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        provisioner.hooks.secure_param = Some(self.secure_params(&view, request, read.clone()));
+        let id = view.machine.id;
+        let path = request.path.trim_start_matches('/').to_owned();
+        let rendered = tokio::task::spawn_blocking(move || -> Option<Result<String, plinth_render::RenderError>> {
+            match what {
+                MetadataPath::NoCloud(file) => {
+                    let (_, default, param) = NOCLOUD.iter().find(|(f, _, _)| *f == file)?;
+                    let params = view.plain_params();
+                    let template = param
+                        .and_then(|p| params.get(p))
+                        .and_then(serde_json::Value::as_str)
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or(default)
+                        .to_owned();
+                    Some(view.render(plinth_render::Source::Named(&template), &provisioner))
+                }
+                MetadataPath::Ec2(key) => {
+                    let network = match view.context(&provisioner) {
+                        Ok(ctx) => ctx["network"].clone(),
+                        Err(e) => return Some(Err(e)),
+                    };
+                    let keys: Vec<String> = view
+                        .plain_params()
+                        .get("ssh-authorized-keys")
+                        .and_then(serde_json::Value::as_array)
+                        .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+                        .unwrap_or_default();
+                    let tree = crate::metadata::ec2_tree(&view.machine, &network, &keys);
+                    crate::metadata::ec2_answer(&tree, &key).map(Ok)
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        let text = match rendered? {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(machine = %name, path = %path.escape_debug(), error = %e, "cannot render metadata");
+                return None;
+            }
+        };
+        self.audit_secure_read(id, request, &read).await?;
+        let client = request.client.map(|c| c.to_string()).unwrap_or_else(|| "an unknown address".into());
+        let event = plinth_model::BootEvent {
+            id: 0,
+            at: plinth_model::now(),
+            mac: None,
+            address: request.client,
+            machine: Some(id),
+            service: "metadata".into(),
+            detail: format!("served {} to {client}, with the machine's token", path.escape_debug()),
+        };
+        let _ = self.store.append_boot_events(vec![event]).await;
+        Some(text.into_bytes())
+    }
+}
+
 /// What a generated-file request is for, decided once from its path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -670,6 +753,21 @@ enum Found {
 impl Generated for RenderedFiles {
     async fn lookup(&self, request: &FileRequest<'_>) -> Option<Vec<u8>> {
         let target = Target::of(request.path);
+        if let Some(bearer) = request.token {
+            // A bad token gets nothing, not another machine's or the default
+            // file. A metadata token reads the metadata service only; another
+            // machine token reads its bootenv's files, then the metadata.
+            let (machine, metadata_only) = self.token_machine(bearer).await?;
+            let metadata = crate::metadata::MetadataPath::of(request.path);
+            if !metadata_only {
+                match self.render_for(machine.clone(), request, &target).await {
+                    Ok(Some(bytes)) => return Some(bytes),
+                    Err(()) => return None,
+                    Ok(None) => {}
+                }
+            }
+            return self.metadata_for(machine, request, metadata?).await;
+        }
         let known = match self.machine_of(request, &target).await {
             Found::One(machine) => match self.render_for(*machine, request, &target).await {
                 Ok(Some(bytes)) => return Some(bytes),
@@ -679,10 +777,6 @@ impl Generated for RenderedFiles {
             Found::Ambiguous(mac, machines) => return self.refuse_ambiguous(request, &target, mac, &machines).await,
             Found::Unknown => false,
         };
-        if request.token.is_some() {
-            // A bad token gets nothing, not another machine's or the default file.
-            return None;
-        }
         match self.fallback.lookup(request).await {
             Some(found) => Some(found),
             // Only a machine Plinth does not know is sent to discovery.

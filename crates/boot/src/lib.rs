@@ -8,6 +8,8 @@
 //! - [`http`]: the plain-HTTP boot server (`--http-addr`, default :8091).
 //! - [`generated`]: files made per request (a machine's bootenv files, the
 //!   scripts for machines Plinth does not know).
+//! - [`metadata`]: the metadata service's paths (NoCloud and EC2 layouts),
+//!   answered under `/t/<token>/` for the token's machine.
 //! - [`files`]: safe resolution of a requested path inside the file root.
 //! - [`events`]: the boot event log.
 //!
@@ -20,4 +22,5 @@ pub mod events;
 pub mod files;
 pub mod generated;
 pub mod http;
+pub mod metadata;
 pub mod tftp;

@@ -143,6 +143,7 @@ fn plan_provisioner(view: &plinth_render::MachineView) -> plinth_render::Provisi
             machine_token: Some(Arc::new(|| Ok("<machine-token>".to_owned()))),
             join_token: Some(Arc::new(|| Ok("<join-token>".to_owned()))),
             secure_param: Some(view.secure_placeholders()),
+            metadata_token: Some(Arc::new(|| Ok("<metadata-token>".to_owned()))),
         },
         ..Default::default()
     }

@@ -43,9 +43,15 @@ pub fn field_values<'a>(body: &'a Value, field: &str) -> Vec<&'a str> {
     }
 }
 
+/// The param whose value names the [`Kind::Image`] the image deploy writes.
+pub const IMAGE_PARAM: &str = "image";
+
 /// Whether objects of `kind` ever name other objects.
 pub fn has_references(kind: Kind) -> bool {
-    !matches!(kind, Kind::Template | Kind::Param | Kind::Subnet | Kind::Lease | Kind::Role | Kind::Content)
+    !matches!(
+        kind,
+        Kind::Template | Kind::Param | Kind::Subnet | Kind::Lease | Kind::Role | Kind::Content | Kind::Image
+    )
 }
 
 /// Every object `body` (an object of `kind`) names.
@@ -111,8 +117,19 @@ pub fn references(kind: Kind, body: &Value) -> Vec<Reference> {
         _ => {}
     }
     if matches!(kind, Kind::Machine | Kind::Profile | Kind::Stage | Kind::Workflow) {
-        for name in body.get("params").and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
+        for (name, value) in body.get("params").and_then(Value::as_object).into_iter().flatten() {
             out.push(Reference { field: format!("params.{name}"), kind: Kind::Param, key: name.clone(), holds: true });
+            // The image deploy's param names an image.
+            if name == IMAGE_PARAM
+                && let Some(image) = value.as_str()
+            {
+                out.push(Reference {
+                    field: format!("params.{name}"),
+                    kind: Kind::Image,
+                    key: image.to_owned(),
+                    holds: true,
+                });
+            }
         }
     }
     out

@@ -22,11 +22,12 @@ pub enum Kind {
     Token,
     Content,
     Conflict,
+    Image,
 }
 
 impl Kind {
     /// All kinds, in the order the API documents them.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Machine,
         Kind::BootEnv,
         Kind::Template,
@@ -44,6 +45,7 @@ impl Kind {
         Kind::Token,
         Kind::Content,
         Kind::Conflict,
+        Kind::Image,
     ];
 
     /// Lower-case plural used in URLs, the CLI and the store.
@@ -66,6 +68,7 @@ impl Kind {
             Kind::Content => "contents",
             Kind::Token => "tokens",
             Kind::Conflict => "conflicts",
+            Kind::Image => "images",
         }
     }
 
@@ -122,6 +125,7 @@ impl Kind {
             Kind::Role => &["name", "description"],
             Kind::Content => &["name", "version", "description"],
             Kind::Conflict => &["id", "machine", "state", "score", "address", "macs"],
+            Kind::Image => &["name", "format", "size", "sha256", "description"],
         }
     }
 }

@@ -102,6 +102,7 @@ pub fn normalize(kind: Kind, body: Value) -> Result<(String, Value), ValidationE
         Kind::Role => typed::<Role>(body),
         Kind::Content => typed::<Content>(body),
         Kind::Conflict => typed::<Conflict>(body),
+        Kind::Image => typed::<Image>(body),
     }
 }
 
@@ -128,6 +129,7 @@ pub fn schema_of(kind: Kind) -> Value {
         Kind::Role => s::<Role>(),
         Kind::Content => s::<Content>(),
         Kind::Conflict => s::<Conflict>(),
+        Kind::Image => s::<Image>(),
     }
 }
 

@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::Ipv4Addr;
 
 /// Param values keyed by param name.
@@ -380,6 +381,174 @@ fn check_template_refs(
         }
     }
     Ok(())
+}
+
+/// How an image file is encoded, as served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum ImageFormat {
+    /// A raw disk image, written as it is.
+    #[default]
+    #[serde(rename = "raw")]
+    Raw,
+    /// A raw disk image compressed with gzip.
+    #[serde(rename = "raw.gz")]
+    RawGz,
+    /// A raw disk image compressed with xz.
+    #[serde(rename = "raw.xz")]
+    RawXz,
+    /// A raw disk image compressed with zstd.
+    #[serde(rename = "raw.zst")]
+    RawZst,
+    /// A QEMU copy-on-write image: registered, but refused by the deploy
+    /// (it cannot be written while streaming); convert it to raw first.
+    #[serde(rename = "qcow2")]
+    Qcow2,
+}
+
+impl ImageFormat {
+    /// The name used in objects and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::RawGz => "raw.gz",
+            ImageFormat::RawXz => "raw.xz",
+            ImageFormat::RawZst => "raw.zst",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    /// Every format, for messages and parsing.
+    pub const ALL: [ImageFormat; 5] =
+        [ImageFormat::Raw, ImageFormat::RawGz, ImageFormat::RawXz, ImageFormat::RawZst, ImageFormat::Qcow2];
+
+    /// The format a name (`raw.zst`) or a file name's ending (`disk.raw.zst`,
+    /// `disk.img.xz`, `disk.qcow2`) says.
+    pub fn from_name(name: &str) -> Option<ImageFormat> {
+        let lower = name.to_ascii_lowercase();
+        if let Some(f) = ImageFormat::ALL.into_iter().find(|f| f.as_str() == lower) {
+            return Some(f);
+        }
+        Some(match lower.rsplit('.').next()? {
+            "gz" => ImageFormat::RawGz,
+            "xz" => ImageFormat::RawXz,
+            "zst" | "zstd" => ImageFormat::RawZst,
+            "qcow2" => ImageFormat::Qcow2,
+            "raw" | "img" => ImageFormat::Raw,
+            _ => return None,
+        })
+    }
+
+    /// The format bytes at the start of a file show, if they show one.
+    pub fn sniff(head: &[u8]) -> Option<ImageFormat> {
+        Some(match head {
+            [0x1f, 0x8b, ..] => ImageFormat::RawGz,
+            [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => ImageFormat::RawXz,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => ImageFormat::RawZst,
+            [b'Q', b'F', b'I', 0xfb, ..] => ImageFormat::Qcow2,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+object! {
+    /// A disk image the image deploy writes to a machine's disk: where it
+    /// is (a URL, or a path in the file root served at `/files/<path>`),
+    /// how it is encoded, and the SHA-256 and size of the file as served.
+    pub struct Image : Image, key = name {
+        /// Name.
+        pub name: Name,
+        /// Description for humans.
+        #[serde(default)]
+        pub description: String,
+        /// Where the file is: an `http://` or `https://` URL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url: Option<String>,
+        /// Or its path relative to the file root (served by boot HTTP).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub path: Option<String>,
+        /// How the file is encoded.
+        #[serde(default)]
+        pub format: ImageFormat,
+        /// Bytes of the file as served.
+        pub size: u64,
+        /// SHA-256 of the file as served, hex.
+        pub sha256: String,
+        /// Bytes once decoded: the least a target disk must hold. Unknown
+        /// for an image registered without it (a disk too small is then
+        /// found while writing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub raw_size: Option<u64>,
+        /// OS metadata.
+        #[serde(default)]
+        pub os: OsInfo,
+        /// Architecture the image boots on.
+        #[serde(default)]
+        pub arch: Arch,
+        /// The loader a UEFI boot entry names, on the image's EFI system
+        /// partition (default `\EFI\BOOT\BOOTX64.EFI`, `BOOTAA64.EFI` on ARM64).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub efi_loader: Option<String>,
+    }
+}
+
+impl Image {
+    fn check_fields(&self) -> Result<(), ValidationError> {
+        match (&self.url, &self.path) {
+            (Some(_), Some(_)) => return Err(self.invalid("url", "give `url` or `path`, not both")),
+            (None, None) => return Err(self.invalid("path", "give `url` (http or https) or `path` (in the file root)")),
+            (Some(u), None) => {
+                let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                    && u.len() > 8
+                    && !u.chars().any(|c| c.is_whitespace() || c.is_control());
+                if !ok {
+                    return Err(
+                        self.invalid("url", format!("expected an http:// or https:// URL, got `{}`", u.escape_debug()))
+                    );
+                }
+            }
+            (None, Some(p)) => {
+                let bad = p.is_empty()
+                    || p.starts_with('/')
+                    || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+                    || p.chars().any(|c| c.is_control() || c == '\\');
+                if bad {
+                    return Err(self.invalid(
+                        "path",
+                        format!("expected a relative path inside the file root, got `{}`", p.escape_debug()),
+                    ));
+                }
+            }
+        }
+        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.invalid("sha256", format!("expected 64 hex digits, got `{}`", self.sha256.escape_debug())));
+        }
+        if self.size == 0 {
+            return Err(self.invalid("size", "an image file is never empty"));
+        }
+        if let Some(l) = &self.efi_loader
+            && (!l.starts_with('\\') || l.chars().any(|c| c.is_control() || c == '/') || l.len() > 200)
+        {
+            return Err(self.invalid(
+                "efi_loader",
+                format!("expected a path like \\EFI\\BOOT\\BOOTX64.EFI, got `{}`", l.escape_debug()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The loader a UEFI boot entry for this image names.
+    pub fn efi_loader(&self) -> String {
+        self.efi_loader.clone().unwrap_or_else(|| match self.arch {
+            Arch::Amd64 => "\\EFI\\BOOT\\BOOTX64.EFI".into(),
+            Arch::Arm64 => "\\EFI\\BOOT\\BOOTAA64.EFI".into(),
+        })
+    }
 }
 
 object! {
@@ -1429,6 +1598,11 @@ object! {
         /// new machines only, and they start untrusted.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         pub discovery: bool,
+        /// A metadata token: it reads its machine's metadata (`/t/<token>/`
+        /// `meta-data`, `user-data`, ... on boot HTTP) and nothing else: no
+        /// API route, no boot file.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub metadata: bool,
     }
 }
 
@@ -1467,6 +1641,7 @@ impl Token {
             address: None,
             session_ends_at: None,
             discovery: false,
+            metadata: false,
             meta: Default::default(),
             revision: 0,
             created_at: None,

@@ -79,6 +79,13 @@ pub fn command() -> Command {
                 .help("Lifetime of the boot credentials boot files carry (machine_token()), seconds; each is traded once for a session"),
         )
         .arg(
+            Arg::new("metadata-token-ttl")
+                .long("metadata-token-ttl")
+                .default_value("86400")
+                .value_parser(value_parser!(u64).range(60..=30 * 86_400))
+                .help("Lifetime of the metadata tokens an image deploy leaves on the disk (and `machines metadata-token` mints), seconds; each new one revokes the machine's earlier ones"),
+        )
+        .arg(
             Arg::new("machine-session-max")
                 .long("machine-session-max")
                 .default_value("2592000")

@@ -13,7 +13,8 @@ use plinth_model::Arch;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-/// Modules included by default: common NICs and disks of servers and VMs.
+/// Modules included by default: common NICs and disks of servers and VMs,
+/// and what the image deploy needs.
 pub const DEFAULT_MODULES: &[&str] = &[
     "e1000",
     "e1000e",
@@ -32,6 +33,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "sd_mod",
     "nvme",
     "mlx5_core",
+    // The image deploy mounts the image's root file system (its cloud-init
+    // seed) and writes a UEFI boot entry.
+    "ext4",
+    "efivarfs",
 ];
 
 /// A newc ("070701") cpio archive being written.

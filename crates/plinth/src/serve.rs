@@ -74,6 +74,8 @@ pub struct Config {
     pub machine_token_ttl: Duration,
     /// Longest a machine's session lasts.
     pub machine_session_max: Duration,
+    /// Lifetime of metadata tokens.
+    pub metadata_token_ttl: Duration,
     /// Most log one job may store, in bytes.
     pub job_log_max: u64,
     /// How BMCs are driven.
@@ -122,6 +124,7 @@ impl Config {
             token_ttl: secs("token-ttl", 86_400),
             machine_token_ttl: secs("machine-token-ttl", 900),
             machine_session_max: secs("machine-session-max", 30 * 86_400),
+            metadata_token_ttl: secs("metadata-token-ttl", 86_400),
             job_log_max: m.get_one::<u64>("job-log-max").copied().unwrap_or(16 << 20),
             power: plinth_api::power::PowerConfig {
                 limits: plinth_power::Limits {
@@ -251,6 +254,7 @@ pub async fn run(config: Config) -> Result<()> {
         keyring: keyring.clone(),
         logins: Default::default(),
         machine_session_max: config.machine_session_max,
+        metadata_token_ttl: config.metadata_token_ttl,
         api_url: config.api_url.clone(),
         job_log_max: config.job_log_max,
         power: Arc::new(plinth_api::power::Power::new(plinth_api::power::PowerConfig {

@@ -17,7 +17,10 @@ pub mod pins;
 mod shared;
 mod template;
 
-pub use machine::{DebugRender, DebugTarget, MachineView, Provisioner, TOKEN_PLACEHOLDER, load, load_with, view_from};
+pub use machine::{
+    DebugRender, DebugTarget, METADATA_TOKEN_PLACEHOLDER, MachineView, Provisioner, TOKEN_PLACEHOLDER, load, load_with,
+    view_from,
+};
 pub use params::{Layer, Layers, ResolveError, Resolved, resolve};
 pub use shared::{LoadError, SHARED_KINDS, Shared, SharedCache, load_shared};
 pub use template::{

@@ -24,6 +24,9 @@ pub struct MachineView {
     pub lease: Option<plinth_model::Lease>,
     /// The subnet of that lease.
     pub subnet: Option<plinth_model::Subnet>,
+    /// The image param `image` names, when it names one.
+    #[serde(default)]
+    pub image: Option<plinth_model::Image>,
 }
 
 /// Loads and resolves what rendering for `machine` needs.
@@ -154,7 +157,12 @@ impl MachineView {
             .filter(|d| !d.is_empty())
             .or_else(|| params.get("domain").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_default();
-        let hostname = self.machine.name.to_string();
+        // Param `hostname` when set, else the machine's name.
+        let hostname = params
+            .get("hostname")
+            .and_then(Value::as_str)
+            .filter(|h| !h.is_empty())
+            .map_or_else(|| self.machine.name.to_string(), str::to_owned);
         let fqdn = if domain.is_empty() { hostname.clone() } else { format!("{hostname}.{domain}") };
         let ntp = match params.get("ntp-servers") {
             Some(Value::Array(a)) if !a.is_empty() => Value::Array(a.clone()),
@@ -199,6 +207,17 @@ impl MachineView {
                 "agent_sha256": provisioner.agent_sha256},
             "boot": {"arch": arch, "firmware": firmware}, "lease": self.lease, "subnet": subnet,
             "network": self.network()});
+        if let Some(image) = &self.image {
+            // A path in the file root is reached through boot HTTP's `/files/`.
+            let url = match (&image.url, &image.path) {
+                (Some(url), _) => url.clone(),
+                (None, Some(path)) => format!("{}/files/{path}", provisioner.http),
+                (None, None) => String::new(),
+            };
+            ctx["image"] = json!({"name": image.name, "url": url, "format": image.format, "size": image.size,
+                "sha256": image.sha256, "raw_size": image.raw_size, "os": image.os, "arch": image.arch,
+                "efi_loader": image.efi_loader()});
+        }
         if let Some(b) = &self.bootenv {
             let variant = b.variants.iter().find(|v| v.arch == arch && v.firmware == firmware);
             let kernel = variant.and_then(|v| v.kernel.clone()).or_else(|| b.kernel.clone());
@@ -411,7 +430,13 @@ pub fn view_from(
         resolve(&Layers { machine: &machine, profiles: &shared.profiles, stage, workflow, params: &shared.params })?;
     let bootenv = shared.bootenvs.get(&machine.bootenv).cloned();
     let subnet = lease.as_ref().and_then(|l| shared.subnets.get(&l.subnet)).cloned();
-    Ok(MachineView { machine, params: resolved, bootenv, templates: shared.templates.clone(), lease, subnet })
+    let image = resolved
+        .iter()
+        .find(|(k, r)| k.as_str() == plinth_model::integrity::IMAGE_PARAM && !r.secure)
+        .and_then(|(_, r)| r.value.as_str())
+        .and_then(|name| shared.images.iter().find(|(n, _)| n.as_str() == name))
+        .map(|(_, i)| i.clone());
+    Ok(MachineView { machine, params: resolved, bootenv, templates: shared.templates.clone(), lease, subnet, image })
 }
 
 /// What a file entry renders: a stored template by name, or its inline text.
@@ -454,6 +479,9 @@ pub struct DebugRender {
 /// issued, so rendering stays free of side effects.
 pub const TOKEN_PLACEHOLDER: &str = "<machine-token>";
 
+/// What `metadata_token()` renders as where no token is minted.
+pub const METADATA_TOKEN_PLACEHOLDER: &str = "<metadata-token>";
+
 impl DebugRender {
     /// Renders; `Ok(None)` when the bootenv has no such file.
     pub fn run(&self) -> Result<Option<String>, crate::RenderError> {
@@ -468,6 +496,7 @@ impl DebugRender {
                 machine_token: Some(Arc::new(|| Ok(TOKEN_PLACEHOLDER.to_owned()))),
                 join_token: Some(Arc::new(|| Ok("<join-token>".to_owned()))),
                 secure_param: Some(self.view.secure_placeholders()),
+                metadata_token: Some(Arc::new(|| Ok(METADATA_TOKEN_PLACEHOLDER.to_owned()))),
             },
         };
         match &self.target {

@@ -29,8 +29,8 @@ async fn all<T: Object>(store: &dyn Store, kind: Kind) -> Result<Vec<T>, LoadErr
 }
 
 /// What every machine's rendering reads besides the machine itself and its
-/// lease: profiles, params, templates, bootenvs, stages, workflows and
-/// subnets, decoded once.
+/// lease: profiles, params, templates, bootenvs, stages, workflows,
+/// subnets and images, decoded once.
 #[derive(Clone)]
 pub struct Shared {
     pub profiles: HashMap<Name, Profile>,
@@ -40,11 +40,20 @@ pub struct Shared {
     pub stages: HashMap<Name, Stage>,
     pub workflows: HashMap<Name, Workflow>,
     pub subnets: HashMap<Name, Subnet>,
+    pub images: HashMap<Name, plinth_model::Image>,
 }
 
 /// The kinds a [`Shared`] snapshot holds.
-pub const SHARED_KINDS: &[Kind] =
-    &[Kind::Profile, Kind::Param, Kind::Template, Kind::BootEnv, Kind::Stage, Kind::Workflow, Kind::Subnet];
+pub const SHARED_KINDS: &[Kind] = &[
+    Kind::Profile,
+    Kind::Param,
+    Kind::Template,
+    Kind::BootEnv,
+    Kind::Stage,
+    Kind::Workflow,
+    Kind::Subnet,
+    Kind::Image,
+];
 
 /// Reads a [`Shared`] snapshot from `store`.
 pub async fn load_shared(store: &dyn Store) -> Result<Shared, LoadError> {
@@ -62,6 +71,11 @@ pub async fn load_shared(store: &dyn Store) -> Result<Shared, LoadError> {
         stages: all::<Stage>(store, Kind::Stage).await?.into_iter().map(|s| (s.name.clone(), s)).collect(),
         workflows: all::<Workflow>(store, Kind::Workflow).await?.into_iter().map(|w| (w.name.clone(), w)).collect(),
         subnets: all::<Subnet>(store, Kind::Subnet).await?.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        images: all::<plinth_model::Image>(store, Kind::Image)
+            .await?
+            .into_iter()
+            .map(|i| (i.name.clone(), i))
+            .collect(),
     })
 }
 

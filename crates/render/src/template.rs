@@ -50,6 +50,10 @@ pub struct Hooks {
     /// Backs `secure_param(name)`: a secure param's value, given only when
     /// the machine itself asks (or a placeholder, in a debugging render).
     pub secure_param: Option<SecureParams>,
+    /// Backs `metadata_token()`: a token that reads only the machine's
+    /// metadata (`/t/<token>/meta-data`, ...), for the seed an image deploy
+    /// leaves on the disk.
+    pub metadata_token: Option<TokenMinter>,
 }
 
 /// Gives a secure param's plain value for the machine being rendered for.
@@ -103,6 +107,12 @@ fn environment<'a>(
         "machine_token",
         hooks.machine_token.clone(),
         "machine_token() is only available when the machine itself fetches the file",
+    );
+    add_token_function(
+        &mut env,
+        "metadata_token",
+        hooks.metadata_token.clone(),
+        "metadata_token() is only available in a task the machine's own agent fetches",
     );
     add_token_function(
         &mut env,
@@ -347,6 +357,7 @@ mod tests {
             })),
             join_token: None,
             secure_param: None,
+            metadata_token: None,
         };
         let out = render(
             Arc::default(),
