@@ -268,8 +268,15 @@ impl Read for Incoming {
 
 /// Decodes `input` in `format` into `out`.
 fn decode(format: &str, input: Incoming, out: &mut DiskWriter) -> Result<(), String> {
-    let mut input = std::io::BufReader::with_capacity(1 << 20, input);
-    let copied = match format {
+    decode_into(format, std::io::BufReader::with_capacity(1 << 20, input), out)?;
+    out.flush().map_err(|e| e.to_string())
+}
+
+/// Decodes an image file in `format` (`raw`, `raw.gz`, `raw.xz`,
+/// `raw.zst`) from `input` into `out`; qcow2 is refused, saying how to
+/// convert it.
+pub fn decode_into(format: &str, mut input: impl std::io::BufRead, out: &mut impl Write) -> Result<(), String> {
+    match format {
         "raw" => std::io::copy(&mut input, out).map(|_| ()).map_err(|e| e.to_string()),
         "raw.gz" => {
             std::io::copy(&mut flate2::bufread::MultiGzDecoder::new(input), out).map(|_| ()).map_err(|e| e.to_string())
@@ -281,12 +288,11 @@ fn decode(format: &str, input: Incoming, out: &mut DiskWriter) -> Result<(), Str
         }
         "qcow2" => Err(QCOW2.into()),
         other => Err(format!("image format `{other}`: expected raw, raw.gz, raw.xz, raw.zst")),
-    };
-    copied?;
-    out.flush().map_err(|e| e.to_string())
+    }
 }
 
-const QCOW2: &str = "qcow2 images are not written while streaming (their clusters are not in disk order); \
+/// Why qcow2 images are refused, and how to convert one.
+pub const QCOW2: &str = "qcow2 images are not written while streaming (their clusters are not in disk order); \
     convert the image to raw first, e.g. `qemu-img convert -O raw disk.qcow2 disk.raw && zstd disk.raw`, \
     and import disk.raw.zst";
 

@@ -323,6 +323,52 @@ fn kind_command(kind: Kind) -> Command {
                 ),
         );
     }
+    if kind == Kind::Machine {
+        cmd = cmd.subcommand(
+            Command::new("metadata-token")
+                .about("Mint the machine's metadata token (its earlier ones are revoked) and print its NoCloud seed URL")
+                .long_about(
+                    "Mints a token that reads only this machine's metadata (/t/<token>/meta-data, user-data, \
+                     vendor-data, network-config and EC2's latest/...) and expires after the server's \
+                     --metadata-token-ttl. Prints it with the NoCloud seed URL a cloud VM is given \
+                     (ds=nocloud-net;s=<seed_url>, as SMBIOS serial or kernel argument). Needs the claim to read \
+                     the machine's secure values, which its metadata may carry.",
+                )
+                .arg(key()),
+        );
+    }
+    if kind == Kind::Image {
+        cmd = cmd.subcommand(
+            Command::new("import")
+                .about("Register a disk image: a local file (copied into the file root) or an http(s) URL")
+                .long_about(
+                    "Reads SOURCE once for its SHA-256 and size (a local file is also decoded, for the bytes a \
+                     disk needs) and creates or replaces image NAME. A local file is copied to \
+                     <file-root>/images/NAME.<format> and served by boot HTTP; a URL is registered as it is. The \
+                     format is what the file's first bytes show (gzip, xz, zstd, qcow2), else its name, else raw; \
+                     qcow2 is registered but the deploy refuses it (convert it to raw). Run it on the server's host \
+                     for a local file.",
+                )
+                .arg(key())
+                .arg(Arg::new("source").required(true).help("A file, or an http:// or https:// URL"))
+                .arg(Arg::new("format").long("format").help("raw, raw.gz, raw.xz, raw.zst or qcow2 [default: from the file]"))
+                .arg(Arg::new("sha256").long("sha256").help("Refuse the image unless its SHA-256 is this"))
+                .arg(Arg::new("description").long("description").help("Description for humans"))
+                .arg(
+                    Arg::new("data-dir")
+                        .long("data-dir")
+                        .env("PLINTH_DATA_DIR")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("The server's data dir, whose files/ is the file root [default: ./plinth-data]"),
+                )
+                .arg(
+                    Arg::new("file-root")
+                        .long("file-root")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("The file root (instead of <data-dir>/files)"),
+                ),
+        );
+    }
     if kind == Kind::BootEnv {
         cmd = cmd.subcommand(
             Command::new("import-iso")

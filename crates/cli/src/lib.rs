@@ -15,6 +15,7 @@ mod args;
 mod client;
 pub mod config;
 mod events;
+mod images;
 mod iso;
 mod objects;
 pub mod output;

@@ -134,6 +134,11 @@ pub(crate) async fn object_command(
             ))
         }
         "import-iso" => crate::iso::import_iso(c, m).await,
+        "import" => crate::images::import(c, m).await,
+        "metadata-token" => {
+            let reply = c.call(Method::POST, &format!("{}/metadata-token", key_path()), None, None).await?;
+            Ok(output::one(&reply.body, format))
+        }
         "power" | "boot-once" | "rebuild" | "boot-media" | "bmc" | "enroll" => {
             crate::power::command(c, action, m, format).await
         }

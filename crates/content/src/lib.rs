@@ -63,6 +63,13 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("task.site-hook", include_str!("../default/templates/task.site-hook.tmpl")),
     ("task.firmware-settings", include_str!("../default/templates/task.firmware-settings.tmpl")),
     ("firmware.none", include_str!("../default/templates/firmware.none.tmpl")),
+    ("nocloud.meta-data", include_str!("../default/templates/nocloud.meta-data.tmpl")),
+    ("nocloud.user-data", include_str!("../default/templates/nocloud.user-data.tmpl")),
+    ("nocloud.vendor-data", include_str!("../default/templates/nocloud.vendor-data.tmpl")),
+    ("nocloud.network-config", include_str!("../default/templates/nocloud.network-config.tmpl")),
+    ("nocloud.none", include_str!("../default/templates/nocloud.none.tmpl")),
+    ("task.image-deploy", include_str!("../default/templates/task.image-deploy.tmpl")),
+    ("task.cloud-init-done", include_str!("../default/templates/task.cloud-init-done.tmpl")),
 ];
 
 /// Tasks, stages and workflows, each a YAML list.

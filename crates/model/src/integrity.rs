@@ -121,7 +121,7 @@ pub fn references(kind: Kind, body: &Value) -> Vec<Reference> {
             out.push(Reference { field: format!("params.{name}"), kind: Kind::Param, key: name.clone(), holds: true });
             // The image deploy's param names an image.
             if name == IMAGE_PARAM
-                && let Some(image) = value.as_str()
+                && let Some(image) = value.as_str().filter(|i| !i.is_empty())
             {
                 out.push(Reference {
                     field: format!("params.{name}"),

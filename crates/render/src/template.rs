@@ -139,6 +139,11 @@ fn environment<'a>(
         Ok(rest.split(['/', '?', '#']).next().unwrap_or_default().to_owned())
     });
     env.add_filter("basename", |v: String| -> String { v.rsplit('/').next().unwrap_or_default().to_owned() });
+    // One word for a POSIX shell, whatever it holds: `it's` -> `'it'\''s'`.
+    env.add_filter("shell_quote", |v: JValue| -> String {
+        let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        format!("'{}'", text.replace('\'', "'\\''"))
+    });
     // MAC formats: iPXE `52:54:00:12:34:56`, pxelinux `01-52-54-00-12-34-56`, grub/dash `52-54-00-12-34-56`.
     env.add_filter("mac_ipxe", |v: String| -> Result<String, Error> { Ok(mac_parts(&v)?.join(":")) });
     env.add_filter("mac_pxelinux", |v: String| -> Result<String, Error> {
