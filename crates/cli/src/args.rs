@@ -326,7 +326,9 @@ fn kind_command(kind: Kind) -> Command {
     if kind == Kind::Machine {
         cmd = cmd.subcommand(
             Command::new("metadata-token")
-                .about("Mint the machine's metadata token (its earlier ones are revoked) and print its NoCloud seed URL")
+                .about(
+                    "Mint the machine's metadata token (its earlier ones are revoked) and print its NoCloud seed URL",
+                )
                 .long_about(
                     "Mints a token that reads only this machine's metadata (/t/<token>/meta-data, user-data, \
                      vendor-data, network-config and EC2's latest/...) and expires after the server's \
@@ -351,7 +353,11 @@ fn kind_command(kind: Kind) -> Command {
                 )
                 .arg(key())
                 .arg(Arg::new("source").required(true).help("A file, or an http:// or https:// URL"))
-                .arg(Arg::new("format").long("format").help("raw, raw.gz, raw.xz, raw.zst or qcow2 [default: from the file]"))
+                .arg(
+                    Arg::new("format")
+                        .long("format")
+                        .help("raw, raw.gz, raw.xz, raw.zst or qcow2 [default: from the file]"),
+                )
                 .arg(Arg::new("sha256").long("sha256").help("Refuse the image unless its SHA-256 is this"))
                 .arg(Arg::new("description").long("description").help("Description for humans"))
                 .arg(

@@ -196,11 +196,8 @@ pub(crate) async fn import(c: &Client, m: &ArgMatches) -> Result<String, ClientE
         Err(ClientError::Api { status: 404, .. }) => c.call(Method::POST, "/api/v1/images", Some(&body), None).await?,
         Err(e) => return Err(e),
     };
-    let note = if format == ImageFormat::Qcow2 {
-        format!("\nnote: {}", plinth_agent::deploy::QCOW2)
-    } else {
-        String::new()
-    };
+    let note =
+        if format == ImageFormat::Qcow2 { format!("\nnote: {}", plinth_agent::deploy::QCOW2) } else { String::new() };
     Ok(format!(
         "image `{name}`: {format}, {} bytes, SHA-256 {sha256}{}{note}",
         reply.body["size"],
