@@ -26,7 +26,7 @@ trap 'rm -rf "$work"' EXIT
 root=$work/root
 started=$(date +%s)
 mmdebstrap --variant=minbase --mode=root --quiet \
-  --include=linux-image-amd64,initramfs-tools,systemd-sysv,udev,dbus,cloud-init,openssh-server,sudo,ifupdown,isc-dhcp-client,iproute2,netbase,curl,ca-certificates,grub-efi-amd64-bin \
+  --include=linux-image-amd64,initramfs-tools,systemd-sysv,udev,dbus,locales,cloud-init,openssh-server,sudo,ifupdown,isc-dhcp-client,iproute2,netbase,curl,ca-certificates,grub-efi-amd64-bin \
   --customize-hook='chroot "$1" apt-get clean' \
   bookworm "$root" "$mirror"
 rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/var/lib/apt/lists/*
@@ -43,6 +43,8 @@ printf 'debian\n' > "$root/etc/hostname"
 # fallback (DHCP on the first NIC) or the metadata's network-config.
 cat > "$root/etc/cloud/cloud.cfg.d/90-datasources.cfg" <<'EOF'
 datasource_list: [ NoCloud, None ]
+# C.UTF-8 is there without generating anything; user-data may set another.
+locale: C.UTF-8
 EOF
 printf 'auto lo\niface lo inet loopback\nsource /etc/network/interfaces.d/*\n' > "$root/etc/network/interfaces"
 # The serial console shows the boot (the VM tests read it).

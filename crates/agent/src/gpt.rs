@@ -51,7 +51,7 @@ impl Table {
         let entries_lba = u64_at(h, 72);
         let count = u32_at(h, 80).min(1024) as usize;
         let size = u32_at(h, 84) as usize;
-        if size < 128 || size > 4096 {
+        if !(128..=4096).contains(&size) {
             return None;
         }
         let mut partitions = Vec::new();

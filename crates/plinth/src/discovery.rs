@@ -36,6 +36,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     // The image deploy mounts the image's root file system (its cloud-init
     // seed) and writes a UEFI boot entry.
     "ext4",
+    "crc32c_generic",
     "efivarfs",
 ];
 
