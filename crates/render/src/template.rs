@@ -375,4 +375,17 @@ mod tests {
         assert_eq!(out, "plt_x.y plt_x.y 10.0.0.1:8091");
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
+
+    #[test]
+    fn shell_quote_makes_one_word_of_anything() {
+        let r = |text: &str| render(Arc::default(), Source::Inline(text), &json!({}), Arc::default(), &Hooks::default());
+        assert_eq!(r("{{ \"it's $HOME `x`\" | shell_quote }}").unwrap(), "'it'\\''s $HOME `x`'");
+        assert_eq!(r("{{ 4000 | shell_quote }}").unwrap(), "'4000'");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", r("{{ \"a'b; rm -rf /\" | shell_quote }}").unwrap()))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a'b; rm -rf /");
+    }
 }
