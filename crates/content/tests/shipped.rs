@@ -46,7 +46,8 @@ async fn site(store: &dyn Store) -> Vec<Machine> {
     let machines = [
         json!({"id": "0b5e1c1e-0000-4000-8000-000000000001", "name": "web-1", "macs": ["52:54:00:00:00:01"]}),
         json!({"id": "0b5e1c1e-0000-4000-8000-000000000002", "name": "db-1", "macs": ["52:54:00:00:00:02", "52:54:00:00:01:02"],
-            "profiles": ["db"], "params": {"http-proxy": "http://proxy.example.net:3128"}}),
+            "profiles": ["db"], "params": {"http-proxy": "http://proxy.example.net:3128",
+                "debian-mirror-key-url": "http://mirror.example.net/debian/site-key.gpg"}}),
         json!({"id": "0b5e1c1e-0000-4000-8000-000000000003", "name": "arm-1", "macs": ["52:54:00:00:00:03"], "arch": "arm64",
             "profiles": ["site"], "params": {"locale": "de_DE.UTF-8", "keyboard": "de"}}),
     ];

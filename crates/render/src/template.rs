@@ -378,7 +378,8 @@ mod tests {
 
     #[test]
     fn shell_quote_makes_one_word_of_anything() {
-        let r = |text: &str| render(Arc::default(), Source::Inline(text), &json!({}), Arc::default(), &Hooks::default());
+        let r =
+            |text: &str| render(Arc::default(), Source::Inline(text), &json!({}), Arc::default(), &Hooks::default());
         assert_eq!(r("{{ \"it's $HOME `x`\" | shell_quote }}").unwrap(), "'it'\\''s $HOME `x`'");
         assert_eq!(r("{{ 4000 | shell_quote }}").unwrap(), "'4000'");
         let out = std::process::Command::new("sh")
