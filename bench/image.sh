@@ -8,7 +8,7 @@
 #   The VM PXE-boots discovery from Plinth in a network namespace this
 #   script creates (and removes); one workflow runs, in order:
 #     floor:  wget -O - URL | gunzip | dd of=/dev/vda bs=4M conv=fsync
-#     plinth: plinth-agent deploy-image, the same raw.gz (SHA-256, resume, seed)
+#     plinth: plinth-agent deploy-image, the same raw.gz (SHA-256 verified, disk ends wiped)
 #     zstd:   plinth-agent deploy-image of the raw.zst
 #   each timed on the VM from /proc/uptime and reported as a param.
 # Needs root, iproute2, qemu-system-x86, ovmf, ipxe, zstd, and the lab

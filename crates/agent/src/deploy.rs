@@ -99,7 +99,7 @@ pub fn disks(sysfs: &Path, dev: &Path) -> Vec<Disk> {
         if flag("ro") || flag("removable") {
             continue;
         }
-        let size = read_trim(&dir.join("size")).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) * 512;
+        let size = read_trim(&dir.join("size")).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0).saturating_mul(512);
         if size == 0 {
             continue;
         }
@@ -276,19 +276,30 @@ fn decode(format: &str, input: Incoming, out: &mut DiskWriter) -> Result<(), Str
 /// `raw.zst`) from `input` into `out`; qcow2 is refused, saying how to
 /// convert it.
 pub fn decode_into(format: &str, mut input: impl std::io::BufRead, out: &mut impl Write) -> Result<(), String> {
+    let e = |e: std::io::Error| e.to_string();
     match format {
-        "raw" => std::io::copy(&mut input, out).map(|_| ()).map_err(|e| e.to_string()),
+        "raw" => {
+            std::io::copy(&mut input, out).map_err(e)?;
+        }
         "raw.gz" => {
-            std::io::copy(&mut flate2::bufread::MultiGzDecoder::new(input), out).map(|_| ()).map_err(|e| e.to_string())
+            // Every gzip member, as gunzip does.
+            std::io::copy(&mut flate2::bufread::MultiGzDecoder::new(&mut input), out).map_err(e)?;
         }
-        "raw.xz" => lzma_rs::xz_decompress(&mut input, out).map_err(|e| e.to_string()),
+        "raw.xz" => lzma_rs::xz_decompress(&mut input, out).map_err(|e| e.to_string())?,
         "raw.zst" => {
-            let mut d = ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| format!("zstd: {e}"))?;
-            std::io::copy(&mut d, out).map(|_| ()).map_err(|e| e.to_string())
+            // Every frame, as zstd does (pzstd and some tools write several).
+            while !input.fill_buf().map_err(e)?.is_empty() {
+                let mut d = ruzstd::decoding::StreamingDecoder::new(&mut input).map_err(|e| format!("zstd: {e}"))?;
+                std::io::copy(&mut d, out).map_err(e)?;
+            }
         }
-        "qcow2" => Err(QCOW2.into()),
-        other => Err(format!("image format `{other}`: expected raw, raw.gz, raw.xz, raw.zst")),
+        "qcow2" => return Err(QCOW2.into()),
+        other => return Err(format!("image format `{other}`: expected raw, raw.gz, raw.xz, raw.zst")),
     }
+    if !input.fill_buf().map_err(e)?.is_empty() {
+        return Err("bytes follow the end of the compressed image".into());
+    }
+    Ok(())
 }
 
 /// Why qcow2 images are refused, and how to convert one.
@@ -309,17 +320,29 @@ fn progress(done: u64, total: Option<u64>, rate: u64, what: &str) {
     let _ = std::io::stdout().flush();
 }
 
-/// What the transfer ends with when the writer gave up first.
-const WRITER_STOPPED: &str = "the image writer stopped";
+/// Why a transfer stopped.
+#[derive(Debug)]
+enum Stop {
+    /// Worth another attempt: a connection that broke or was refused, a
+    /// 5xx answer.
+    Again(String),
+    /// Not: a 4xx answer, a size that does not match, a resume elsewhere.
+    Fatal(String),
+    /// The writer gave up first (it says why).
+    WriterStopped,
+}
 
-/// Fetches `url` into `tx` from `from` on, resuming with `Range` after a
-/// dropped connection; the SHA-256 and length of what was sent.
+/// Fetches `url` into `tx`, resuming with `Range` after a dropped
+/// connection; `prepare` runs once, when the first answer is good and
+/// before any byte is sent on (the disk is wiped then, not for a URL that
+/// does not answer). The SHA-256 and length of what was sent.
 async fn fetch(
     http: &reqwest::Client,
     o: &Options,
     what: &str,
     tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-) -> Result<(String, u64), String> {
+    mut prepare: Option<Box<dyn FnOnce() -> Result<(), String> + Send + '_>>,
+) -> Result<(String, u64), Stop> {
     let mut hasher = sha2::Sha256::new();
     let mut received: u64 = 0;
     let mut attempt = 0;
@@ -332,8 +355,8 @@ async fn fetch(
         if received > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={received}-"));
         }
-        let outcome: Result<bool, String> = async {
-            let mut resp = req.send().await.map_err(|e| format!("cannot reach {}: {e}", o.url))?;
+        let outcome: Result<(), Stop> = async {
+            let mut resp = req.send().await.map_err(|e| Stop::Again(format!("cannot reach {}: {e}", o.url)))?;
             let status = resp.status();
             let mut skip = 0u64;
             if received > 0 && status == reqwest::StatusCode::OK {
@@ -348,12 +371,17 @@ async fn fetch(
                     .and_then(|v| v.split('-').next())
                     .and_then(|v| v.parse::<u64>().ok());
                 if start != Some(received) {
-                    return Err(format!("the server resumed at {start:?}, not at byte {received}"));
+                    return Err(Stop::Fatal(format!("the server resumed at {start:?}, not at byte {received}")));
                 }
             } else if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
-                return Err(format!("the image at {} ends at {} bytes; it was expected to be longer", o.url, received));
+                return Err(Stop::Fatal(format!(
+                    "the image at {} ends at {received} bytes; it was expected to be longer",
+                    o.url
+                )));
+            } else if status.is_server_error() {
+                return Err(Stop::Again(format!("{} answered {status}", o.url)));
             } else if !status.is_success() {
-                return Err(format!("{} answered {status}", o.url));
+                return Err(Stop::Fatal(format!("{} answered {status}", o.url)));
             }
             if received == 0
                 && let Some(len) = resp.content_length()
@@ -361,22 +389,23 @@ async fn fetch(
                 if let Some(size) = o.size
                     && size != len
                 {
-                    return Err(format!("{} is {len} bytes; the image is registered as {size}", o.url));
+                    return Err(Stop::Fatal(format!("{} is {len} bytes; the image is registered as {size}", o.url)));
                 }
                 expected = Some(len);
+            }
+            if let Some(first) = prepare.take() {
+                first().map_err(Stop::Fatal)?;
             }
             loop {
                 let chunk = match resp.chunk().await {
                     Ok(Some(c)) => c,
-                    Ok(None) => return Ok(true),
-                    Err(e) => {
-                        println!("the transfer broke at {}: {e}", mib(received));
-                        return Ok(false);
-                    }
+                    Ok(None) if expected.is_none_or(|e| received >= e) => return Ok(()),
+                    Ok(None) => return Err(Stop::Again(format!("the transfer ended early at {}", mib(received)))),
+                    Err(e) => return Err(Stop::Again(format!("the transfer broke at {}: {e}", mib(received)))),
                 };
                 let mut data: &[u8] = &chunk;
                 if skip > 0 {
-                    let n = (skip as usize).min(data.len());
+                    let n = usize::try_from(skip).unwrap_or(usize::MAX).min(data.len());
                     data = &data[n..];
                     skip -= n as u64;
                 }
@@ -386,8 +415,7 @@ async fn fetch(
                 hasher.update(data);
                 received += data.len() as u64;
                 if tx.send(data.to_vec()).is_err() {
-                    // The writer stopped (it failed): it says why.
-                    return Err(WRITER_STOPPED.into());
+                    return Err(Stop::WriterStopped);
                 }
                 if last_report.elapsed() >= o.progress_every {
                     let rate = (received as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
@@ -397,23 +425,28 @@ async fn fetch(
             }
         }
         .await;
-        let complete = match outcome {
-            Ok(true) => expected.is_none_or(|e| received >= e),
-            Ok(false) => false,
-            Err(e) if attempt < o.attempts && received > 0 && !e.contains("ends at") && e != WRITER_STOPPED => {
-                println!("{e}");
-                false
+        match outcome {
+            Ok(()) => break,
+            Err(Stop::Again(why)) if attempt < o.attempts => println!("{why}"),
+            Err(Stop::Again(why)) => {
+                return Err(Stop::Fatal(format!(
+                    "{why}; the transfer of {} stopped at {} after {attempt} attempts",
+                    o.url,
+                    mib(received)
+                )));
             }
-            Err(e) => return Err(e),
-        };
-        if complete {
-            break;
-        }
-        if attempt >= o.attempts {
-            return Err(format!("the transfer of {} stopped at {} after {attempt} attempts", o.url, mib(received)));
+            Err(other) => return Err(other),
         }
         let wait = Duration::from_secs(1 << attempt.min(4));
-        println!("resuming at byte {received} with a Range request in {} s (attempt {})", wait.as_secs(), attempt + 1);
+        if received > 0 {
+            println!(
+                "resuming at byte {received} with a Range request in {} s (attempt {})",
+                wait.as_secs(),
+                attempt + 1
+            );
+        } else {
+            println!("trying again in {} s (attempt {})", wait.as_secs(), attempt + 1);
+        }
         tokio::time::sleep(wait).await;
     }
     let rate = (received as f64 / started.elapsed().as_secs_f64().max(0.001)) as u64;
@@ -429,6 +462,15 @@ pub async fn deploy(o: &Options) -> Result<String, String> {
     }
     if o.format == "qcow2" {
         return Err(QCOW2.into());
+    }
+    if let Some(seed) = &o.seed_url
+        && !seed_url_ok(seed)
+    {
+        // Never echoed: it carries the machine's metadata token.
+        return Err(
+            "the seed URL is not an http(s) URL of the form http://HOST:PORT/t/<token>/ (is boot HTTP listening?)"
+                .into(),
+        );
     }
     let disk = choose(&o.disk, &o.sysfs, &o.dev)?;
     if let Some(raw) = o.raw_size
@@ -451,8 +493,6 @@ pub async fn deploy(o: &Options) -> Result<String, String> {
         .write(true)
         .open(&disk.node)
         .map_err(|e| format!("cannot open {} for writing: {e}", disk.node.display()))?;
-    wipe(&file, disk.size, 0).map_err(|e| format!("cannot wipe {}: {e}", disk.node.display()))?;
-    println!("wiped the first and last MiB of {}: it does not boot until the image is verified", disk.name);
 
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(20))
@@ -471,35 +511,69 @@ pub async fn deploy(o: &Options) -> Result<String, String> {
     });
     let what = format!("image to {}", disk.name);
     let started = Instant::now();
-    let fetched = fetch(&http, o, &what, tx).await;
-    let (decoded, head, written) = writer.join().map_err(|_| "the image writer panicked".to_string())?;
-    let fail = |why: String| -> Result<String, String> {
+    // The disk is wiped once the image's server answers, before any byte
+    // of it is written.
+    let touched = std::sync::atomic::AtomicBool::new(false);
+    let wipe_first = || {
+        touched.store(true, std::sync::atomic::Ordering::SeqCst);
+        wipe(&file, disk.size, 0).map_err(|e| format!("cannot wipe {}: {e}", disk.node.display()))?;
+        println!("wiped the first and last MiB of {}: it does not boot until the image is verified", disk.name);
+        Ok(())
+    };
+    let fetched = fetch(&http, o, &what, tx, Some(Box::new(wipe_first))).await;
+    let fail = |why: String, written: u64| -> Result<String, String> {
+        if !touched.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(format!("{why}; the disk was not touched"));
+        }
         let wiped = match wipe(&file, disk.size, written) {
-            Ok(()) => "the disk was wiped again and does not boot",
-            Err(_) => "and wiping the disk again failed too",
+            Ok(()) => "the disk was wiped and does not boot",
+            Err(_) => "and wiping the disk failed too",
         };
         Err(format!("{why}; {wiped}"))
     };
-    // The transfer's failure, unless it failed because the writer had.
-    let (sum, received) = match (fetched, decoded) {
-        (Err(e), _) if e != WRITER_STOPPED => return fail(e),
-        (_, Err(e)) => return fail(format!("the image did not decode as {}: {e}", o.format)),
-        (Err(e), Ok(())) => return fail(e),
-        (Ok(f), Ok(())) => f,
+    let Ok((decoded, head, written)) = writer.join() else {
+        return fail("the image writer stopped unexpectedly".into(), disk.size);
+    };
+    // What explains a failure best: the transfer's own error, then the
+    // checksum, then the decoder (which a wrong image makes fail too).
+    let (sum, received) = match (fetched, &decoded) {
+        (Err(Stop::Again(e) | Stop::Fatal(e)), _) => return fail(e, written),
+        (Err(Stop::WriterStopped), Err(e)) => {
+            return fail(format!("writing the image ({}) failed: {e}", o.format), written);
+        }
+        (Err(Stop::WriterStopped), Ok(())) => return fail("the image writer stopped".into(), written),
+        (Ok(f), _) => f,
     };
     if sum != want {
-        return fail(format!(
-            "the image's SHA-256 is {sum}, not {want} as registered ({received} bytes received): refused"
-        ));
+        return fail(
+            format!("the image's SHA-256 is {sum}, not {want} as registered ({received} bytes received): refused"),
+            written,
+        );
+    }
+    if let Err(e) = decoded {
+        return fail(format!("writing the image ({}) failed: {e}", o.format), written);
     }
     if let Some(size) = o.size
         && size != received
     {
-        return fail(format!("{received} bytes arrived; the image is registered as {size}"));
+        return fail(format!("{received} bytes arrived; the image is registered as {size}"), written);
     }
-    // Verified: the partition table goes on last.
-    if let Err(e) = file.write_all_at(&head, 0).and_then(|_| file.sync_all()) {
-        return fail(format!("cannot write the image's first MiB: {e}"));
+    if let Some(raw) = o.raw_size
+        && raw != written
+    {
+        return fail(format!("the image decoded to {written} bytes; it is registered as {raw}"), written);
+    }
+    let table = crate::gpt::Table::parse(&head);
+    let block_device = disk.node.starts_with(&o.dev);
+    if block_device && o.seed_url.is_some() && table.as_ref().and_then(crate::gpt::Table::root).is_none() {
+        return fail(
+            "the image has no GPT with a Linux root partition to leave its cloud-init seed on".into(),
+            written,
+        );
+    }
+    // Verified: everything else is on the disk before the partition table.
+    if let Err(e) = file.sync_all().and_then(|_| file.write_all_at(&head, 0)).and_then(|_| file.sync_all()) {
+        return fail(format!("cannot write the image's first MiB: {e}"), written);
     }
     let secs = started.elapsed().as_secs_f64();
     let mut report = format!(
@@ -511,22 +585,18 @@ pub async fn deploy(o: &Options) -> Result<String, String> {
         written as f64 / 1048576.0 / secs.max(0.001)
     );
     println!("{report}");
-    drop(file);
-    let table = crate::gpt::Table::parse(&head);
-    if !disk.node.starts_with(&o.dev) {
+    if !block_device {
         // A regular file: no partitions to read again, mount or boot.
         return Ok(report);
     }
     reread_partitions(&disk.node);
-    if let Some(seed) = &o.seed_url {
-        match &table {
-            Some(t) => match leave_seed(o, &disk, t, seed) {
-                Ok(m) => report.push_str(&format!("; {m}")),
-                Err(e) => return Err(format!("the image is written, but its seed is not: {e}")),
-            },
-            None => return Err("the image is written, but it has no GPT to find its root file system in".into()),
+    if let (Some(seed), Some(t)) = (&o.seed_url, &table) {
+        match leave_seed(o, &disk, t, seed) {
+            Ok(m) => report.push_str(&format!("; {m}")),
+            Err(e) => return fail(format!("the image is written, but its seed is not: {e}"), written),
         }
     }
+    drop(file);
     if std::fs::read_dir(&o.efivars).is_ok_and(|mut d| d.next().is_some()) {
         match table.as_ref().and_then(|t| t.esp()) {
             Some(esp) => {
@@ -540,6 +610,14 @@ pub async fn deploy(o: &Options) -> Result<String, String> {
         }
     }
     Ok(report)
+}
+
+/// Whether `seed` is an http(s) URL with a host and no spaces.
+fn seed_url_ok(seed: &str) -> bool {
+    let rest = seed.strip_prefix("http://").or_else(|| seed.strip_prefix("https://"));
+    rest.is_some_and(|r| {
+        !r.is_empty() && !r.starts_with('/') && !seed.chars().any(|c| c.is_whitespace() || c.is_control())
+    })
 }
 
 /// Asks the kernel to read the new partition table.
@@ -561,9 +639,6 @@ fn partition_node(disk: &Disk, dev: &Path, n: u32) -> PathBuf {
 /// seed there: where this machine's metadata is, read on its first boot
 /// (and kept: `manual_cache_clean`, so an expired token is never asked again).
 fn leave_seed(o: &Options, disk: &Disk, table: &crate::gpt::Table, seed: &str) -> Result<String, String> {
-    if !(seed.starts_with("http://") || seed.starts_with("https://")) || seed.chars().any(|c| c.is_whitespace()) {
-        return Err(format!("the seed URL `{seed}` is not an http(s) URL"));
-    }
     let root = table.root().ok_or("the image has no Linux root partition (by GPT type) for the seed")?;
     let node = partition_node(disk, &o.dev, root.number);
     let mnt = std::env::temp_dir().join(format!("plinth-seed-{}", std::process::id()));

@@ -56,8 +56,8 @@ impl Table {
         }
         let mut partitions = Vec::new();
         for i in 0..count {
-            let at = (entries_lba as usize).checked_mul(512)?.checked_add(i * size)?;
-            let Some(e) = head.get(at..at + 128) else { break };
+            let at = usize::try_from(entries_lba).ok()?.checked_mul(512)?.checked_add(i * size)?;
+            let Some(e) = at.checked_add(128).and_then(|end| head.get(at..end)) else { break };
             let type_guid: [u8; 16] = e[..16].try_into().ok()?;
             if type_guid == [0; 16] {
                 continue;
@@ -83,7 +83,10 @@ impl Table {
     pub fn root(&self) -> Option<&Partition> {
         let roots = [guid(ROOT_X86_64), guid(ROOT_ARM64)];
         self.partitions.iter().find(|p| roots.contains(&p.type_guid)).or_else(|| {
-            self.partitions.iter().filter(|p| p.type_guid == guid(LINUX_DATA)).max_by_key(|p| p.last_lba - p.first_lba)
+            self.partitions
+                .iter()
+                .filter(|p| p.type_guid == guid(LINUX_DATA))
+                .max_by_key(|p| p.last_lba.saturating_sub(p.first_lba))
         })
     }
 }
@@ -104,7 +107,7 @@ pub fn load_option(label: &str, esp: &Partition, loader: &str) -> Vec<u8> {
     path.extend_from_slice(&[0x04, 0x01, 42, 0]);
     path.extend_from_slice(&esp.number.to_le_bytes());
     path.extend_from_slice(&esp.first_lba.to_le_bytes());
-    path.extend_from_slice(&(esp.last_lba - esp.first_lba + 1).to_le_bytes());
+    path.extend_from_slice(&esp.last_lba.saturating_sub(esp.first_lba).saturating_add(1).to_le_bytes());
     path.extend_from_slice(&esp.unique_guid);
     path.extend_from_slice(&[0x02, 0x02]);
     // File path media device path.

@@ -169,7 +169,49 @@ fn a_missing_image_is_a_clear_failure() {
     let target = disk(dir.path(), "disk", 2 << 20);
     let (url, _) = serve(Vec::new(), Mode::NotFound);
     let e = rt().block_on(deploy::deploy(&options(&url, &"a".repeat(64), "raw", &target))).unwrap_err();
-    assert!(e.contains("404"), "{e}");
+    assert!(e.contains("404") && e.contains("not touched"), "{e}");
+    assert!(std::fs::read(&target).unwrap().iter().all(|b| *b == 0xAA), "the old system is still there");
+}
+
+#[test]
+fn several_zstd_frames_decode_and_trailing_bytes_or_a_short_image_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = raw_image(3 << 20);
+    // Two frames, as pzstd writes them.
+    let mut served = compress("zstd", &raw[..1 << 20]);
+    served.extend(compress("zstd", &raw[1 << 20..]));
+    let target = disk(dir.path(), "frames", 4 << 20);
+    let (url, _) = serve(served.clone(), Mode::Serve);
+    let mut o = options(&url, &sha(&served), "raw.zst", &target);
+    o.raw_size = Some(raw.len() as u64);
+    rt().block_on(deploy::deploy(&o)).unwrap();
+    assert_eq!(&std::fs::read(&target).unwrap()[..raw.len()], &raw[..]);
+    // Garbage after the gzip stream.
+    let mut trailing = compress("gzip", &raw);
+    trailing.extend_from_slice(b"not gzip");
+    let target = disk(dir.path(), "trailing", 4 << 20);
+    let (url, _) = serve(trailing.clone(), Mode::Serve);
+    let e = rt().block_on(deploy::deploy(&options(&url, &sha(&trailing), "raw.gz", &target))).unwrap_err();
+    assert!(e.contains("does not boot"), "{e}");
+    // An image that decodes shorter than registered.
+    let target = disk(dir.path(), "short", 4 << 20);
+    let (url, _) = serve(raw.clone(), Mode::Serve);
+    let mut o = options(&url, &sha(&raw), "raw", &target);
+    o.raw_size = Some(raw.len() as u64 + 4096);
+    let e = rt().block_on(deploy::deploy(&o)).unwrap_err();
+    assert!(e.contains("registered as") && e.contains("does not boot"), "{e}");
+    assert!(std::fs::read(&target).unwrap()[..1 << 20].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn a_bad_seed_url_is_refused_before_the_disk_is_touched_and_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = disk(dir.path(), "disk", 2 << 20);
+    let mut o = options("http://127.0.0.1:1/x", &"a".repeat(64), "raw", &target);
+    o.seed_url = Some("/t/plt_secret.token/".into());
+    let e = rt().block_on(deploy::deploy(&o)).unwrap_err();
+    assert!(e.contains("seed URL") && !e.contains("plt_secret"), "{e}");
+    assert!(std::fs::read(&target).unwrap().iter().all(|b| *b == 0xAA));
 }
 
 #[test]

@@ -280,6 +280,10 @@ pub async fn append_log(
         "truncated": outcome == plinth_store::LogAppend::Truncated})))
 }
 
+/// The least time between two progress reports of one job on its
+/// machine's timeline; one sooner is answered `recorded: false`.
+pub(crate) const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// What an agent reports of a job's progress (`POST /api/v1/jobs/{id}/progress`).
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -310,6 +314,17 @@ pub async fn progress(
     let req: ProgressRequest = body(&headers, b).await?;
     if job.state != plinth_model::JobState::Running {
         return Err(ApiError::Conflict(format!("job {} is not running", job.id)));
+    }
+    {
+        let mut seen = state.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if seen.get(&job.id).is_some_and(|at| now.duration_since(*at) < PROGRESS_EVERY) {
+            return Ok(Json(json!({"recorded": false})));
+        }
+        if seen.len() > 4096 {
+            seen.retain(|_, at| now.duration_since(*at) < PROGRESS_EVERY);
+        }
+        seen.insert(job.id, now);
     }
     if req.what.len() > 200 || req.what.chars().any(char::is_control) {
         return Err(ApiError::field("what", "at most 200 characters, no control characters"));
@@ -423,10 +438,7 @@ pub async fn files(
         metadata_token: Some(metadata_token),
     };
     // Boot HTTP as the machine reaches it (for image URLs and metadata seeds).
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let host =
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
-    let http = crate::power::boot_base(&state, host).unwrap_or_default();
+    let http = crate::power::boot_base(&state, &headers).unwrap_or_default();
     let provisioner =
         plinth_render::Provisioner { api, http, ca_pem: state.agent_ca.clone(), hooks, ..Default::default() };
     let task_name = task.name.to_string();

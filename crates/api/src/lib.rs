@@ -72,6 +72,9 @@ pub struct AppState {
     /// Lifetime of the metadata tokens an image deploy leaves on the disk
     /// and `POST /machines/{id}/metadata-token` mints.
     pub metadata_token_ttl: Duration,
+    /// When each running job last reported progress (at most one report
+    /// every [`agent::PROGRESS_EVERY`] reaches the timeline).
+    pub progress: Arc<std::sync::Mutex<std::collections::HashMap<plinth_model::JobId, std::time::Instant>>>,
 }
 
 /// The API's router, with authentication applied to every route but

@@ -1,7 +1,8 @@
 //! Metadata tokens: what a deployed image (or a cloud VM) reads its
 //! metadata with, on boot HTTP under `/t/<token>/`. Each reads one
-//! machine's metadata and nothing else (the API refuses it), expires, and
-//! rotates: minting one revokes the machine's earlier ones.
+//! machine's metadata (the API refuses it; boot HTTP gives it no boot
+//! file), hands out at most one boot credential through its vendor-data,
+//! expires, and rotates: minting one revokes the machine's earlier ones.
 
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -25,6 +26,8 @@ pub async fn mint(
     let (mut token, bearer) =
         plinth_model::Token::mint(Name::known("machine"), format!("metadata token: {why}"), expires_at, Some(machine));
     token.metadata = true;
+    // The one boot credential its vendor-data may hand out.
+    token.uses_left = Some(1);
     let body = serde_json::to_value(&token).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut ops = vec![plinth_store::WriteOp::Put {
         kind: Kind::Token,
@@ -62,13 +65,10 @@ pub async fn create(
         .get_as::<plinth_model::Machine>(&id.to_string())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no machine {id}")))?;
+    let base = crate::power::boot_base(&state, &headers)?;
     let (bearer, expires_at) =
         mint(state.store.as_ref(), machine.id, state.metadata_token_ttl, "minted through the API", principal.actor())
             .await?;
-    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-    let host =
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
-    let base = crate::power::boot_base(&state, host)?;
     let seed_url = format!("{base}/t/{bearer}/");
     Ok(Json(json!({"machine": machine.id, "token": bearer, "expires_at": expires_at, "seed_url": seed_url,
         "smbios": format!("type=1,serial=ds=nocloud-net;s={seed_url}"),

@@ -315,6 +315,15 @@ pub fn build() -> Value {
     log["get"]["responses"]["200"] =
         json!({"description": "the log", "content": {"text/plain": {"schema": {"type": "string"}}}});
     paths.insert("/api/v1/jobs/{id}/log".into(), log);
+    paths.insert("/api/v1/jobs/{id}/progress".into(), json!({"post": agent_route("job_progress",
+        "A running job's progress, put on its machine's timeline (the agent forwards a task's `plinth-progress` lines, at most one every 5 s)",
+        Some(json!({"type": "object", "required": ["done"], "properties": {"done": {"type": "integer", "minimum": 0},
+            "total": {"type": "integer", "minimum": 0}, "rate": {"type": "integer", "minimum": 0},
+            "what": {"type": "string", "maxLength": 200}}})),
+        "{recorded}", &["400", "401", "403", "404", "409"])}));
+    paths.insert("/api/v1/machines/{id}/metadata-token".into(), json!({"post": agent_route("metadata_token",
+        "A new metadata token for the machine (its earlier ones revoked): it reads only the machine's metadata on boot HTTP (/t/<token>/meta-data, user-data, vendor-data, network-config, latest/...) until --metadata-token-ttl; with the NoCloud seed URL (claim: secure read)",
+        None, "{machine, token, expires_at, seed_url, smbios, kernel_arg}", &["401", "403", "404", "409"])}));
     paths.insert("/api/v1/jobs/{id}/files".into(), json!({"get": agent_route("job_files",
         "The job's task rendered for its machine: [{name, path, contents}]", None, "the files", &["401", "403", "404", "409"])}));
     paths.insert("/api/v1/info".into(), json!({"get": {"operationId": "info", "tags": ["meta"], "summary": "Server name and version",

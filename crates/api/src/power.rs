@@ -63,8 +63,12 @@ pub struct MediaConfig {
 }
 
 /// The boot HTTP server's URL as machines reach it: `--boot-url`, else
-/// the host an operator's API call named, with the boot HTTP port.
-pub(crate) fn boot_base(state: &AppState, host: &str) -> Result<String, ApiError> {
+/// the host the API call named (its `Host`, without the port), with the
+/// boot HTTP port.
+pub(crate) fn boot_base(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host =
+        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
     let configured = state.power.config.media.as_ref().and_then(|m| m.boot_url.clone());
     match (configured, state.power.http_port.get()) {
         (Some(u), _) => Ok(u.trim_end_matches('/').to_owned()),
@@ -542,10 +546,8 @@ pub async fn boot_media(
     }
     // The URLs the machine reaches the server by.
     let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let host_only =
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
     let api = state.api_url.clone().unwrap_or_else(|| format!("https://{host}"));
-    let http = boot_base(&state, host_only)?;
+    let http = boot_base(&state, &headers)?;
     // The boot credential the image carries.
     let now = plinth_model::now();
     let expires =

@@ -179,6 +179,33 @@ pub struct RenderedFiles {
     keyring: std::sync::Arc<plinth_secrets::Keyring>,
     joins: std::sync::Arc<std::sync::Mutex<JoinBudget>>,
     agent_sums: std::sync::Arc<std::sync::Mutex<AgentSums>>,
+    metadata_events: std::sync::Arc<std::sync::Mutex<EventBudget>>,
+}
+
+/// Metadata reads recorded on a machine's timeline: at most
+/// [`EventBudget::PER_MINUTE`] a machine a minute, so a token's holder
+/// cannot flood the boot event log (which is pruned oldest first).
+#[derive(Default)]
+struct EventBudget {
+    by_machine: std::collections::HashMap<plinth_model::MachineId, (std::time::Instant, u32)>,
+}
+
+impl EventBudget {
+    const PER_MINUTE: u32 = 20;
+
+    /// Whether one more event for `machine` fits this minute.
+    fn take(&mut self, machine: plinth_model::MachineId) -> bool {
+        let now = std::time::Instant::now();
+        if self.by_machine.len() > 4096 {
+            self.by_machine.retain(|_, (at, _)| now.duration_since(*at).as_secs() < 60);
+        }
+        let e = self.by_machine.entry(machine).or_insert((now, 0));
+        if now.duration_since(e.0).as_secs() >= 60 {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= Self::PER_MINUTE
+    }
 }
 
 /// SHA-256 of the agent binaries in the file root, by architecture,
@@ -234,6 +261,40 @@ fn store_token(
         .map_err(|e| e.to_string())
 }
 
+/// Why a metadata token could not hand out a boot credential.
+enum Taken {
+    Store(plinth_store::StoreError),
+    NoneLeft,
+}
+
+impl From<plinth_store::StoreError> for Taken {
+    fn from(e: plinth_store::StoreError) -> Taken {
+        Taken::Store(e)
+    }
+}
+
+/// Takes metadata token `id`'s one boot credential (its `uses_left`),
+/// atomically: a second render of the vendor-data that carries one fails.
+async fn take_credential(store: &dyn plinth_store::Store, id: plinth_model::TokenId) -> Result<(), String> {
+    let taken = plinth_store::StoreExt::update_as::<plinth_model::Token, Taken, _>(store, &id.to_string(), |t| match t
+        .uses_left
+    {
+        Some(0) => Err(Taken::NoneLeft),
+        _ => {
+            t.uses_left = Some(0);
+            Ok(())
+        }
+    })
+    .await;
+    match taken {
+        Ok(_) => Ok(()),
+        Err(Taken::NoneLeft) => Err("this metadata token already handed out its boot credential; \
+            `plinth machines metadata-token` mints a new one"
+            .into()),
+        Err(Taken::Store(e)) => Err(e.to_string()),
+    }
+}
+
 /// The stored template that answers `ipxe/<mac>` for machines Plinth does
 /// not know (after the file root's `ipxe/default.ipxe`).
 pub const DEFAULT_IPXE_TEMPLATE: &str = "ipxe-default";
@@ -266,6 +327,7 @@ impl RenderedFiles {
             keyring,
             joins: Default::default(),
             agent_sums: Default::default(),
+            metadata_events: Default::default(),
         }
     }
 
@@ -327,6 +389,22 @@ impl RenderedFiles {
         })
     }
 
+    /// What a known machine's render gets: where it reaches Plinth, its
+    /// boot credential minter and its secure values (the names read are
+    /// collected for the audit log).
+    async fn machine_provisioner(
+        &self,
+        view: &plinth_render::MachineView,
+        request: &FileRequest<'_>,
+        metadata_token: Option<plinth_model::TokenId>,
+    ) -> (plinth_render::Provisioner, std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>) {
+        let mut provisioner = self.provisioner(request).await;
+        provisioner.hooks.machine_token = Some(self.minter_with(view, request, metadata_token));
+        let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        provisioner.hooks.secure_param = Some(self.secure_params(view, request, read.clone()));
+        (provisioner, read)
+    }
+
     /// Where a file rendered for `request` reaches Plinth: the boot server
     /// as the client reached it (or as configured), the API as configured
     /// or on that host.
@@ -359,14 +437,22 @@ impl RenderedFiles {
     /// short-lived, traded once for a session, and, where Plinth leased the
     /// machine its address, handed only to that address (or the machine's
     /// own `address`) or to a request that carries the machine's token.
-    fn minter(&self, view: &plinth_render::MachineView, request: &FileRequest<'_>) -> plinth_render::TokenMinter {
+    /// For a render of the metadata service with metadata token `metadata`
+    /// (its id), the leased-address rule holds whatever the token, and the
+    /// token hands out one boot credential in all.
+    fn minter_with(
+        &self,
+        view: &plinth_render::MachineView,
+        request: &FileRequest<'_>,
+        metadata: Option<plinth_model::TokenId>,
+    ) -> plinth_render::TokenMinter {
         let store = self.store.clone();
         let ttl = self.config.boot_token_ttl;
         let handle = tokio::runtime::Handle::current();
         let machine = view.machine.id;
         let leased = view.lease.as_ref().map(|l| l.address);
         let refused = match (leased, request.client) {
-            _ if request.token.is_some() => None,
+            _ if request.token.is_some() && metadata.is_none() => None,
             (Some(lease), Some(client)) if client == lease || view.machine.address == Some(client) => None,
             (Some(lease), client) => Some(format!(
                 "machine `{}` leased {lease}; its boot credential is handed only to that address, not to {}",
@@ -379,6 +465,9 @@ impl RenderedFiles {
         std::sync::Arc::new(move || {
             if let Some(why) = &refused {
                 return Err(why.clone());
+            }
+            if let Some(id) = metadata {
+                handle.block_on(take_credential(store.as_ref(), id))?;
             }
             let now = plinth_model::now();
             let expires = now + chrono::Duration::from_std(ttl).map_err(|e| e.to_string())?;
@@ -488,9 +577,9 @@ impl RenderedFiles {
         format!("{}.{}.{}.0/24", o[0], o[1], o[2])
     }
 
-    /// The machine a valid, unexpired machine token belongs to, and whether
-    /// the token is a metadata token (it reads the metadata service only).
-    async fn token_machine(&self, bearer: &str) -> Option<(plinth_model::Machine, bool)> {
+    /// The machine a valid, unexpired machine token belongs to, and, for a
+    /// metadata token (it reads the metadata service only), its id.
+    async fn token_machine(&self, bearer: &str) -> Option<(plinth_model::Machine, Option<plinth_model::TokenId>)> {
         use plinth_model::Kind;
         let (id, secret) = plinth_model::Token::parse_bearer(bearer)?;
         let record = self.store.get(Kind::Token, &id.to_string()).await.ok()??;
@@ -501,7 +590,7 @@ impl RenderedFiles {
             return None;
         }
         let machine = self.store.get(Kind::Machine, &token.machine?.to_string()).await.ok()??;
-        Some((plinth_model::decode(machine.body).ok()?, token.metadata))
+        Some((plinth_model::decode(machine.body).ok()?, token.metadata.then_some(token.id)))
     }
 
     /// The machine a request is for: the token's, or the one holding the
@@ -590,10 +679,7 @@ impl RenderedFiles {
                 return Ok(None);
             }
         };
-        let mut provisioner = self.provisioner(request).await;
-        provisioner.hooks.machine_token = Some(self.minter(&view, request));
-        let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-        provisioner.hooks.secure_param = Some(self.secure_params(&view, request, read.clone()));
+        let (provisioner, read) = self.machine_provisioner(&view, request, None).await;
         let id = view.machine.id;
         let target = target.clone();
         let rendered = tokio::task::spawn_blocking(move || match &target {
@@ -630,6 +716,7 @@ impl RenderedFiles {
         machine: plinth_model::Machine,
         request: &FileRequest<'_>,
         what: crate::metadata::MetadataPath,
+        metadata_token: Option<plinth_model::TokenId>,
     ) -> Option<Vec<u8>> {
         use crate::metadata::{MetadataPath, NOCLOUD};
         let name = machine.name.to_string();
@@ -641,10 +728,7 @@ impl RenderedFiles {
                 return None;
             }
         };
-        let mut provisioner = self.provisioner(request).await;
-        provisioner.hooks.machine_token = Some(self.minter(&view, request));
-        let read = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
-        provisioner.hooks.secure_param = Some(self.secure_params(&view, request, read.clone()));
+        let (provisioner, read) = self.machine_provisioner(&view, request, metadata_token).await;
         let id = view.machine.id;
         let path = request.path.trim_start_matches('/').to_owned();
         let rendered = tokio::task::spawn_blocking(move || -> Option<Result<String, plinth_render::RenderError>> {
@@ -697,7 +781,9 @@ impl RenderedFiles {
             service: "metadata".into(),
             detail: format!("served {} to {client}, with the machine's token", path.escape_debug()),
         };
-        let _ = self.store.append_boot_events(vec![event]).await;
+        if self.metadata_events.lock().unwrap_or_else(|p| p.into_inner()).take(id) {
+            let _ = self.store.append_boot_events(vec![event]).await;
+        }
         Some(text.into_bytes())
     }
 }
@@ -757,16 +843,16 @@ impl Generated for RenderedFiles {
             // A bad token gets nothing, not another machine's or the default
             // file. A metadata token reads the metadata service only; another
             // machine token reads its bootenv's files, then the metadata.
-            let (machine, metadata_only) = self.token_machine(bearer).await?;
+            let (machine, metadata_token) = self.token_machine(bearer).await?;
             let metadata = crate::metadata::MetadataPath::of(request.path);
-            if !metadata_only {
+            if metadata_token.is_none() {
                 match self.render_for(machine.clone(), request, &target).await {
                     Ok(Some(bytes)) => return Some(bytes),
                     Err(()) => return None,
                     Ok(None) => {}
                 }
             }
-            return self.metadata_for(machine, request, metadata?).await;
+            return self.metadata_for(machine, request, metadata?, metadata_token).await;
         }
         let known = match self.machine_of(request, &target).await {
             Found::One(machine) => match self.render_for(*machine, request, &target).await {

@@ -111,8 +111,6 @@ fn read_local(path: &Path, format: ImageFormat) -> Result<(String, u64, Option<u
             &mut count,
         )
         .map_err(|e| format!("{} does not decode as {format}: {e}", path.display()))?;
-        // What the decoder left unread still counts for the checksum.
-        std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| e.to_string())?;
         Some(count.0)
     };
     reader.progress.show();
@@ -122,6 +120,11 @@ fn read_local(path: &Path, format: ImageFormat) -> Result<(String, u64, Option<u
 /// `plinth images import NAME SOURCE`.
 pub(crate) async fn import(c: &Client, m: &ArgMatches) -> Result<String, ClientError> {
     let name = m.get_one::<String>("key").cloned().unwrap_or_default();
+    // The name becomes a file name in the file root: it must be a valid one first.
+    let name = name
+        .parse::<plinth_model::Name>()
+        .map_err(|e| ClientError::Input(format!("image name `{name}`: {e}")))?
+        .to_string();
     let source = m.get_one::<String>("source").cloned().unwrap_or_default();
     let given_format = match m.get_one::<String>("format") {
         Some(f) => Some(ImageFormat::from_name(f).filter(|x| x.as_str() == f).ok_or_else(|| {
@@ -158,9 +161,14 @@ pub(crate) async fn import(c: &Client, m: &ArgMatches) -> Result<String, ClientE
         });
         let relative = format!("images/{name}.{}", format.as_str());
         let dest = root.join(&relative);
-        let (src, d) = (file.clone(), dest.clone());
+        let (src, d, want) = (file.clone(), dest.clone(), expected.clone());
         let (sha256, size, raw) = tokio::task::spawn_blocking(move || -> Result<_, String> {
             let read = read_local(&src, format)?;
+            if let Some(want) = want
+                && want != read.0
+            {
+                return Err(format!("the image's SHA-256 is {}, not {want} as given: not imported", read.0));
+            }
             let same = std::fs::canonicalize(&src).ok().is_some_and(|s| std::fs::canonicalize(&d).ok() == Some(s));
             if !same {
                 std::fs::create_dir_all(d.parent().unwrap_or(Path::new("."))).map_err(|e| e.to_string())?;

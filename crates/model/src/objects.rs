@@ -1599,8 +1599,9 @@ object! {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         pub discovery: bool,
         /// A metadata token: it reads its machine's metadata (`/t/<token>/`
-        /// `meta-data`, `user-data`, ... on boot HTTP) and nothing else: no
-        /// API route, no boot file.
+        /// `meta-data`, `user-data`, ... on boot HTTP): no API route, no
+        /// boot file. Its vendor-data may hand out one boot credential in
+        /// all (`uses_left` goes from 1 to 0), under the leased-address rule.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         pub metadata: bool,
     }

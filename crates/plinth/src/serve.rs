@@ -255,6 +255,7 @@ pub async fn run(config: Config) -> Result<()> {
         logins: Default::default(),
         machine_session_max: config.machine_session_max,
         metadata_token_ttl: config.metadata_token_ttl,
+        progress: Default::default(),
         api_url: config.api_url.clone(),
         job_log_max: config.job_log_max,
         power: Arc::new(plinth_api::power::Power::new(plinth_api::power::PowerConfig {

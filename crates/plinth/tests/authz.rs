@@ -188,8 +188,9 @@ async fn every_route_checks_claims_for_each_role_restricted_tokens_and_machine_t
     }
 
     // Operator: everything but users, roles and tokens, a machine's session
-    // (only its own agent has one) and letting secure values reach a
-    // machine (accepting one, or a registration conflict).
+    // (only its own agent has one), letting secure values reach a machine
+    // (accepting one, or a registration conflict) and minting a metadata
+    // token (the metadata it reads may carry secure values).
     let operator = as_user(&server, "olivia", "olivia-password").await;
     for (method, path) in &all {
         if public(path) || path.starts_with("/api/v1/auth") {
@@ -198,7 +199,8 @@ async fn every_route_checks_claims_for_each_role_restricted_tokens_and_machine_t
         let s = status(&operator, method, path).await;
         let forbidden = ["/api/v1/users", "/api/v1/roles", "/api/v1/tokens"].iter().any(|p| path.starts_with(p))
             || path.ends_with("/session")
-            || path.ends_with("/accept");
+            || path.ends_with("/accept")
+            || path.ends_with("/metadata-token");
         assert_eq!(s == 403, forbidden, "operator {method} {path}: {s}");
     }
     created(&operator, "/api/v1/machines", json!({"name": "by-operator"})).await;

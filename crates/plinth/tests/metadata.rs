@@ -172,6 +172,8 @@ async fn metadata_is_served_to_its_machines_token_only() {
     let (_, vendor) = get(&format!("{url}vendor-data")).await;
     assert!(vendor.starts_with("#!/bin/sh") && vendor.contains("PLINTH_TOKEN=plt_"), "a boot credential: {vendor}");
     assert!(vendor.contains(&format!("PLINTH_MACHINE={id}")), "{vendor}");
+    let (status, again) = get(&format!("{url}vendor-data")).await;
+    assert_eq!(status, 404, "a metadata token hands out one boot credential: {again}");
     let (status, net) = get(&format!("{url}network-config")).await;
     assert_eq!(status, 200);
     assert!(net.contains("version: 2") && net.contains("dhcp4: true"), "{net}");
