@@ -21,35 +21,9 @@ for f in vmlinuz plinth-agent os/debian-12.raw.zst; do
 done
 cargo build --release -q -p plinth --bin plinth
 PLINTH=$PWD/target/release/plinth
-work=$(mktemp -d)
 NS=plt-bench-img-$$
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-ip -n "$NS" link add br0 type bridge
-ip -n "$NS" addr add 10.78.0.1/24 dev br0
-ip -n "$NS" link set br0 up
-ip -n "$NS" tuntap add tap0 mode tap
-ip -n "$NS" link set tap0 master br0
-ip -n "$NS" link set tap0 up
-in_ns() { ip netns exec "$NS" "$@"; }
-ip netns exec "$NS" env PLINTH_ADMIN_PASSWORD=bench-password PLINTH_LOG=warn "$PLINTH" serve --data-dir "$work/plinth" \
-  --api-addr 10.78.0.1:18092 --http-addr 10.78.0.1:18091 --tftp-addr 10.78.0.1:69 --power-poll 0 \
-  > "$work/server.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do [ -f "$work/plinth/tls/ca.pem" ] && break; sleep 0.1; done
-sleep 1
-cli() { in_ns env PLINTH_ENDPOINT=https://10.78.0.1:18092 PLINTH_CA_CERT="$work/plinth/tls/ca.pem" PLINTH_CONFIG="$work/cli.json" "$PLINTH" "$@"; }
-echo bench-password | cli login --password-stdin >/dev/null
-files=$work/plinth/files
-"$PLINTH" bootloaders install --file-root "$files" >/dev/null
+. bench/lab.sh
+lab_up 10.78.0 "$PLINTH"
 modules=$(ls -d "$LAB"/kernel/lib/modules/*)
 "$PLINTH" discovery build --with-modules virtio_pci,virtio_net,virtio_blk,ext4,crc32c_generic,efivarfs \
   --kernel "$LAB/vmlinuz" --modules "$modules" --agent "$LAB/plinth-agent" --data-dir "$work/plinth" >/dev/null

@@ -329,11 +329,7 @@ pub async fn progress(
     if req.what.len() > 200 || req.what.chars().any(char::is_control) {
         return Err(ApiError::field("what", "at most 200 characters, no control characters"));
     }
-    let (machine, _) = state
-        .store
-        .get_as::<Machine>(&job.machine.to_string())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("machines `{}` not found", job.machine)))?;
+    let machine = crate::power::machine(&state, &job.machine.to_string()).await?;
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
     let mut detail = format!("job {} (task `{}`): {}", job.id, job.task, req.what);
     detail.push_str(&format!(" {} done", mib(req.done)));

@@ -246,7 +246,7 @@ async fn note(state: &AppState, m: &Machine, detail: String) {
     let _ = state.store.append_boot_events(vec![plinth_model::BootEvent::about(m, "power", detail)]).await;
 }
 
-async fn machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {
+pub(crate) async fn machine(state: &AppState, id: &str) -> Result<Machine, ApiError> {
     let id = machine_id(id)?;
     state
         .store

@@ -340,7 +340,7 @@ fn kind_command(kind: Kind) -> Command {
         );
     }
     if kind == Kind::Image {
-        cmd = cmd.subcommand(
+        cmd = cmd.subcommand(file_root_args(
             Command::new("import")
                 .about("Register a disk image: a local file (copied into the file root) or an http(s) URL")
                 .long_about(
@@ -359,24 +359,11 @@ fn kind_command(kind: Kind) -> Command {
                         .help("raw, raw.gz, raw.xz, raw.zst or qcow2 [default: from the file]"),
                 )
                 .arg(Arg::new("sha256").long("sha256").help("Refuse the image unless its SHA-256 is this"))
-                .arg(Arg::new("description").long("description").help("Description for humans"))
-                .arg(
-                    Arg::new("data-dir")
-                        .long("data-dir")
-                        .env("PLINTH_DATA_DIR")
-                        .value_parser(value_parser!(PathBuf))
-                        .help("The server's data dir, whose files/ is the file root [default: ./plinth-data]"),
-                )
-                .arg(
-                    Arg::new("file-root")
-                        .long("file-root")
-                        .value_parser(value_parser!(PathBuf))
-                        .help("The file root (instead of <data-dir>/files)"),
-                ),
-        );
+                .arg(Arg::new("description").long("description").help("Description for humans")),
+        ));
     }
     if kind == Kind::BootEnv {
-        cmd = cmd.subcommand(
+        cmd = cmd.subcommand(file_root_args(
             Command::new("import-iso")
                 .about("Verify an OS image's SHA-256 and extract its tree into the file root under the bootenv's name")
                 .long_about(
@@ -393,21 +380,8 @@ fn kind_command(kind: Kind) -> Command {
                         .long("keep-image")
                         .action(ArgAction::SetTrue)
                         .help("Also keep the ISO itself in the folder (for installers that download it)"),
-                )
-                .arg(
-                    Arg::new("data-dir")
-                        .long("data-dir")
-                        .env("PLINTH_DATA_DIR")
-                        .value_parser(value_parser!(PathBuf))
-                        .help("The server's data dir, whose files/ is the file root [default: ./plinth-data]"),
-                )
-                .arg(
-                    Arg::new("file-root")
-                        .long("file-root")
-                        .value_parser(value_parser!(PathBuf))
-                        .help("The file root (instead of <data-dir>/files)"),
                 ),
-        );
+        ));
     }
     if kind.writable_via_api() {
         cmd = cmd
@@ -424,6 +398,31 @@ fn kind_command(kind: Kind) -> Command {
             ));
     }
     cmd
+}
+
+/// `--data-dir` and `--file-root`: where a command that writes into the
+/// server's file root on its host writes.
+fn file_root_args(cmd: Command) -> Command {
+    cmd.arg(
+        Arg::new("data-dir")
+            .long("data-dir")
+            .env("PLINTH_DATA_DIR")
+            .value_parser(value_parser!(PathBuf))
+            .help("The server's data dir, whose files/ is the file root [default: ./plinth-data]"),
+    )
+    .arg(
+        Arg::new("file-root")
+            .long("file-root")
+            .value_parser(value_parser!(PathBuf))
+            .help("The file root (instead of <data-dir>/files)"),
+    )
+}
+
+/// The file root [`file_root_args`] name.
+pub(crate) fn file_root(m: &clap::ArgMatches) -> PathBuf {
+    m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| {
+        m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data")).join("files")
+    })
 }
 
 /// `--override`: change an object a content pack installed, as the site's override.

@@ -156,9 +156,7 @@ pub(crate) async fn import(c: &Client, m: &ArgMatches) -> Result<String, ClientE
             Some(f) => f,
             None => format_of(&file).map_err(ClientError::Input)?,
         };
-        let root = m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| {
-            m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data")).join("files")
-        });
+        let root = crate::args::file_root(m);
         let relative = format!("images/{name}.{}", format.as_str());
         let dest = root.join(&relative);
         let (src, d, want) = (file.clone(), dest.clone(), expected.clone());

@@ -30,9 +30,7 @@ pub(crate) async fn import_iso(c: &Client, m: &ArgMatches) -> Result<String, Cli
     if !image.is_file() {
         return Err(ClientError::Input(format!("{} is not a file", image.display())));
     }
-    let root = m.get_one::<PathBuf>("file-root").cloned().unwrap_or_else(|| {
-        m.get_one::<PathBuf>("data-dir").cloned().unwrap_or_else(|| PathBuf::from("./plinth-data")).join("files")
-    });
+    let root = crate::args::file_root(m);
     let dest = root.join(&name);
     let keep = m.get_flag("keep-image") || source.as_ref().is_some_and(|s| s.keep_image);
     let file_name = source

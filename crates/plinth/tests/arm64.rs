@@ -203,11 +203,7 @@ fn an_unknown_arm64_machine_pxe_boots_discovery_registers_and_runs_a_workflow() 
         .expect("the ARM64 kernel package lab-assets.sh keeps");
     let ns = lab::bridge("arm");
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(
-        dir.path(),
-        &ns.prefix(),
-        &["--api-addr", "10.77.0.1:0", "--http-addr", "10.77.0.1:0", "--tftp-addr", "10.77.0.1:69"],
-    );
+    let server = lab::server(&ns, dir.path());
     let files = server.files();
     ok(Command::new(common::bin())
         .args(["discovery", "build", "--with-modules", "virtio_net,virtio_pci,virtio_blk", "--kernel-package"])

@@ -10,7 +10,7 @@
 mod common;
 
 use common::lab;
-use common::{Server, ok};
+use common::ok;
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 
@@ -68,11 +68,7 @@ fn discover(uefi: bool, mac: &str, mode: Mode) {
     let ns = lab::bridge("disc");
     let dir = tempfile::tempdir().unwrap();
     let prefix = ns.prefix();
-    let server = Server::start_with(
-        dir.path(),
-        &prefix,
-        &["--api-addr", "10.77.0.1:0", "--http-addr", "10.77.0.1:0", "--tftp-addr", "10.77.0.1:69"],
-    );
+    let server = lab::server(&ns, dir.path());
     let files = server.files();
     ok(Command::new(common::bin()).args(["bootloaders", "install", "--file-root"]).arg(&files).output().unwrap());
     let built = lab::discovery_build(&assets, dir.path(), "e1000,virtio_pci,virtio_net,virtio_blk", &[]);

@@ -33,11 +33,7 @@ struct Lab {
 fn lab(role: &str, assets: &std::path::Path, workflow_stages: &[&str]) -> Lab {
     let ns = lab::bridge(role);
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(
-        dir.path(),
-        &ns.prefix(),
-        &["--api-addr", "10.77.0.1:0", "--http-addr", "10.77.0.1:0", "--tftp-addr", "10.77.0.1:69"],
-    );
+    let server = lab::server(&ns, dir.path());
     let files = server.files();
     ok(Command::new(common::bin()).args(["bootloaders", "install", "--file-root"]).arg(&files).output().unwrap());
     lab::discovery_build(assets, dir.path(), "virtio_pci,virtio_net,virtio_blk,ext4,crc32c_generic,efivarfs", &[]);

@@ -41,6 +41,17 @@ pub fn bridge(role: &str) -> Netns {
     ns
 }
 
+/// Plinth in `ns` (made by [`bridge`]) on its bridge address: the API and
+/// boot HTTP on free ports, TFTP on 69, DHCP on `br0` (inside the
+/// namespace only).
+pub fn server(ns: &Netns, dir: &std::path::Path) -> super::Server {
+    super::Server::start_with(
+        dir,
+        &ns.prefix(),
+        &["--api-addr", "10.77.0.1:0", "--http-addr", "10.77.0.1:0", "--tftp-addr", "10.77.0.1:69"],
+    )
+}
+
 /// The subnet Plinth serves on [`bridge`]'s `br0`: `.100`–`.199`, the
 /// server (`.1`) as router.
 pub fn subnet() -> serde_json::Value {
