@@ -9,7 +9,11 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
+  # The server drains its connections on SIGTERM; past 5 s it is killed.
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
   ip netns del "$NS" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -26,7 +30,9 @@ lab_up() {
   ip -n "$NS" tuntap add tap0 mode tap
   ip -n "$NS" link set tap0 master br0
   ip -n "$NS" link set tap0 up
-  in_ns env PLINTH_ADMIN_PASSWORD=bench-password PLINTH_LOG=warn "$plinth" serve --data-dir "$work/plinth" \
+  # Started with `ip netns exec` itself (it execs), not a shell function, so
+  # that $! is the server's own PID.
+  ip netns exec "$NS" env PLINTH_ADMIN_PASSWORD=bench-password PLINTH_LOG=warn "$plinth" serve --data-dir "$work/plinth" \
     --api-addr "$net.1:18092" --http-addr "$net.1:18091" --tftp-addr "$net.1:69" --power-poll 0 "$@" \
     > "$work/server.log" 2>&1 &
   pids+=($!)
