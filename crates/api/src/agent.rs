@@ -5,7 +5,8 @@
 use crate::auth::PeerAddr;
 use crate::{ApiError, AppState, Principal};
 use axum::Json;
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use plinth_engine::{Engine, EngineError, Next, Outcome};
@@ -47,13 +48,22 @@ pub(crate) async fn body<T: serde::de::DeserializeOwned + Default>(
     let raw = crate::crud::read_json_or_empty(headers, b).await?;
     match raw {
         None => Ok(T::default()),
-        Some(v) => serde_json::from_value(v).map_err(|e| ApiError::BadRequest(format!("request body: {e}"))),
+        Some(v) if !v.is_object() => Err(ApiError::BadRequest("the request body must be a JSON object".into())),
+        Some(v) => serde_json::from_value(v).map_err(|e| {
+            let text = e.to_string();
+            let field = ["unknown field `", "missing field `"]
+                .iter()
+                .find_map(|lead| text.strip_prefix(lead).and_then(|r| r.split_once('`')).map(|(f, _)| f.to_owned()));
+            ApiError::Invalid { detail: format!("request body: {text}"), field }
+        }),
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AssignRequest {
+pub(crate) struct AssignRequest {
+    /// The workflow to start.
+    #[schemars(with = "plinth_model::Name")]
     workflow: String,
 }
 
@@ -111,14 +121,15 @@ pub(crate) fn machine_json(m: &Machine) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NextRequest {
+pub(crate) struct NextRequest {
     /// The agent's boot id (`/proc/sys/kernel/random/boot_id`).
     #[serde(default)]
     boot_id: Option<String>,
     /// Wait up to this many seconds for work (long poll), at most 60.
     #[serde(default)]
+    #[schemars(range(max = 60))]
     wait_secs: u64,
 }
 
@@ -136,7 +147,10 @@ pub async fn next(
     }
     let id = machine_id(&id)?;
     let engine = Engine::new(state.store.clone());
-    let wait = Duration::from_secs(req.wait_secs).min(MAX_WAIT);
+    if req.wait_secs > MAX_WAIT.as_secs() {
+        return Err(ApiError::field("wait_secs", format!("expected at most {} seconds", MAX_WAIT.as_secs())));
+    }
+    let wait = Duration::from_secs(req.wait_secs);
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before looking, so a change between the look and the wait
     // is not missed.
@@ -191,9 +205,9 @@ pub async fn start(
     Ok(Json(Engine::new(state.store.clone()).start(job.machine, job.id).await?))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct FinishRequest {
+pub(crate) struct FinishRequest {
     exit_code: i32,
     #[serde(default)]
     reason: String,
@@ -254,9 +268,9 @@ pub async fn finish(
     Ok(Json(done))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct LogRequest {
+pub(crate) struct LogRequest {
     seq: u64,
     text: String,
 }
@@ -285,11 +299,12 @@ pub async fn append_log(
 pub(crate) const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// What an agent reports of a job's progress (`POST /api/v1/jobs/{id}/progress`).
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ProgressRequest {
+pub(crate) struct ProgressRequest {
     /// What is being done, e.g. `image debian-12 to /dev/vda`.
     #[serde(default)]
+    #[schemars(length(max = 200))]
     what: String,
     /// Bytes (or units) done so far.
     done: u64,
@@ -640,18 +655,27 @@ pub async fn timeline(State(state): State<AppState>, Path(id): Path<String>) -> 
     Ok(Json(json!({"items": items})))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct JoinTokenRequest {
+pub(crate) struct JoinTokenRequest {
+    /// Lifetime, seconds (default 3600).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 2_592_000))]
     ttl_secs: Option<u64>,
+    /// How many machines it registers (default 1).
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_JOIN_USES))]
     uses: Option<u32>,
+    /// For humans.
     #[serde(default)]
     description: String,
+    /// The workflow the machines it creates start.
     #[serde(default)]
+    #[schemars(with = "Option<plinth_model::Name>")]
     workflow: Option<String>,
+    /// The profiles the machines it creates get.
     #[serde(default)]
+    #[schemars(with = "Vec<plinth_model::Name>")]
     profiles: Vec<String>,
 }
 
@@ -686,7 +710,7 @@ pub async fn create_join_token(
         Some(w) => {
             let n: Name = w.parse().map_err(|e: String| ApiError::field("workflow", e))?;
             if state.store.get(Kind::Workflow, n.as_str()).await?.is_none() {
-                return Err(ApiError::field("workflow", format!("workflows `{n}` not found")));
+                return Err(ApiError::dangling("workflow", format!("workflows `{n}` not found")));
             }
             Some(n)
         }
@@ -696,7 +720,7 @@ pub async fn create_join_token(
     for p in &req.profiles {
         let n: Name = p.parse().map_err(|e: String| ApiError::field("profiles", e))?;
         if state.store.get(Kind::Profile, n.as_str()).await?.is_none() {
-            return Err(ApiError::field("profiles", format!("profiles `{n}` not found")));
+            return Err(ApiError::dangling("profiles", format!("profiles `{n}` not found")));
         }
         profiles.push(n);
     }
@@ -713,12 +737,16 @@ pub async fn create_join_token(
     Ok((axum::http::StatusCode::CREATED, Json(out)).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct WhoamiRequest {
+pub(crate) struct WhoamiRequest {
+    /// The name a new machine gets (default `node-<first MAC>`).
     #[serde(default)]
+    #[schemars(with = "Option<plinth_model::Name>")]
     name: Option<String>,
+    /// The machine's MACs (at most 64).
     #[serde(default)]
+    #[schemars(with = "Vec<plinth_model::MacAddr>", length(max = 64))]
     macs: Vec<String>,
     #[serde(default)]
     system_uuid: Option<String>,

@@ -112,9 +112,14 @@ pub fn builtin_roles() -> Vec<(&'static str, &'static str, Vec<Claim>)> {
     let objects = |skip: &[Kind], action: &str| -> Vec<Claim> {
         Kind::ALL.iter().filter(|k| !skip.contains(k)).map(|k| Claim::new(k.plural(), action)).collect()
     };
-    let mut operator = objects(&[Kind::User, Kind::Role, Kind::Token], "*");
+    // Jobs come from workflows, which the engine sequences; making one by
+    // hand (any task, on any machine, at once) is an admin's.
+    let mut operator = objects(&[Kind::User, Kind::Role, Kind::Token, Kind::Job], "*");
     operator.extend(
         [
+            ("jobs", "read"),
+            ("jobs", "update"),
+            ("jobs", "delete"),
             ("events", "read"),
             ("boot-events", "read"),
             ("audit", "read"),

@@ -4,11 +4,12 @@
 use crate::auth::Principal;
 use crate::{ApiError, AppState};
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::{Extension, State};
 use plinth_content::pack::{MAX_PACK_BYTES, Pack};
 use plinth_content::plan::{PackError, Plan};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -121,9 +122,7 @@ pub async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Re
         .get(plinth_model::Kind::Content, &name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no pack `{}` is installed", name.escape_debug())))?;
-    let mut body = r.body;
-    body["has_previous"] = json!(body.get("previous").is_some_and(|p| !p.is_null()));
-    Ok(Json(body))
+    Ok(Json(r.body))
 }
 
 /// `PUT`/`PATCH /api/v1/contents/{name}`: packs change only by install,

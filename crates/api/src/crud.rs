@@ -6,7 +6,8 @@
 use crate::auth::{Principal, hash_password};
 use crate::{ApiError, AppState, MAX_BODY};
 use axum::body::Body;
-use axum::extract::{Extension, Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use plinth_model::{Kind, meta};
@@ -21,6 +22,11 @@ pub(crate) fn parse_kind(kind: &str) -> Result<Kind, ApiError> {
         let all: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
         ApiError::NotFound(format!("unknown kind `{}`; kinds are: {}", kind.escape_debug(), all.join(", ")))
     })
+}
+
+/// A kind named in a query parameter: unknown is a 400 naming the parameter.
+pub(crate) fn kind_param(field: &str, kind: &str) -> Result<Kind, ApiError> {
+    parse_kind(kind).map_err(|e| ApiError::field(field, e.to_string()))
 }
 
 /// Removes server-only fields and hides sealed (secure) values before an
@@ -54,15 +60,22 @@ fn object_response(status: StatusCode, record: Record) -> Response {
 /// Parses `If-Match`: `"3"`, `W/"3"`, `3` or `*`.
 fn if_match(headers: &HeaderMap) -> Result<Option<Expect>, ApiError> {
     let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
-    let s = v.to_str().map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?.trim();
+    let s = v.to_str().map_err(|_| ApiError::field("If-Match", "If-Match is not ASCII"))?.trim();
     if s == "*" {
         return Ok(Some(Expect::Present));
     }
-    let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
-    s.parse::<u64>().map(|r| Some(Expect::Revision(r))).map_err(|_| {
-        ApiError::BadRequest(format!(
-            "If-Match must be an ETag from a previous response (a revision like \"3\"), got `{s}`"
-        ))
+    let tag = s.strip_prefix("W/").unwrap_or(s);
+    let digits = match tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(d) => d,
+        None if tag.len() == s.len() => tag,
+        None => "",
+    };
+    let ok = (1..=19).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    ok.then(|| digits.parse::<u64>().ok()).flatten().map(|r| Some(Expect::Revision(r))).ok_or_else(|| {
+        ApiError::field(
+            "If-Match",
+            format!("If-Match must be an ETag from a previous response (a revision like \"3\") or `*`, got `{s}`"),
+        )
     })
 }
 
@@ -77,7 +90,31 @@ pub(crate) async fn read_json(headers: &HeaderMap, body: Body) -> Result<Value, 
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("the request needs a JSON body".into()));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map(integral_numbers)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))
+}
+
+/// Numbers written with a fraction that is zero (`3.0`) are the integers
+/// JSON Schema says they are.
+fn integral_numbers(mut v: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+                if let Some(f) = n.as_f64()
+                    && f.fract() == 0.0
+                    && f.abs() < 9.0e15
+                {
+                    *v = Value::from(f as i64);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            Value::Object(m) => m.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
 }
 
 /// Like [`read_json`], but an empty body is `None`.
@@ -92,7 +129,9 @@ pub(crate) async fn read_json_or_empty(headers: &HeaderMap, body: Body) -> Resul
             return Err(ApiError::UnsupportedMediaType(format!("expected a JSON body (application/json), got `{ct}`")));
         }
     }
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map(|v| Some(integral_numbers(v)))
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))
 }
 
 fn check_writable(kind: Kind) -> Result<(), ApiError> {
@@ -294,7 +333,15 @@ async fn prepare(
 fn list_query(state_schema: &Value, kind: Kind, pairs: Vec<(String, String)>) -> Result<ListQuery, ApiError> {
     let mut q = ListQuery { limit: DEFAULT_PAGE, ..Default::default() };
     let props = state_schema.get("properties").and_then(Value::as_object);
+    let fields = plinth_model::filter_fields(kind);
+    let mut seen = std::collections::HashSet::new();
     for (name, raw) in pairs {
+        if !seen.insert(name.clone()) {
+            return Err(ApiError::field(
+                name.as_str(),
+                format!("`{}` is given twice; give each parameter once", name.escape_debug()),
+            ));
+        }
         match name.as_str() {
             "limit" => {
                 q.limit = raw.parse::<usize>().ok().filter(|l| (1..=plinth_store::MAX_PAGE).contains(l)).ok_or_else(
@@ -316,8 +363,22 @@ fn list_query(state_schema: &Value, kind: Kind, pairs: Vec<(String, String)>) ->
                         field: Some(field.to_owned()),
                     });
                 };
-                let types = if path.len() == 1 { schema_types(state_schema, prop) } else { Vec::new() };
-                q.filters.push(Filter { path, value: typed_value(&types, &raw) });
+                let value = if path.len() == 1 {
+                    match fields.iter().find(|(f, _)| *f == path[0]) {
+                        // A filter value must be one the field can hold.
+                        Some((_, scalar)) => {
+                            let v = typed_value(&schema_types(state_schema, scalar), &raw);
+                            plinth_model::check_in_kind(kind, scalar, &v).map_err(|why| {
+                                ApiError::field(field, format!("filter `{field}`: {why}"))
+                            })?;
+                            v
+                        }
+                        None => typed_value(&schema_types(state_schema, prop), &raw),
+                    }
+                } else {
+                    Value::String(raw)
+                };
+                q.filters.push(Filter { path, value });
             }
         }
     }
@@ -367,10 +428,13 @@ fn typed_value(types: &[String], raw: &str) -> Value {
     {
         return Value::Bool(b);
     }
-    if has("integer")
-        && let Ok(i) = raw.parse::<i64>()
-    {
-        return json!(i);
+    if has("integer") {
+        if let Ok(i) = raw.parse::<i64>() {
+            return json!(i);
+        }
+        if let Ok(u) = raw.parse::<u64>() {
+            return json!(u);
+        }
     }
     if has("number")
         && let Ok(f) = raw.parse::<f64>()
@@ -489,12 +553,14 @@ fn key_from_path(kind: Kind, key: &str, body: &mut Value) -> Result<(), ApiError
             Ok(())
         }
         Some(Value::String(k)) if k == key => Ok(()),
-        Some(other) => Err(ApiError::field(
-            field,
-            format!(
+        // RFC 9110 (PUT): a representation inconsistent with its target is a 409.
+        Some(other) => Err(ApiError::Dangling {
+            code: "key_mismatch",
+            field: Some(field.into()),
+            detail: format!(
                 "{kind} `{key}`: the body's `{field}` ({other}) does not match the URL; the key of an object cannot change"
             ),
-        )),
+        }),
     }
 }
 
@@ -553,6 +619,9 @@ pub async fn patch(
         return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
     }
     refuse_server_only(kind, &patch)?;
+    if patch.get(kind.key_field()).is_some_and(Value::is_null) {
+        return Err(ApiError::field(kind.key_field(), format!("`{}` is the key; it cannot be removed", kind.key_field())));
+    }
     let current = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
     let expect = precondition(expect, &current)?;
     let mut merged = current.body.clone();

@@ -22,6 +22,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
+    /// A request the document accepts that breaks a rule of the store's
+    /// current state, which no schema can express: it names an object
+    /// that does not exist (`reference`), or a param value its param's
+    /// stored schema refuses (`param_value`). 409, with the field to blame.
+    #[error("{detail}")]
+    Dangling { code: &'static str, detail: String, field: Option<String> },
     #[error("{0}")]
     PreconditionFailed(String),
     #[error("request body is larger than {0} bytes")]
@@ -50,6 +56,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Dangling { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
@@ -58,6 +65,16 @@ impl ApiError {
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
         }
+    }
+
+    /// A field naming an object that does not exist.
+    pub fn dangling(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
+        ApiError::Dangling { code: "reference", detail: detail.into(), field: Some(field.into()) }
+    }
+
+    /// A param value its param's stored schema refuses.
+    pub fn param_value(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
+        ApiError::Dangling { code: "param_value", detail: detail.into(), field: Some(field.into()) }
     }
 
     /// An invalid field.
@@ -73,7 +90,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %e, "request failed");
         }
         let mut body = json!({"error": code, "detail": self.to_string()});
-        if let ApiError::Invalid { field: Some(f), .. } = &self {
+        if let ApiError::Invalid { field: Some(f), .. } | ApiError::Dangling { field: Some(f), .. } = &self {
             body["field"] = json!(f);
         }
         let mut resp = (status, axum::Json(body)).into_response();
@@ -106,7 +123,7 @@ impl From<StoreError> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             StoreError::Dangling { ref field, .. } => {
-                ApiError::Invalid { field: Some(field.clone()), detail: e.to_string() }
+                ApiError::Dangling { code: "reference", field: Some(field.clone()), detail: e.to_string() }
             }
             other => ApiError::Internal(other.to_string()),
         }

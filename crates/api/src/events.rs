@@ -7,9 +7,10 @@
 //! too slow to keep up gets a `lagged` event saying how many changes it
 //! missed, so it knows to re-list.
 
-use crate::crud::{parse_kind, redact};
+use crate::crud::redact;
 use crate::{ApiError, AppState, Principal};
-use axum::extract::{Query, State};
+use crate::extract::Query;
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use plinth_model::Kind;
@@ -21,9 +22,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct EventQuery {
+pub(crate) struct EventQuery {
     /// Comma-separated kinds (plural).
     kind: Option<String>,
     /// Only this key.
@@ -52,7 +53,8 @@ pub async fn stream(
     let kinds: Option<Vec<Kind>> = q
         .kind
         .as_deref()
-        .map(|s| s.split(',').filter(|k| !k.is_empty()).map(parse_kind).collect::<Result<_, _>>())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split(',').map(|k| crate::crud::kind_param("kind", k)).collect::<Result<_, _>>())
         .transpose()?;
     let key = q.key;
     let rx = state.store.subscribe();
@@ -74,14 +76,23 @@ pub async fn stream(
             Some(Ok(Event::default().event("lagged").data(json!({"missed": n}).to_string())))
         }
     });
+    // `ready` first: from here on no committed change is missed, so a
+    // client may read the current state and then apply the changes.
+    let ready = Event::default().event("ready").data(json!({"subscribed": true}).to_string());
+    let events = tokio_stream::once(Ok(ready)).chain(events);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BootEventParams {
+pub(crate) struct BootEventParams {
+    /// Only this machine's.
+    #[schemars(with = "Option<plinth_model::MacAddr>")]
     mac: Option<String>,
+    /// `next` of the previous page.
     after: Option<u64>,
+    /// At most this many (1000 by default).
+    #[schemars(range(min = 1, max = plinth_store::MAX_PAGE))]
     limit: Option<usize>,
 }
 
@@ -103,13 +114,19 @@ pub async fn boot_events(
     Ok(axum::Json(json!({"items": items, "next": next})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AuditParams {
+pub(crate) struct AuditParams {
+    /// Only this kind's (plural).
     kind: Option<String>,
+    /// Only this object's.
     key: Option<String>,
+    /// `user:NAME`, `machine:ID`, `address:IP`, `host:NAME`.
     actor: Option<String>,
+    /// `next` of the previous page.
     after: Option<u64>,
+    /// At most this many (1000 by default).
+    #[schemars(range(min = 1, max = plinth_store::MAX_PAGE))]
     limit: Option<usize>,
 }
 
@@ -120,7 +137,7 @@ pub async fn audit(
     State(state): State<AppState>,
     Query(q): Query<AuditParams>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let kind = q.kind.as_deref().map(parse_kind).transpose()?;
+    let kind = q.kind.as_deref().map(|k| crate::crud::kind_param("kind", k)).transpose()?;
     let limit = page_limit(q.limit)?;
     let query = plinth_store::AuditQuery {
         kind: kind.map(|k| k.plural().to_owned()),

@@ -16,6 +16,7 @@ mod content;
 mod crud;
 mod error;
 mod events;
+mod extract;
 mod metadata;
 mod openapi;
 mod params;
@@ -122,13 +123,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/{kind}", get(crud::list).post(crud::create))
         .route("/api/v1/{kind}/{key}", get(crud::show).put(crud::replace).patch(crud::patch).delete(crud::delete))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
-    Router::new()
+    let routes = Router::new()
         .route("/api/v1/auth/token", post(auth::mint_token))
         .merge(protected)
         .layer(axum::middleware::from_fn(time_limit))
         .fallback(|| async { ApiError::NotFound("no such route; see /api/v1/openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
+        .with_state(state);
+    // Outside the routes, so it sees the router's own 405s and OPTIONS too.
+    Router::new().fallback_service(routes).layer(axum::middleware::from_fn(methods))
 }
 
 /// Answers 503 when a request takes longer than [`REQUEST_TIMEOUT`].
@@ -139,6 +142,35 @@ async fn time_limit(req: axum::extract::Request, next: axum::middleware::Next) -
         Err(_) => ApiError::Unavailable(format!("the request took longer than {} s", REQUEST_TIMEOUT.as_secs()))
             .into_response(),
     }
+}
+
+/// `OPTIONS` answers with the methods the OpenAPI document gives the path,
+/// and every 405 carries them in `Allow` (RFC 9110), so what a client is
+/// told and what the document says cannot differ.
+async fn methods(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::{HeaderValue, Method, StatusCode, header};
+    use axum::response::IntoResponse;
+    let allow = openapi::allowed_methods(req.uri().path());
+    if req.method() == Method::OPTIONS {
+        return match allow {
+            Some(a) => {
+                let mut r = StatusCode::NO_CONTENT.into_response();
+                if let Ok(v) = HeaderValue::from_str(&a) {
+                    r.headers_mut().insert(header::ALLOW, v);
+                }
+                r
+            }
+            None => ApiError::NotFound("no such route; see /api/v1/openapi.json".into()).into_response(),
+        };
+    }
+    let mut resp = next.run(req).await;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(a) = allow
+        && let Ok(v) = HeaderValue::from_str(&a)
+    {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
 }
 
 async fn info() -> axum::Json<serde_json::Value> {

@@ -6,7 +6,8 @@
 
 use crate::{ApiError, AppState};
 use axum::Json;
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use plinth_model::{Kind, MachineId, Name};
 use plinth_store::StoreExt;
 use serde_json::{Value, json};
@@ -59,7 +60,7 @@ pub async fn create(
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let id: MachineId = id.parse().map_err(|_| ApiError::BadRequest(format!("`{id}` is not a machine id")))?;
+    let id: MachineId = id.parse().map_err(|_| ApiError::NotFound(format!("no machine has the id `{}`", id.escape_debug())))?;
     let (machine, _) = state
         .store
         .get_as::<plinth_model::Machine>(&id.to_string())

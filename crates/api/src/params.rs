@@ -3,14 +3,15 @@
 
 use crate::{ApiError, AppState};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use crate::extract::{Path, Query};
+use axum::extract::State;
 use plinth_model::{Kind, Machine};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ParamsQuery {
+pub(crate) struct ParamsQuery {
     #[serde(default)]
     explain: bool,
 }
@@ -59,19 +60,25 @@ pub async fn machine_params(
     Ok(Json(Value::Object(out)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RenderRequest {
+pub(crate) struct RenderRequest {
+    /// The machine's id or name.
     machine: String,
+    /// A stored template's name.
     #[serde(default)]
+    #[schemars(with = "plinth_model::Name")]
     template: Option<String>,
+    /// Template text.
     #[serde(default)]
+    #[schemars(with = "String")]
     contents: Option<String>,
     /// Boot HTTP base URL to render with (`provisioner.http`).
     #[serde(default)]
     http: Option<String>,
     /// A file of the machine's bootenv, by the path it is served at (or its name).
     #[serde(default)]
+    #[schemars(with = "String")]
     bootenv_file: Option<String>,
     /// API base URL to render with (`provisioner.api`); defaults to this API's.
     #[serde(default)]

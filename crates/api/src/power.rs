@@ -8,7 +8,8 @@
 use crate::agent::{audit_action, body, machine_id, machine_json};
 use crate::{ApiError, AppState, Principal};
 use axum::Json;
-use axum::extract::{Path, State};
+use crate::extract::Path;
+use axum::extract::State;
 use axum::http::HeaderMap;
 use plinth_model::{
     BootDevice, Job, JobState, Kind, Machine, MachineId, Name, PowerAction, PowerState, PowerStatus, WorkflowState,
@@ -326,9 +327,10 @@ pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Re
     Ok(Json(answer(&m, Some("status"), &status)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PowerBody {
+pub(crate) struct PowerBody {
+    #[schemars(with = "PowerAction")]
     action: Option<PowerAction>,
 }
 
@@ -348,9 +350,10 @@ pub async fn power(
     Ok(Json(answer(&m, Some(action.as_str()), &status)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct BootOnceBody {
+pub(crate) struct BootOnceBody {
+    #[schemars(with = "BootDevice")]
     device: Option<BootDevice>,
     /// UEFI boot (IPMI `efiboot`, Redfish `BootSourceOverrideMode`);
     /// by default what Plinth saw the machine boot with.
@@ -396,11 +399,12 @@ pub async fn boot_once(
     Ok(Json(json!({"machine": m.id, "name": m.name, "device": device})))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RebuildBody {
+pub(crate) struct RebuildBody {
     /// The workflow to run; by default the machine's own.
     #[serde(default)]
+    #[schemars(with = "Option<plinth_model::Name>")]
     workflow: Option<String>,
 }
 
@@ -427,7 +431,13 @@ pub async fn rebuild(
     }
     let wf: Name = match req.workflow.or_else(|| m.workflow.as_ref().map(|w| w.to_string())) {
         Some(w) => w.parse().map_err(|e: String| ApiError::field("workflow", e))?,
-        None => return Err(ApiError::field("workflow", format!("machine `{}` has no workflow; name one", m.name))),
+        None => {
+            return Err(ApiError::Dangling {
+                code: "no_workflow",
+                field: Some("workflow".into()),
+                detail: format!("machine `{}` has no workflow; name one", m.name),
+            });
+        }
     };
     driver(&state, &m).map_err(|e| bmc_error(&m, "rebuild", &e))?;
     let assigned = plinth_engine::Engine::new(state.store.clone()).assign_for_reboot(m.id, &wf).await?;
@@ -446,9 +456,9 @@ pub async fn rebuild(
     Ok(Json(out))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct MediaBody {
+pub(crate) struct MediaBody {
     #[serde(default)]
     eject: bool,
 }
@@ -604,15 +614,23 @@ pub async fn boot_media(
     Ok(Json(out))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct EnrollBody {
+pub(crate) struct EnrollBody {
+    /// The machine's Redfish BMC.
+    #[schemars(with = "plinth_model::Bmc")]
     bmc: Value,
+    /// The name a new machine gets.
     #[serde(default)]
+    #[schemars(with = "Option<plinth_model::Name>")]
     name: Option<String>,
+    /// The profiles a new machine gets.
     #[serde(default)]
+    #[schemars(with = "Vec<plinth_model::Name>")]
     profiles: Vec<String>,
+    /// The workflow a new machine starts.
     #[serde(default)]
+    #[schemars(with = "Option<plinth_model::Name>")]
     workflow: Option<String>,
 }
 

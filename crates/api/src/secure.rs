@@ -64,7 +64,7 @@ pub(crate) async fn prepare_params(
             }
         }
         let Some(record) = state.store.get(Kind::Param, name).await? else {
-            return Err(ApiError::field(
+            return Err(ApiError::dangling(
                 field,
                 format!(
                     "{kind} `{key}`: param `{name}` is not defined; define it first (POST /api/v1/params) so its values can be typed"
@@ -73,7 +73,7 @@ pub(crate) async fn prepare_params(
         };
         let param: Param = plinth_model::decode(record.body).map_err(|e| ApiError::Internal(e.to_string()))?;
         if let Err(why) = param.check_value(value) {
-            return Err(ApiError::field(field, format!("param `{name}` on {kind} `{key}`: {why}")));
+            return Err(ApiError::param_value(field, format!("param `{name}` on {kind} `{key}`: {why}")));
         }
         if param.secure {
             *value = state.keyring.seal(name, value).map_err(|e| ApiError::Internal(e.to_string()))?;

@@ -15,6 +15,7 @@ async fn follow_events(c: &Client, query: &str, count: Option<u64>) -> Result<St
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
     let mut seen = 0u64;
+    let mut event = String::new();
     let mut stdout = std::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk =
@@ -22,7 +23,13 @@ async fn follow_events(c: &Client, query: &str, count: Option<u64>) -> Result<St
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(pos) = buf.find('\n') {
             let line: String = buf.drain(..=pos).collect();
-            if let Some(data) = line.trim_end().strip_prefix("data:") {
+            if let Some(name) = line.trim_end().strip_prefix("event:") {
+                event = name.trim().to_owned();
+            }
+            // `ready` says the subscription is live; it is no change.
+            if let Some(data) = line.trim_end().strip_prefix("data:")
+                && event != "ready"
+            {
                 let _ = writeln!(stdout, "{}", data.trim_start());
                 let _ = stdout.flush();
                 seen += 1;

@@ -302,7 +302,7 @@ impl Engine {
     async fn resume_once(&self, id: MachineId) -> Result<Option<Machine>, EngineError> {
         let (mut m, rev) = self.get::<Machine>(Kind::Machine, &id.to_string()).await?;
         if m.workflow.is_none() {
-            return Err(EngineError::Invalid(format!("machine `{}` has no workflow", m.name)));
+            return Err(EngineError::Conflict(format!("machine `{}` has no workflow", m.name)));
         }
         if !matches!(m.workflow_state, WorkflowState::Failed | WorkflowState::Paused) {
             return Ok(Some(m));

@@ -133,6 +133,131 @@ pub fn schema_of(kind: Kind) -> Value {
     }
 }
 
+/// `schema` without its `null` alternative: `{"type": ["string", "null"]}`
+/// is `{"type": "string"}`, `{"anyOf": [S, {"type": "null"}]}` is `S`.
+fn without_null(schema: &Value) -> Value {
+    let mut s = schema.clone();
+    if let Some(Value::Array(alts)) = s.get("anyOf") {
+        let rest: Vec<&Value> = alts.iter().filter(|a| a.get("type") != Some(&Value::from("null"))).collect();
+        if rest.len() == 1 {
+            let mut one = rest[0].clone();
+            if let (Value::Object(o), Some(d)) = (&mut one, s.get("description")) {
+                o.entry("description").or_insert(d.clone());
+            }
+            return one;
+        }
+    }
+    if let Some(Value::Array(ts)) = s.get("type") {
+        let rest: Vec<Value> = ts.iter().filter(|t| *t != "null").cloned().collect();
+        s["type"] = if rest.len() == 1 { rest[0].clone() } else { Value::Array(rest) };
+    }
+    s
+}
+
+/// Gives integers of a fixed width (`format: uint32`, …) the bounds of the
+/// type the server reads them into, as the server refuses any outside.
+pub fn bound_integers(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let bounds: Option<(i128, i128)> = match m.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some((0, u8::MAX.into())),
+                Some("uint16") => Some((0, u16::MAX.into())),
+                Some("uint32") => Some((0, u32::MAX.into())),
+                Some("uint64") | Some("uint") => Some((0, u64::MAX.into())),
+                Some("int32") => Some((i32::MIN.into(), i32::MAX.into())),
+                Some("int64") | Some("int") => Some((i64::MIN.into(), i64::MAX.into())),
+                _ => None,
+            };
+            if let Some((lo, hi)) = bounds {
+                let num = |n: i128| i64::try_from(n).map(Value::from).unwrap_or_else(|_| Value::from(u64::MAX));
+                m.entry("minimum").or_insert(num(lo));
+                m.entry("maximum").or_insert(num(hi));
+            }
+            m.values_mut().for_each(bound_integers);
+        }
+        Value::Array(a) => a.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
+}
+
+/// Follows a `#/$defs/` reference within `root`.
+fn resolved<'a>(root: &'a Value, s: &'a Value) -> &'a Value {
+    s.get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .and_then(|n| root.get("$defs").and_then(|d| d.get(n)))
+        .unwrap_or(s)
+}
+
+/// The fields a list of `kind` filters on by name (`?field=value`): every
+/// top-level field whose value is a scalar or an array of scalars, with the
+/// schema a filter value must meet (for an array field, its items'; such a
+/// filter matches an element). References are to `schema_of(kind)`'s
+/// `$defs`. Object fields filter by dotted names (`?os.family=debian`),
+/// which match nested values as they are.
+pub fn filter_fields(kind: Kind) -> Vec<(String, Value)> {
+    let root = schema_of(kind);
+    let Some(props) = root.get("properties").and_then(Value::as_object) else { return Vec::new() };
+    let is_object = |s: &Value| {
+        let r = resolved(&root, s);
+        r.get("type") == Some(&Value::from("object")) || r.get("properties").is_some()
+    };
+    let mut out = Vec::new();
+    for (name, prop) in props {
+        if kind.server_only_fields().contains(&name.as_str()) || name == "limit" || name == "after" {
+            continue;
+        }
+        let prop = without_null(prop);
+        let target = resolved(&root, &prop);
+        let scalar = if target.get("type") == Some(&Value::from("array")) {
+            match target.get("items") {
+                Some(items) => without_null(items),
+                None => continue,
+            }
+        } else {
+            prop.clone()
+        };
+        let t = resolved(&root, &scalar);
+        let typed = matches!(t.get("type").and_then(Value::as_str), Some("string" | "integer" | "number" | "boolean"))
+            || t.get("enum").is_some()
+            || t.get("oneOf").is_some_and(|alts| alts.as_array().is_some_and(|a| a.iter().all(|x| x.get("const").is_some())));
+        if is_object(&scalar) || !typed {
+            continue;
+        }
+        let mut scalar = scalar;
+        bound_integers(&mut scalar);
+        if let Value::Object(o) = &mut scalar {
+            // A filter has no default.
+            o.remove("default");
+            if let Some(d) = prop.get("description") {
+                o.entry("description").or_insert(d.clone());
+            }
+        }
+        out.push((name.clone(), scalar));
+    }
+    out
+}
+
+/// Checks `value` against `schema`, whose references are to `kind`'s
+/// schema's `$defs`.
+pub fn check_in_kind(kind: Kind, schema: &Value, value: &Value) -> Result<(), String> {
+    let root = schema_of(kind);
+    let mut s = schema.clone();
+    if let (Value::Object(o), Some(defs)) = (&mut s, root.get("$defs")) {
+        o.insert("$defs".into(), defs.clone());
+    }
+    objects::check_schema(&s, value).map_err(|why| {
+        // An enumeration says its values rather than how it failed.
+        let target = resolved(&root, schema);
+        let consts: Vec<String> = match (target.get("enum"), target.get("oneOf")) {
+            (Some(Value::Array(e)), _) => e.iter().map(Value::to_string).collect(),
+            (_, Some(Value::Array(alts))) => alts.iter().filter_map(|a| a.get("const")).map(Value::to_string).collect(),
+            _ => Vec::new(),
+        };
+        if consts.is_empty() { why } else { format!("expected one of {}, got {value}", consts.join(", ")) }
+    })
+}
+
 /// A short English name of a JSON value's type, for error messages.
 pub fn json_type_name(v: &Value) -> &'static str {
     match v {

@@ -327,17 +327,22 @@ pub struct InstallSource {
 /// A template rendered for a machine and served at a path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["template"], "properties": {"template": {"type": "string"}}},
+    {"required": ["contents"], "properties": {"contents": {"type": "string"}}}
+]))]
 pub struct TemplateRef {
     /// Name of this entry within its owner.
     pub name: String,
     /// Name of a stored template.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<Name>,
     /// Inline template text (instead of `template`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contents: Option<String>,
     /// Path the rendered file appears at (TFTP and HTTP), itself a template.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 1024))]
     pub path: Option<String>,
 }
 
@@ -468,6 +473,7 @@ object! {
         pub description: String,
         /// Where the file is: an `http://` or `https://` URL.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
         pub url: Option<String>,
         /// Or its path relative to the file root (served by boot HTTP).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -653,11 +659,18 @@ object! {
         pub documentation: String,
         /// JSON Schema values must satisfy; its `default` is the last fallback.
         #[serde(default = "empty_schema")]
+        #[schemars(schema_with = "json_schema_schema")]
         pub schema: Value,
         /// Secure values are encrypted at rest and redacted everywhere.
         #[serde(default)]
         pub secure: bool,
     }
+}
+
+/// A JSON Schema is an object or a boolean.
+fn json_schema_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": ["object", "boolean"], "default": {},
+        "description": "JSON Schema values must satisfy; its `default` is the last fallback."})
 }
 
 fn empty_schema() -> Value {
@@ -669,7 +682,7 @@ impl Param {
         if !self.schema.is_object() && !self.schema.is_boolean() {
             return Err(self.invalid(
                 "schema",
-                format!("expected a JSON Schema (an object), got {}", crate::json_type_name(&self.schema)),
+                format!("expected a JSON Schema (an object or a boolean), got {}", crate::json_type_name(&self.schema)),
             ));
         }
         if let Err(e) = jsonschema::meta::validate(&self.schema) {
@@ -707,6 +720,15 @@ impl Param {
             .collect();
         if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
     }
+}
+
+/// Checks `value` against `schema`; the error says what was expected.
+pub(crate) fn check_schema(schema: &Value, value: &Value) -> Result<(), String> {
+    // Formats (date-time, uuid, …) are checked too.
+    let validator =
+        jsonschema::options().should_validate_formats(true).build(schema).map_err(|e| e.to_string())?;
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| e.to_string()).collect();
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
 /// Compiled validators by schema text: resolving a machine's params checks
@@ -773,6 +795,7 @@ object! {
         pub optional_params: Vec<ParamName>,
         /// Time limit of one run, in seconds.
         #[serde(default = "default_task_timeout")]
+        #[schemars(range(min = 1))]
         pub timeout_secs: u32,
         /// How many times a failed run is retried.
         #[serde(default)]
@@ -854,6 +877,7 @@ object! {
         #[serde(default)]
         pub description: String,
         /// Stages in order.
+        #[schemars(length(min = 1))]
         pub stages: Vec<Name>,
         /// Params in force while the workflow runs.
         #[serde(default)]
@@ -951,14 +975,21 @@ impl Job {
 /// A DHCP option value by code: exactly one of `text`, `hex` or `ipv4`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["text"], "properties": {"text": {"type": "string"}}},
+    {"required": ["hex"], "properties": {"hex": {"type": "string"}}},
+    {"required": ["ipv4"], "properties": {"ipv4": {"type": "array"}}}
+]))]
 pub struct DhcpOption {
     /// Option code, 1..=254.
+    #[schemars(range(min = 1, max = 254))]
     pub code: u8,
     /// Value as text (ASCII bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// Value as hex bytes, `01:02:0a` or `01020a`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9A-Fa-f:]*$"))]
     pub hex: Option<String>,
     /// Value as a list of IPv4 addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -972,6 +1003,10 @@ impl DhcpOption {
             (Some(t), None, None) => Ok(t.as_bytes().to_vec()),
             (None, Some(h), None) => {
                 let digits: String = h.chars().filter(|c| *c != ':').collect();
+                // Only hex digits, so the two-byte steps below stay on characters.
+                if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!("`{}` is not hex (digits 0-9, a-f, optionally `:`-separated)", h.escape_debug()));
+                }
                 if !digits.len().is_multiple_of(2) {
                     return Err(format!("hex value `{h}` has an odd number of digits"));
                 }
@@ -1270,6 +1305,7 @@ object! {
         pub roles: Vec<Name>,
         /// Write-only: a new password, hashed by the server and never stored or returned.
         #[serde(default, skip_serializing)]
+        #[schemars(length(min = 8))]
         pub password: Option<String>,
         /// Argon2 hash, managed by the server; never returned by the API.
         #[serde(default, skip_serializing_if = "Option::is_none")]

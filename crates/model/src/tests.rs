@@ -141,3 +141,11 @@ fn claims_match_kind_action_and_name_patterns() {
         normalize(Kind::Role, serde_json::json!({"name": "r", "claims": [{"kind": "machines", "action": "eat"}]}));
     assert!(role.unwrap_err().to_string().contains("unknown action"));
 }
+
+#[test]
+fn a_hex_option_of_other_characters_is_refused_not_a_panic() {
+    let o: DhcpOption = serde_json::from_value(json!({"code": 33, "hex": "\u{e9}\u{e9}"})).unwrap();
+    assert!(o.bytes().unwrap_err().contains("not hex"));
+    let o: DhcpOption = serde_json::from_value(json!({"code": 33, "hex": "0a:0B"})).unwrap();
+    assert_eq!(o.bytes().unwrap(), vec![10, 11]);
+}

@@ -202,7 +202,7 @@ impl fmt::Display for MacAddr {
     }
 }
 
-string_type!(MacAddr, json_schema!({"type": "string", "pattern": "^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$"}));
+string_type!(MacAddr, json_schema!({"type": "string", "pattern": "^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5})$"}));
 
 /// An IPv4 network in CIDR notation, e.g. `10.0.0.0/24`. The address must be
 /// the network address (no host bits set).
