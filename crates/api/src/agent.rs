@@ -3,9 +3,9 @@
 //! job's rendered files, streams its log and reports how it ended.
 
 use crate::auth::PeerAddr;
+use crate::extract::Path;
 use crate::{ApiError, AppState, Principal};
 use axum::Json;
-use crate::extract::Path;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
@@ -739,6 +739,14 @@ pub async fn create_join_token(
 
 #[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [
+    {"required": ["macs"], "properties": {"macs": {"minItems": 1}}},
+    {"required": ["system_uuid"], "properties": {"system_uuid": {
+        "type": "string",
+        "pattern": "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$",
+        "not": {"pattern": "^([0-]*|[fF-]*|03000200-0400-0500-0006-000700080009)$"}
+    }}}
+]))]
 pub(crate) struct WhoamiRequest {
     /// The name a new machine gets (default `node-<first MAC>`).
     #[serde(default)]

@@ -2,9 +2,9 @@
 //! roll back, remove. Each write is one audited transaction.
 
 use crate::auth::Principal;
+use crate::extract::{Path, Query};
 use crate::{ApiError, AppState};
 use axum::Json;
-use crate::extract::{Path, Query};
 use axum::extract::{Extension, State};
 use plinth_content::pack::{MAX_PACK_BYTES, Pack};
 use plinth_content::plan::{PackError, Plan};

@@ -4,9 +4,9 @@
 //! written with a revision precondition so no update is ever lost.
 
 use crate::auth::{Principal, hash_password};
+use crate::extract::{Path, Query};
 use crate::{ApiError, AppState, MAX_BODY};
 use axum::body::Body;
-use crate::extract::{Path, Query};
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -368,9 +368,8 @@ fn list_query(state_schema: &Value, kind: Kind, pairs: Vec<(String, String)>) ->
                         // A filter value must be one the field can hold.
                         Some((_, scalar)) => {
                             let v = typed_value(&schema_types(state_schema, scalar), &raw);
-                            plinth_model::check_in_kind(kind, scalar, &v).map_err(|why| {
-                                ApiError::field(field, format!("filter `{field}`: {why}"))
-                            })?;
+                            plinth_model::check_in_kind(kind, scalar, &v)
+                                .map_err(|why| ApiError::field(field, format!("filter `{field}`: {why}")))?;
                             v
                         }
                         None => typed_value(&schema_types(state_schema, prop), &raw),
@@ -620,7 +619,10 @@ pub async fn patch(
     }
     refuse_server_only(kind, &patch)?;
     if patch.get(kind.key_field()).is_some_and(Value::is_null) {
-        return Err(ApiError::field(kind.key_field(), format!("`{}` is the key; it cannot be removed", kind.key_field())));
+        return Err(ApiError::field(
+            kind.key_field(),
+            format!("`{}` is the key; it cannot be removed", kind.key_field()),
+        ));
     }
     let current = state.store.get(kind, &key).await?.ok_or_else(|| not_found(kind, &key))?;
     let expect = precondition(expect, &current)?;

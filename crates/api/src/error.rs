@@ -108,6 +108,9 @@ impl IntoResponse for ApiError {
 
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> ApiError {
+        if e.reference {
+            return ApiError::Dangling { code: "reference", detail: e.to_string(), field: e.field.clone() };
+        }
         ApiError::Invalid { field: e.field.clone(), detail: e.to_string() }
     }
 }

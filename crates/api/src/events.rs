@@ -8,8 +8,8 @@
 //! missed, so it knows to re-list.
 
 use crate::crud::redact;
-use crate::{ApiError, AppState, Principal};
 use crate::extract::Query;
+use crate::{ApiError, AppState, Principal};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;

@@ -4,9 +4,9 @@
 //! file), hands out at most one boot credential through its vendor-data,
 //! expires, and rotates: minting one revokes the machine's earlier ones.
 
+use crate::extract::Path;
 use crate::{ApiError, AppState};
 use axum::Json;
-use crate::extract::Path;
 use axum::extract::State;
 use plinth_model::{Kind, MachineId, Name};
 use plinth_store::StoreExt;
@@ -60,7 +60,8 @@ pub async fn create(
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let id: MachineId = id.parse().map_err(|_| ApiError::NotFound(format!("no machine has the id `{}`", id.escape_debug())))?;
+    let id: MachineId =
+        id.parse().map_err(|_| ApiError::NotFound(format!("no machine has the id `{}`", id.escape_debug())))?;
     let (machine, _) = state
         .store
         .get_as::<plinth_model::Machine>(&id.to_string())

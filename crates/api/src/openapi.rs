@@ -8,6 +8,9 @@ use plinth_model::Kind;
 use serde_json::{Map, Value, json};
 
 /// Rewrites `#/$defs/X` references to `#/components/schemas/X`.
+/// A pack version as the content crate reads it: `MAJOR.MINOR.PATCH`.
+const VERSION_PATTERN: &str = "^(0|[1-9][0-9]{0,8})\\.(0|[1-9][0-9]{0,8})\\.(0|[1-9][0-9]{0,8})$";
+
 fn rewrite_refs(v: &mut Value) {
     match v {
         Value::Object(map) => {
@@ -63,11 +66,22 @@ fn patch_variant(schemas: &mut Map<String, Value>, name: &str, nested: bool) -> 
 }
 
 fn patch_object(schemas: &mut Map<String, Value>, s: &mut Value, nested: bool) {
-    let required: Vec<String> =
-        s.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
+    let required: Vec<String> = s
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
     if let Value::Object(o) = s {
         if !nested {
-            o.remove("required");
+            // A patch is any subset of the fields: rules over the whole
+            // object (one of `url` or `path`, a stage needs a workflow) are
+            // the merged object's, which the server checks.
+            for k in ["required", "if", "then", "oneOf", "anyOf"] {
+                o.remove(k);
+            }
         }
         if let Some(Value::Object(props)) = o.get_mut("properties") {
             for (field, p) in props.iter_mut() {
@@ -103,7 +117,6 @@ fn patch_value(schemas: &mut Map<String, Value>, v: &Value) -> Value {
     }
     v
 }
-
 
 /// The JSON Schema of a request body type the handler deserializes, its
 /// definitions hoisted into the shared components.
@@ -149,7 +162,8 @@ fn query_params<T: schemars::JsonSchema>(schemas: &mut Map<String, Value>) -> Ve
     for (name, prop) in s.get("properties").and_then(Value::as_object).into_iter().flatten() {
         let mut schema = prop.clone();
         let description = schema.as_object_mut().and_then(|o| o.remove("description"));
-        let mut p = json!({"name": name, "in": "query", "required": required.contains(&name.as_str()), "schema": schema});
+        let mut p =
+            json!({"name": name, "in": "query", "required": required.contains(&name.as_str()), "schema": schema});
         if let Some(d) = description {
             p["description"] = d;
         }
@@ -214,7 +228,14 @@ pub fn build() -> Value {
         if let Some(Value::Array(req)) = replace_schema.get_mut("required") {
             req.retain(|f| f != kind.key_field());
         }
-        let patch_schema = json!({"$ref": format!("#/components/schemas/{}", patch_variant(&mut schemas, &name, false))});
+        let patch_name = patch_variant(&mut schemas, &name, false);
+        // The key may be sent (it must be the URL's) but never removed.
+        if let Some(p) =
+            schemas.get_mut(&patch_name).and_then(|s| s.get_mut("properties")).and_then(|p| p.get_mut(kind.key_field()))
+        {
+            *p = key_schema.clone();
+        }
+        let patch_schema = json!({"$ref": format!("#/components/schemas/{patch_name}")});
         let mut list_resp = error_responses(&["400", "401"]);
         list_resp.insert(
             "200".into(),
@@ -241,7 +262,9 @@ pub fn build() -> Value {
                     "description": format!("only objects whose `{field}` is (or, for a list, holds) this value. {what}")}));
             }
         }
-        collection["get"]["description"] = json!("Filters are equality filters on the fields listed as query parameters (an array field matches an element); a nested field of an object field filters by its dotted name, e.g. `?os.family=debian` or `?meta.rack=r1`. Several filters must all hold.");
+        collection["get"]["description"] = json!(
+            "Filters are equality filters on the fields listed as query parameters (an array field matches an element); a nested field of an object field filters by its dotted name, e.g. `?os.family=debian` or `?meta.rack=r1`. Several filters must all hold."
+        );
         let mut item = json!({
             "parameters": [key_param],
             "get": {"operationId": format!("get_{plural}"), "tags": [plural], "summary": format!("Get one of {plural}"),
@@ -267,16 +290,32 @@ pub fn build() -> Value {
         paths.insert(format!("/api/v1/{plural}/{{key}}"), item);
     }
     // A bundle's format and manifest, as the content crate checks them.
+    // A pack object is one of the kinds a pack holds, its body that
+    // kind's object.
+    if let Some(o) = schemas.get_mut("BundleObject") {
+        let kinds: Vec<Value> = plinth_content::pack::PACK_KINDS
+            .iter()
+            .map(|k| json!({"properties": {"kind": {"const": k.plural()}, "body": {"$ref": format!("#/components/schemas/{}", type_name(*k))}}}))
+            .collect();
+        o["properties"]["kind"] =
+            json!({"enum": plinth_content::pack::PACK_KINDS.iter().map(|k| k.plural()).collect::<Vec<_>>()});
+        o["oneOf"] = Value::Array(kinds);
+        // The key may be left out: it is the body's.
+        if let Some(Value::Array(r)) = o.get_mut("required") {
+            r.retain(|f| f != "key");
+        }
+        o["properties"]["key"] = json!({"type": ["string", "null"]});
+    }
     if let Some(b) = schemas.get_mut("Bundle") {
         b["properties"]["format"] = json!({"const": plinth_content::pack::FORMAT});
         b["properties"]["manifest"] = json!({"type": "object", "required": ["name", "version"], "additionalProperties": false,
             "properties": {
                 "name": {"$ref": "#/components/schemas/Name"},
-                "version": {"type": "string", "pattern": "^(0|[1-9][0-9]{0,8})\\.(0|[1-9][0-9]{0,8})\\.(0|[1-9][0-9]{0,8})$"},
+                "version": {"type": "string", "pattern": VERSION_PATTERN},
                 "description": {"type": "string"}, "source": {"type": "string"},
                 "requires": {"type": "array", "items": {"type": "object", "required": ["name", "version"], "additionalProperties": false,
                     "properties": {"name": {"$ref": "#/components/schemas/Name"},
-                        "version": {"type": "string", "pattern": "^(>=|<=|>|<|=|\\^|~)?(0|[1-9][0-9]{0,8})(\\.(0|[1-9][0-9]{0,8})){0,2}$"}}}},
+                        "version": {"type": "string", "pattern": "^ *(>=|<=|>|<|=|\\^|~)? *(0|[1-9][0-9]{0,8})(\\.(0|[1-9][0-9]{0,8})){0,2} *(, *(>=|<=|>|<|=|\\^|~)? *(0|[1-9][0-9]{0,8})(\\.(0|[1-9][0-9]{0,8})){0,2} *)*$"}}}},
                 "plinth": {"type": ["string", "null"]},
                 "overrides": {"type": "array", "items": {"type": "string"}}}});
     }
@@ -367,8 +406,8 @@ pub fn build() -> Value {
     }
     paths.insert("/api/v1/contents/export".into(), json!({"get": {"operationId": "export_site", "tags": ["contents"],
         "summary": "The site's own layer (every object no pack installed, overrides included, built-in content left out) as a pack bundle",
-        "parameters": [{"name": "name", "in": "query", "required": true, "schema": {"type": "string"}},
-                       {"name": "version", "in": "query", "required": true, "schema": {"type": "string"}}],
+        "parameters": [{"name": "name", "in": "query", "required": true, "schema": {"$ref": "#/components/schemas/Name"}},
+                       {"name": "version", "in": "query", "required": true, "schema": {"type": "string", "pattern": VERSION_PATTERN}}],
         "responses": merge(json!({"200": {"description": "the bundle", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["400", "401", "403"]))}}));
     let item = format!("/api/v1/{}/{{key}}", Kind::Content.plural());
     paths.remove(&item);
@@ -386,7 +425,8 @@ pub fn build() -> Value {
             "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["400", "401", "404", "409"]))}}));
     // Exactly one of the three sources, as the handler insists.
     let mut render_req = req_schema::<crate::params::RenderRequest>(&mut schemas);
-    render_req["oneOf"] = json!([{"required": ["template"]}, {"required": ["contents"]}, {"required": ["bootenv_file"]}]);
+    render_req["oneOf"] =
+        json!([{"required": ["template"]}, {"required": ["contents"]}, {"required": ["bootenv_file"]}]);
     paths.insert("/api/v1/render".into(), json!({"post": {
         "operationId": "render", "tags": ["machines"], "summary": "Render a template for a machine, without side effects",
         "requestBody": {"required": true, "content": {"application/json": {"schema": render_req}}},
@@ -395,8 +435,7 @@ pub fn build() -> Value {
     let id_param = json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
     let assign_req = req_schema::<crate::agent::AssignRequest>(&mut schemas);
     let next_req = req_schema::<crate::agent::NextRequest>(&mut schemas);
-    let mut whoami_req = req_schema::<crate::agent::WhoamiRequest>(&mut schemas);
-    whoami_req["anyOf"] = json!([{"required": ["macs"], "properties": {"macs": {"minItems": 1}}}, {"required": ["system_uuid"]}]);
+    let whoami_req = req_schema::<crate::agent::WhoamiRequest>(&mut schemas);
     let join_req = req_schema::<crate::agent::JoinTokenRequest>(&mut schemas);
     let finish_req = req_schema::<crate::agent::FinishRequest>(&mut schemas);
     let log_req = req_schema::<crate::agent::LogRequest>(&mut schemas);
@@ -414,22 +453,31 @@ pub fn build() -> Value {
         let mut o = json!({"operationId": op, "tags": ["workflows"], "summary": summary, "parameters": [id_param.clone()],
             "responses": merge(json!({"200": {"description": ok, "content": obj.clone()}}), error_responses(errors))});
         if let Some(schema) = req {
-            o["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": schema}}});
+            // A body with required fields must be sent; others may be left out.
+            let required = schema.get("required").and_then(Value::as_array).is_some_and(|r| !r.is_empty())
+                || schema.get("anyOf").is_some();
+            o["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": schema}}});
         }
         o
     };
-    paths.insert("/api/v1/machines/{id}/workflow".into(), json!({"post": agent_route("assign_workflow",
+    paths.insert(
+        "/api/v1/machines/{id}/workflow".into(),
+        json!({"post": agent_route("assign_workflow",
         "Start a workflow on a machine from its first stage", Some(assign_req),
-        "the machine", &["400", "401", "404", "409"])}));
+        "the machine", &["400", "401", "404", "409"])}),
+    );
     paths.insert(
         "/api/v1/machines/{id}/resume".into(),
         json!({"post": agent_route("resume_workflow",
         "Go on after a failed task (it runs again) or a pause", None, "the machine", &["400", "401", "404", "409"])}),
     );
-    paths.insert("/api/v1/machines/{id}/next".into(), json!({"post": agent_route("next_job",
+    paths.insert(
+        "/api/v1/machines/{id}/next".into(),
+        json!({"post": agent_route("next_job",
         "The agent's next step: run a job, reboot, or wait (long poll up to wait_secs, at most 60)",
         Some(next_req),
-        "{action: run, job} | {action: reboot} | {action: wait, state}", &["400", "401", "403", "404", "409"])}));
+        "{action: run, job} | {action: reboot} | {action: wait, state}", &["400", "401", "403", "404", "409"])}),
+    );
     paths.insert("/api/v1/machines/{id}/inventory".into(), json!({"post": agent_route("machine_inventory",
         "The agent reports the machine's hardware (stored as `inventory`)", Some(json!({"type": "object"})), "the machine", &["400", "401", "403", "404", "409"])}));
     paths["/api/v1/machines/{id}/inventory"]["post"]["requestBody"]["required"] = json!(true);
@@ -633,7 +681,11 @@ fn complete_responses(paths: &mut Map<String, Value>) {
 /// its properties and says nothing of others.
 fn close_objects(v: &mut Value) {
     if let Value::Object(m) = v {
-        if m.contains_key("properties") && !m.contains_key("additionalProperties") {
+        // Only an object's own schema is closed, not a branch of `anyOf`
+        // or `oneOf` that constrains some of its properties.
+        let object =
+            m.get("type").is_some_and(|t| t == "object" || t.as_array().is_some_and(|a| a.contains(&json!("object"))));
+        if object && m.contains_key("properties") && !m.contains_key("additionalProperties") {
             m.insert("additionalProperties".into(), Value::Bool(false));
         }
         for (k, child) in m.iter_mut() {
@@ -693,7 +745,11 @@ fn add_links(paths: &mut Map<String, Value>) {
         links.push((format!("/api/v1/{plural}"), l));
     }
     for (path, l) in links {
-        if let Some(created) = paths.get_mut(&path).and_then(|p| p.get_mut("post")).and_then(|o| o.get_mut("responses")).and_then(|r| r.get_mut("201"))
+        if let Some(created) = paths
+            .get_mut(&path)
+            .and_then(|p| p.get_mut("post"))
+            .and_then(|o| o.get_mut("responses"))
+            .and_then(|r| r.get_mut("201"))
         {
             created["links"] = Value::Object(l);
         }

@@ -1,9 +1,9 @@
 //! `GET /api/v1/machines/{id}/params[?explain=true]`: a machine's resolved
 //! params, and with `explain`, where each value came from and what it shadows.
 
+use crate::extract::{Path, Query};
 use crate::{ApiError, AppState};
 use axum::Json;
-use crate::extract::{Path, Query};
 use axum::extract::State;
 use plinth_model::{Kind, Machine};
 use serde::Deserialize;

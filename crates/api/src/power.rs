@@ -6,9 +6,9 @@
 //! from a reboot or whose agent went silent in a job.
 
 use crate::agent::{audit_action, body, machine_id, machine_json};
+use crate::extract::Path;
 use crate::{ApiError, AppState, Principal};
 use axum::Json;
-use crate::extract::Path;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use plinth_model::{
@@ -238,7 +238,9 @@ async fn record(
 fn bmc_error(m: &Machine, what: &str, e: &PowerError) -> ApiError {
     let detail = format!("machine `{}`: {what}: {e}", m.name);
     match e {
-        PowerError::Config(_) => ApiError::Conflict(detail),
+        // What the machine's BMC settings or the BMC itself cannot do is
+        // a conflict with the machine as stored, not a failing gateway.
+        PowerError::Config(_) | PowerError::Unsupported(_) => ApiError::Conflict(detail),
         _ => ApiError::BadGateway(detail),
     }
 }
@@ -614,11 +616,16 @@ pub async fn boot_media(
     Ok(Json(out))
 }
 
+fn redfish_bmc_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let bmc = generator.subschema_for::<plinth_model::Bmc>();
+    schemars::json_schema!({"allOf": [bmc, {"properties": {"driver": {"const": "redfish"}}}]})
+}
+
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnrollBody {
     /// The machine's Redfish BMC.
-    #[schemars(with = "plinth_model::Bmc")]
+    #[schemars(schema_with = "redfish_bmc_schema")]
     bmc: Value,
     /// The name a new machine gets.
     #[serde(default)]
@@ -647,6 +654,9 @@ pub async fn enroll(
     let raw = crate::crud::read_json_or_empty(&headers, b).await?.unwrap_or(Value::Null);
     let req: EnrollBody =
         serde_json::from_value(raw).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+    if req.bmc.get("driver").and_then(Value::as_str).is_some_and(|d| d != "redfish") {
+        return Err(ApiError::field("bmc.driver", "enrolment reads the system from a Redfish BMC: `redfish`"));
+    }
     // The BMC as a machine would hold it: checked, its password sealed.
     let mut probe = json!({"name": "enrol-probe", "bmc": req.bmc});
     prepare_machine(&state, "enrol-probe", &mut probe, None)?;

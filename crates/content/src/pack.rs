@@ -94,6 +94,9 @@ impl Manifest {
             out.push(format!("pack.yaml: `version` {:?} is not a semantic version like 1.2.0", self.version));
         }
         for (i, r) in self.requires.iter().enumerate() {
+            if r.name.parse::<plinth_model::Name>().is_err() {
+                out.push(format!("pack.yaml: requires[{i}]: `name` {:?} is not a pack name", r.name));
+            }
             if semver::VersionReq::parse(&r.version).is_err() {
                 out.push(format!(
                     "pack.yaml: requires[{i}] `{}`: {:?} is not a version requirement like >=1.2, <2",
@@ -339,12 +342,25 @@ impl Pack {
             }
         };
         let mut objects = Vec::new();
-        let items = bundle.get("objects").and_then(Value::as_array).cloned().unwrap_or_default();
+        let Some(items) = bundle.get("objects").and_then(Value::as_array).cloned() else {
+            problems.push("the bundle has no `objects` list".into());
+            return Err(Problems(problems));
+        };
         if items.len() > MAX_OBJECTS {
             problems.push(format!("the bundle holds {} objects; at most {MAX_OBJECTS}", items.len()));
             return Err(Problems(problems));
         }
         for (i, item) in items.into_iter().enumerate() {
+            if let Some(extra) =
+                item.as_object().and_then(|o| o.keys().find(|k| !["kind", "key", "body"].contains(&k.as_str())))
+            {
+                problems.push(format!("objects[{i}]: unknown field `{extra}` (an object is `kind`, `key` and `body`)"));
+                continue;
+            }
+            if item.get("key").is_some_and(|k| !k.is_string() && !k.is_null()) {
+                problems.push(format!("objects[{i}]: `key` is the object's key, a string"));
+                continue;
+            }
             let kind = item.get("kind").and_then(Value::as_str).and_then(Kind::from_plural);
             match kind {
                 Some(k) if PACK_KINDS.contains(&k) => {

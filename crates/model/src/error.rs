@@ -14,12 +14,27 @@ pub struct ValidationError {
     pub field: Option<String>,
     /// What was wrong and what was expected.
     pub message: String,
+    /// Whether the object is well formed but names what cannot be (itself,
+    /// where it may not): a conflict with the store's state, not a
+    /// malformed body.
+    pub reference: bool,
 }
 
 impl ValidationError {
     /// An error on one field of an object.
     pub fn field(kind: Kind, key: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
-        ValidationError { kind, key: Some(key.into()), field: Some(field.into()), message: message.into() }
+        ValidationError {
+            kind,
+            key: Some(key.into()),
+            field: Some(field.into()),
+            message: message.into(),
+            reference: false,
+        }
+    }
+
+    /// A field that names what it may not (an object itself).
+    pub fn reference(kind: Kind, key: impl Into<String>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError { reference: true, ..ValidationError::field(kind, key, field, message) }
     }
 }
 

@@ -57,6 +57,7 @@ pub fn decode<T: Object>(body: Value) -> Result<T, ValidationError> {
             key: key.clone(),
             field: (path != "." && !path.is_empty()).then_some(path),
             message: e.into_inner().to_string(),
+            reference: false,
         }
     })?;
     object.check()?;
@@ -73,6 +74,7 @@ pub fn normalize(kind: Kind, body: Value) -> Result<(String, Value), ValidationE
             key: Some(object.key()),
             field: None,
             message: format!("cannot encode: {e}"),
+            reference: false,
         })?;
         Ok((object.key(), value))
     }
@@ -82,6 +84,7 @@ pub fn normalize(kind: Kind, body: Value) -> Result<(String, Value), ValidationE
             key: None,
             field: None,
             message: format!("expected a JSON object, got {}", json_type_name(&body)),
+            reference: false,
         });
     }
     match kind {
@@ -220,7 +223,8 @@ pub fn filter_fields(kind: Kind) -> Vec<(String, Value)> {
         let t = resolved(&root, &scalar);
         let typed = matches!(t.get("type").and_then(Value::as_str), Some("string" | "integer" | "number" | "boolean"))
             || t.get("enum").is_some()
-            || t.get("oneOf").is_some_and(|alts| alts.as_array().is_some_and(|a| a.iter().all(|x| x.get("const").is_some())));
+            || t.get("oneOf")
+                .is_some_and(|alts| alts.as_array().is_some_and(|a| a.iter().all(|x| x.get("const").is_some())));
         if is_object(&scalar) || !typed {
             continue;
         }

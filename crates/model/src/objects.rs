@@ -23,9 +23,9 @@ macro_rules! object {
             $( $(#[$fm:meta])* pub $f:ident : $t:ty, )*
         }
     ) => {
-        $(#[$m])*
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
         #[serde(deny_unknown_fields)]
+        $(#[$m])*
         pub struct $name {
             $( $(#[$fm])* pub $f: $t, )*
             /// Free-form string labels.
@@ -183,6 +183,10 @@ pub struct BootVariant {
 
 object! {
     /// A managed system, keyed by a stable UUID.
+    #[schemars(extend(
+        "if" = {"required": ["stage"], "properties": {"stage": {"type": "string"}}},
+        "then" = {"required": ["workflow"], "properties": {"workflow": {"type": "string"}}}
+    ))]
     pub struct Machine : Machine, key = id {
         /// Stable identity; assigned by the server when omitted.
         #[serde(default = "MachineId::generate")]
@@ -317,6 +321,7 @@ pub struct InstallSource {
     /// Expected SHA-256, hex; empty until pinned (`import-iso --sha256`
     /// pins it).
     #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9A-Fa-f]{64})?$"))]
     pub sha256: String,
     /// Keep the image itself in the file root next to its extracted tree
     /// (installers that download the whole ISO, like Ubuntu's, need it).
@@ -342,7 +347,7 @@ pub struct TemplateRef {
     pub contents: Option<String>,
     /// Path the rendered file appears at (TFTP and HTTP), itself a template.
     #[serde(default)]
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"))]
     pub path: Option<String>,
 }
 
@@ -465,6 +470,10 @@ object! {
     /// A disk image the image deploy writes to a machine's disk: where it
     /// is (a URL, or a path in the file root served at `/files/<path>`),
     /// how it is encoded, and the SHA-256 and size of the file as served.
+    #[schemars(extend("oneOf" = [
+        {"required": ["url"], "properties": {"url": {"type": "string"}, "path": {"type": "null"}}},
+        {"required": ["path"], "properties": {"path": {"type": "string"}, "url": {"type": "null"}}}
+    ]))]
     pub struct Image : Image, key = name {
         /// Name.
         pub name: Name,
@@ -473,17 +482,20 @@ object! {
         pub description: String,
         /// Where the file is: an `http://` or `https://` URL.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+        #[schemars(regex(pattern = r"^https?://[^\s\x00-\x1f\x7f-\x9f]+$"))]
         pub url: Option<String>,
         /// Or its path relative to the file root (served by boot HTTP).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(regex(pattern = r"^(?:[^/\\\x00-\x1f\x7f-\x9f]+/)*[^/\\\x00-\x1f\x7f-\x9f]+$"))]
         pub path: Option<String>,
         /// How the file is encoded.
         #[serde(default)]
         pub format: ImageFormat,
         /// Bytes of the file as served.
+        #[schemars(range(min = 1))]
         pub size: u64,
         /// SHA-256 of the file as served, hex.
+        #[schemars(regex(pattern = r"^[0-9A-Fa-f]{64}$"))]
         pub sha256: String,
         /// Bytes once decoded: the least a target disk must hold. Unknown
         /// for an image registered without it (a disk too small is then
@@ -499,6 +511,7 @@ object! {
         /// The loader a UEFI boot entry names, on the image's EFI system
         /// partition (default `\EFI\BOOT\BOOTX64.EFI`, `BOOTAA64.EFI` on ARM64).
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(regex(pattern = r"^\\[^/\x00-\x1f\x7f-\x9f]{0,199}$"))]
         pub efi_loader: Option<String>,
     }
 }
@@ -509,9 +522,8 @@ impl Image {
             (Some(_), Some(_)) => return Err(self.invalid("url", "give `url` or `path`, not both")),
             (None, None) => return Err(self.invalid("path", "give `url` (http or https) or `path` (in the file root)")),
             (Some(u), None) => {
-                let ok = (u.starts_with("http://") || u.starts_with("https://"))
-                    && u.len() > 8
-                    && !u.chars().any(|c| c.is_whitespace() || c.is_control());
+                let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+                let ok = rest.is_some_and(|r| !r.is_empty()) && !u.chars().any(|c| c.is_whitespace() || c.is_control());
                 if !ok {
                     return Err(
                         self.invalid("url", format!("expected an http:// or https:// URL, got `{}`", u.escape_debug()))
@@ -538,7 +550,7 @@ impl Image {
             return Err(self.invalid("size", "an image file is never empty"));
         }
         if let Some(l) = &self.efi_loader
-            && (!l.starts_with('\\') || l.chars().any(|c| c.is_control() || c == '/') || l.len() > 200)
+            && (!l.starts_with('\\') || l.chars().any(|c| c.is_control() || c == '/') || l.chars().count() > 200)
         {
             return Err(self.invalid(
                 "efi_loader",
@@ -725,8 +737,7 @@ impl Param {
 /// Checks `value` against `schema`; the error says what was expected.
 pub(crate) fn check_schema(schema: &Value, value: &Value) -> Result<(), String> {
     // Formats (date-time, uuid, …) are checked too.
-    let validator =
-        jsonschema::options().should_validate_formats(true).build(schema).map_err(|e| e.to_string())?;
+    let validator = jsonschema::options().should_validate_formats(true).build(schema).map_err(|e| e.to_string())?;
     let errors: Vec<String> = validator.iter_errors(value).map(|e| e.to_string()).collect();
     if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
@@ -770,7 +781,12 @@ object! {
 impl Profile {
     fn check_fields(&self) -> Result<(), ValidationError> {
         if self.profiles.contains(&self.name) {
-            return Err(self.invalid("profiles", "a profile cannot include itself"));
+            return Err(ValidationError::reference(
+                Kind::Profile,
+                self.key(),
+                "profiles",
+                "a profile cannot include itself",
+            ));
         }
         Ok(())
     }
@@ -822,6 +838,10 @@ impl Task {
 
 object! {
     /// An optional bootenv plus ordered tasks.
+    #[schemars(extend(
+        "if" = {"required": ["power"], "properties": {"power": {"enum": ["off", "soft-off"]}}},
+        "then" = {"properties": {"tasks": {"maxItems": 0}}}
+    ))]
     pub struct Stage : Stage, key = name {
         /// Name.
         pub name: Name,
@@ -989,7 +1009,7 @@ pub struct DhcpOption {
     pub text: Option<String>,
     /// Value as hex bytes, `01:02:0a` or `01020a`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9A-Fa-f:]*$"))]
+    #[schemars(regex(pattern = r"^:*(?:[0-9A-Fa-f]:*[0-9A-Fa-f]:*)*$"))]
     pub hex: Option<String>,
     /// Value as a list of IPv4 addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1005,7 +1025,10 @@ impl DhcpOption {
                 let digits: String = h.chars().filter(|c| *c != ':').collect();
                 // Only hex digits, so the two-byte steps below stay on characters.
                 if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(format!("`{}` is not hex (digits 0-9, a-f, optionally `:`-separated)", h.escape_debug()));
+                    return Err(format!(
+                        "`{}` is not hex (digits 0-9, a-f, optionally `:`-separated)",
+                        h.escape_debug()
+                    ));
                 }
                 if !digits.len().is_multiple_of(2) {
                     return Err(format!("hex value `{h}` has an odd number of digits"));
@@ -1044,6 +1067,16 @@ fn default_lease_secs() -> u32 {
 
 object! {
     /// A DHCP scope.
+    #[schemars(extend(
+        "if" = {"required": ["proxy"], "properties": {"proxy": {"const": true}}},
+        "then" = {"required": ["interface"], "properties": {"interface": {"type": "string"}}, "oneOf": [
+            {"required": ["range_start", "range_end"],
+                "properties": {"range_start": {"type": "string"}, "range_end": {"type": "string"}}},
+            {"properties": {"range_start": {"type": "null"}, "range_end": {"type": "null"}}}
+        ]},
+        "else" = {"required": ["range_start", "range_end"],
+            "properties": {"range_start": {"type": "string"}, "range_end": {"type": "string"}}}
+    ))]
     pub struct Subnet : Subnet, key = name {
         /// Name.
         pub name: Name,
@@ -1065,6 +1098,7 @@ object! {
         pub proxy: bool,
         /// Interface whose direct (non-relayed) requests this subnet answers.
         #[serde(default)]
+        #[schemars(regex(pattern = r"^[A-Za-z0-9._@-]{1,15}$"))]
         pub interface: Option<String>,
         /// Whether the subnet answers at all.
         #[serde(default = "default_true")]
@@ -1074,6 +1108,7 @@ object! {
         pub only_reservations: bool,
         /// Lease time in seconds.
         #[serde(default = "default_lease_secs")]
+        #[schemars(range(min = 60))]
         pub lease_secs: u32,
         /// Default gateway (option 3).
         #[serde(default)]
@@ -1098,6 +1133,10 @@ object! {
         /// `uefi-http-arm64`, `ipxe`; values are paths in the file root or URLs,
         /// with `{http}`, `{server}` and `{mac}` expanded.
         #[serde(default)]
+        #[schemars(extend(
+            "propertyNames" = {"enum": ["bios", "uefi-ia32", "uefi-x64", "uefi-arm64", "uefi-http-x64", "uefi-http-arm64", "ipxe"]},
+            "additionalProperties" = {"type": "string", "minLength": 1, "maxLength": 255}
+        ))]
         pub boot_files: BTreeMap<String, String>,
         /// Starvation guard: at most this many offers not yet requested at
         /// once; beyond it, clients with no lease or reservation are not
@@ -1119,6 +1158,7 @@ object! {
         /// once, so a flood of spoofed MACs cannot take the addresses known
         /// machines need. 0 refuses unknown clients; 100 lets them take all.
         #[serde(default = "default_unknown_share")]
+        #[schemars(range(max = 100))]
         pub unknown_share: u8,
         /// Identify clients by their client identifier (option 61) instead of
         /// their hardware address, as Kea's `match-client-id`. Off by
@@ -1336,12 +1376,21 @@ impl User {
 #[serde(deny_unknown_fields)]
 pub struct Claim {
     /// A kind (plural), or `*`.
+    #[schemars(schema_with = "claim_kind_schema")]
     pub kind: String,
     /// `read`, `create`, `update`, `delete`, or `*`.
+    #[schemars(extend("enum" = ["read", "create", "update", "delete", "*"]))]
     pub action: String,
     /// Only objects whose key matches this pattern; every object when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub name: Option<String>,
+}
+
+fn claim_kind_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let kinds: Vec<&str> =
+        Kind::ALL.iter().map(|k| k.plural()).chain(CLAIM_KINDS_EXTRA).chain(std::iter::once("*")).collect();
+    schemars::json_schema!({"type": "string", "enum": kinds})
 }
 
 /// Kinds a claim may name besides the object kinds.

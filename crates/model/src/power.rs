@@ -29,18 +29,37 @@ impl BmcDriver {
 /// How Plinth reaches a machine's BMC.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend(
+    "if" = {"properties": {"driver": {"const": "ipmi"}}},
+    "then" = {"properties": {
+        "address": {"not": {"pattern": "://"}},
+        "system": {"type": "null"}, "ca_pem": {"type": "null"}, "fingerprint": {"type": "null"},
+        "insecure_tls": {"const": false}
+    }},
+    "else" = {"properties": {
+        "cipher_suite": {"type": "null"},
+        "address": {"not": {"pattern": "^(?!https://)[A-Za-z][A-Za-z0-9+.-]*://"}},
+        "fingerprint": {"anyOf": [
+            {"type": "string", "pattern": "^:*(?:[0-9A-Fa-f]:*){64}$"},
+            {"type": "null"}
+        ]}
+    }}
+))]
 pub struct Bmc {
     /// `ipmi` or `redfish`.
     pub driver: BmcDriver,
     /// `host` or `host:port` (IPMI: UDP 623 by default; Redfish: HTTPS 443),
     /// or for Redfish a base URL (`https://host:port`; `http://` only with
     /// `insecure_tls`).
+    #[schemars(regex(pattern = r"^[^\s\x00-\x1f\x7f-\x9f]{1,255}$"))]
     pub address: String,
     /// The BMC user Plinth logs in as.
+    #[schemars(regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]{1,64}$"))]
     pub username: String,
     /// The BMC password: a plain string when written, sealed by the server
     /// (`{"$sealed": …}`) and shown as `<secure>` in every answer.
     #[serde(default)]
+    #[schemars(extend("anyOf" = [{"type": "string", "maxLength": 256, "pattern": "^[^\\x00]*$"}, {"type": "null"}]))]
     pub password: Value,
     /// IPMI: the RMCP+ cipher suite (`ipmitool -C`); 3 (HMAC-SHA1, AES-128)
     /// by default, 17 for SHA-256.
@@ -69,15 +88,16 @@ impl Bmc {
     /// options that belong to the other driver.
     pub fn check(&self) -> Result<(), (String, String)> {
         let field = |f: &str, why: String| Err((format!("bmc.{f}"), why));
-        let addr = self.address.trim();
-        if addr.is_empty() || addr.len() > 255 || addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        let addr = self.address.as_str();
+        if addr.is_empty() || addr.chars().count() > 255 || addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return field("address", "expected `host`, `host:port` or (Redfish) `https://host:port`".into());
         }
-        if self.username.is_empty() || self.username.len() > 64 || self.username.chars().any(char::is_control) {
+        if self.username.is_empty() || self.username.chars().count() > 64 || self.username.chars().any(char::is_control)
+        {
             return field("username", "expected a user name of 1 to 64 characters".into());
         }
         match &self.password {
-            Value::String(s) if s.len() > 256 || s.contains('\0') => {
+            Value::String(s) if s.chars().count() > 256 || s.contains('\0') => {
                 return field("password", "expected a password of at most 256 characters".into());
             }
             Value::String(_) | Value::Null | Value::Object(_) => {}

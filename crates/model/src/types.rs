@@ -202,7 +202,10 @@ impl fmt::Display for MacAddr {
     }
 }
 
-string_type!(MacAddr, json_schema!({"type": "string", "pattern": "^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5})$"}));
+string_type!(
+    MacAddr,
+    json_schema!({"type": "string", "pattern": "^([0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5})$"})
+);
 
 /// An IPv4 network in CIDR notation, e.g. `10.0.0.0/24`. The address must be
 /// the network address (no host bits set).
@@ -256,4 +259,7 @@ impl fmt::Display for Ipv4Cidr {
     }
 }
 
-string_type!(Ipv4Cidr, json_schema!({"type": "string", "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$"}));
+string_type!(
+    Ipv4Cidr,
+    json_schema!({"type": "string", "pattern": "^(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}/(3[0-2]|[12]?[0-9])$"})
+);

@@ -295,8 +295,6 @@ async fn invalid_bodies_get_400_naming_the_field() {
         ("/api/v1/machines", json!({"name": 5}), "name"),
         ("/api/v1/machines", json!({"name": "a", "macs": ["zz:zz"]}), "macs[0]"),
         ("/api/v1/machines", json!({"name": "a", "colour": "red"}), ""),
-        ("/api/v1/machines", json!({"name": "a", "params": {"undefined-param": 1}}), "params.undefined-param"),
-        ("/api/v1/profiles", json!({"name": "p", "params": {"site-ntp": "10.0.0.1"}}), "params.site-ntp"),
         ("/api/v1/params", json!({"name": "p", "schema": {"type": "strnig"}}), "schema.type"),
         ("/api/v1/params", json!({"name": "p", "schema": {"type": "integer", "default": "x"}}), "schema.default"),
         (
@@ -316,10 +314,36 @@ async fn invalid_bodies_get_400_naming_the_field() {
         }
         assert!(!r.body["detail"].as_str().unwrap().is_empty());
     }
-    // Key in the body must match the URL.
+    // A well-formed body that the store's current state refuses is a 409
+    // naming the field: a param not defined, a value its param's schema
+    // refuses, a key in the body that is not the one in the URL.
     api.post("/api/v1/templates", json!({"name": "t", "contents": "x"})).await;
-    let r = api.send(Method::PUT, "/api/v1/templates/t", Some(json!({"name": "other", "contents": "x"})), None).await;
-    assert_eq!((r.status, r.body["field"].as_str()), (400, Some("name")));
+    let conflicts = [
+        (
+            Method::POST,
+            "/api/v1/machines",
+            json!({"name": "a", "params": {"undefined-param": 1}}),
+            "reference",
+            "params.undefined-param",
+        ),
+        (
+            Method::POST,
+            "/api/v1/profiles",
+            json!({"name": "p", "params": {"site-ntp": "10.0.0.1"}}),
+            "param_value",
+            "params.site-ntp",
+        ),
+        (Method::PUT, "/api/v1/templates/t", json!({"name": "other", "contents": "x"}), "key_mismatch", "name"),
+    ];
+    for (method, path, body, code, field) in conflicts {
+        let r = api.send(method, path, Some(body.clone()), None).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str(), r.body["field"].as_str()),
+            (409, Some(code), Some(field)),
+            "{body}: {}",
+            r.body
+        );
+    }
     // Oversized body.
     let big = "x".repeat(plinth_api::MAX_BODY + 10);
     let r = http
@@ -400,24 +424,33 @@ async fn events_stream_committed_changes_filtered_by_kind() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let mut stream = resp.bytes_stream();
-    // Give the subscription a moment to be registered before writing.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    api.post("/api/v1/machines", json!({"name": "not-watched"})).await;
-    api.post("/api/v1/templates", json!({"name": "t1", "contents": "x"})).await;
-    api.send(Method::DELETE, "/api/v1/templates/t1", None, None).await;
-    let mut events = Vec::new();
+    // The stream opens with `ready`: from then on no committed change is
+    // missed, so no sleep is needed before writing.
+    let mut events: Vec<(String, Value)> = Vec::new();
     let mut buf = String::new();
+    let mut name = String::from("message");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while events.len() < 2 {
+    let mut wrote = false;
+    while events.len() < 3 {
         let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("events arrive").unwrap().unwrap();
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(pos) = buf.find('\n') {
             let line: String = buf.drain(..=pos).collect();
-            if let Some(d) = line.strip_prefix("data:") {
-                events.push(serde_json::from_str::<Value>(d.trim()).unwrap());
+            if let Some(e) = line.strip_prefix("event:") {
+                name = e.trim().to_string();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                events.push((std::mem::replace(&mut name, "message".into()), serde_json::from_str(d.trim()).unwrap()));
             }
         }
+        if !wrote && !events.is_empty() {
+            assert_eq!(events[0], ("ready".to_string(), json!({"subscribed": true})));
+            api.post("/api/v1/machines", json!({"name": "not-watched"})).await;
+            api.post("/api/v1/templates", json!({"name": "t1", "contents": "x"})).await;
+            api.send(Method::DELETE, "/api/v1/templates/t1", None, None).await;
+            wrote = true;
+        }
     }
+    let events: Vec<Value> = events.into_iter().skip(1).map(|(_, v)| v).collect();
     assert_eq!(events[0]["kind"], "templates");
     assert_eq!(events[0]["action"], "created");
     assert_eq!(events[0]["key"], "t1");

@@ -221,7 +221,7 @@ async fn day_two_upgrade_is_planned_per_machine_then_applied_and_rolled_back() {
     let r = api
         .send(reqwest::Method::PATCH, "/api/v1/profiles/global", Some(json!({"params": {"location": "dc1"}})), None)
         .await;
-    assert_eq!(r.status, 400, "`location` is not defined yet: {}", r.body);
+    assert_eq!(r.status, 409, "`location` is not defined yet: {}", r.body);
     assert_eq!(api.post("/api/v1/params", json!({"name": "location", "schema": {"type": "string"}})).await.status, 201);
     let r = api
         .send(reqwest::Method::PATCH, "/api/v1/profiles/global", Some(json!({"params": {"location": "dc1"}})), None)

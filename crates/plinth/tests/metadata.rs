@@ -92,7 +92,7 @@ async fn images_are_imported_checked_and_referenced() {
     }
     // Param `image` names an image: it must exist, and it is held.
     let r = admin.post("/api/v1/profiles", json!({"name": "p", "params": {"image": "nope"}})).await;
-    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.status, 409, "{}", r.body);
     post(&admin, "/api/v1/profiles", json!({"name": "p", "params": {"image": "tiny"}})).await;
     let r = admin.send(reqwest::Method::DELETE, "/api/v1/images/tiny", None, None).await;
     assert_eq!(r.status, 409, "{}", r.body);

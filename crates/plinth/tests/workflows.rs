@@ -110,7 +110,7 @@ async fn an_agent_runs_a_workflow_through_the_api() {
             None,
         )
         .await;
-    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.status, 409, "{}", bad.body);
     let done =
         post(&agent, &format!("/api/v1/jobs/{job}/finish"), json!({"exit_code": 0, "params": {"disk-count": 3}})).await;
     assert_eq!(done["state"], "finished");
