@@ -268,12 +268,27 @@ fn build(o: &Options, ns: &Namespace, state: &mut Value) -> Result<String, LabEr
     let exe = std::env::current_exe().map_err(|e| err(e.to_string()))?;
     let exe_s = exe.to_string_lossy().into_owned();
     let data = o.dir.join("data");
-    // A random admin password, kept in the lab's folder for its CLI.
-    let password: String =
-        plinth_secrets::fresh_key().map_err(|e| err(e.to_string()))?.iter().map(|b| format!("{b:02x}")).collect();
+    // A random admin password, kept in the lab's folder for its CLI. A lab
+    // brought up again on its kept folder keeps its store, whose admin has
+    // the password written the first time: that one is used again.
     let pw_file = o.dir.join("admin-password");
-    plinth_secrets::write_private(&pw_file, &format!("{password}\n"))
-        .map_err(|e| err(format!("cannot write {}: {e}", pw_file.display())))?;
+    let kept = std::fs::read_to_string(&pw_file)
+        .ok()
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty() && data.join("plinth.db").exists());
+    let password = match kept {
+        Some(p) => p,
+        None => {
+            let password: String = plinth_secrets::fresh_key()
+                .map_err(|e| err(e.to_string()))?
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            plinth_secrets::write_private(&pw_file, &format!("{password}\n"))
+                .map_err(|e| err(format!("cannot write {}: {e}", pw_file.display())))?;
+            password
+        }
+    };
 
     // The server, on the bridge only.
     let mut server = ns.exec(&[
@@ -319,7 +334,13 @@ fn build(o: &Options, ns: &Namespace, state: &mut Value) -> Result<String, LabEr
     let subnet = json!({"name": "lab", "cidr": format!("{}.0/24", o.net), "interface": BRIDGE,
         "range_start": format!("{}.100", o.net), "range_end": format!("{}.199", o.net), "router": server_ip,
         "lease_secs": 3600, "description": "the plinth lab bridge"});
-    cli(&["subnets", "create", "--data", &subnet.to_string()])?;
+    // Again on a kept folder, the lab's subnet is already there: it is
+    // replaced with this one (the bridge's network may have changed).
+    if cli(&["subnets", "show", "lab"]).is_ok() {
+        cli(&["subnets", "update", "lab", "--data", &subnet.to_string()])?;
+    } else {
+        cli(&["subnets", "create", "--data", &subnet.to_string()])?;
+    }
     let files = data.join("files");
     let installed = Command::new(&exe)
         .args(["bootloaders", "install", "--file-root"])

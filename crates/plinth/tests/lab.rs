@@ -19,25 +19,22 @@ fn lab_up_boots_a_guest_from_its_own_server_and_down_removes_everything() {
     }
     let dir = tempfile::tempdir().unwrap();
     let name = format!("plt-lab-{}", std::process::id());
-    let up = Command::new(bin())
-        .args([
-            "lab",
-            "up",
-            "--name",
-            &name,
-            "--machines",
-            "1",
-            "--memory",
-            "256",
-            "--disk",
-            "1",
-            "--net",
-            "10.124.0",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let up_args = [
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--machines",
+        "1",
+        "--memory",
+        "256",
+        "--disk",
+        "1",
+        "--net",
+        "10.124.0",
+        "--dir",
+    ];
+    let up = Command::new(bin()).args(up_args).arg(dir.path()).output().unwrap();
     let said = String::from_utf8_lossy(&up.stdout).into_owned() + &String::from_utf8_lossy(&up.stderr);
     assert!(up.status.success(), "{said}");
     assert!(said.contains(&format!("lab `{name}` is up")) && said.contains("52:54:00:1a:b0:00"), "{said}");
@@ -84,4 +81,14 @@ fn lab_up_boots_a_guest_from_its_own_server_and_down_removes_everything() {
     }
     let twice = Command::new(bin()).args(["lab", "down", "--dir"]).arg(dir.path()).output().unwrap();
     assert!(!twice.status.success() && String::from_utf8_lossy(&twice.stderr).contains("no lab is up"));
+
+    // Up again on the kept folder: the same store, its admin's password
+    // (the CLI logs in with it) and its subnet; then down once more.
+    let up = Command::new(bin()).args(&up_args).arg(dir.path()).output().unwrap();
+    let said = String::from_utf8_lossy(&up.stdout).into_owned() + &String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "up again on the kept folder: {said}");
+    assert!(said.contains(&format!("lab `{name}` is up")), "{said}");
+    let down = Command::new(bin()).args(["lab", "down", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(!namespaces().contains(&name), "the namespace is gone");
 }
