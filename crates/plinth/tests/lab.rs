@@ -84,7 +84,7 @@ fn lab_up_boots_a_guest_from_its_own_server_and_down_removes_everything() {
 
     // Up again on the kept folder: the same store, its admin's password
     // (the CLI logs in with it) and its subnet; then down once more.
-    let up = Command::new(bin()).args(&up_args).arg(dir.path()).output().unwrap();
+    let up = Command::new(bin()).args(up_args).arg(dir.path()).output().unwrap();
     let said = String::from_utf8_lossy(&up.stdout).into_owned() + &String::from_utf8_lossy(&up.stderr);
     assert!(up.status.success(), "up again on the kept folder: {said}");
     assert!(said.contains(&format!("lab `{name}` is up")), "{said}");
