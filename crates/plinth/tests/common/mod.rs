@@ -212,20 +212,30 @@ impl Server {
     }
 
     pub async fn token(&self) -> String {
+        self.token_of("admin", PASSWORD).await
+    }
+
+    /// A token of `user`, logged in with `password`.
+    pub async fn token_of(&self, user: &str, password: &str) -> String {
         let r = self
             .http()
             .post(format!("{}/api/v1/auth/token", self.url))
-            .basic_auth("admin", Some(PASSWORD))
+            .basic_auth(user, Some(password))
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 201);
+        assert_eq!(r.status(), 201, "login as {user}");
         let v: Value = r.json().await.unwrap();
         v["token"].as_str().unwrap().to_owned()
     }
 
     pub async fn api(&self) -> Api {
         Api { http: self.http(), url: self.url.clone(), token: self.token().await }
+    }
+
+    /// The API as `user`.
+    pub async fn api_as(&self, user: &str, password: &str) -> Api {
+        Api { http: self.http(), url: self.url.clone(), token: self.token_of(user, password).await }
     }
 
     /// Trades a boot credential (what a boot file's `machine_token()` gives)
