@@ -8,23 +8,34 @@
 //! `giaddr`. With no subnet configured, nothing is opened and nothing is
 //! handed out.
 //!
-//! Requests are handled one at a time by one task, which owns the in-memory
-//! index (pools, leases by address and by client, offers): allocation never
-//! races within a server, and across servers the store's per-object
-//! revision preconditions decide. A bound lease is written to the store
-//! before its ACK is sent.
+//! The receive tasks parse each packet and queue it by what it is worth:
+//! a REQUEST (a client holding an offer, or renewing) goes to one bounded
+//! queue, a DISCOVER (a new exchange) to another. One task owns the
+//! [`Index`] and takes requests first, so under a storm the exchanges
+//! already begun are finished and new ones are shed: when a queue is full,
+//! and when a DISCOVER has waited longer than a client waits for its offer.
+//! Everything shed is counted in [`DhcpStats`].
+//!
+//! Decisions are made in batches. OFFERs and NAKs leave at once; the leases
+//! of a batch's ACKs are written in one store transaction, and those ACKs
+//! leave when it has committed (a lease is durable before its ACK). While
+//! one batch commits, the next is decided: deciding and committing overlap.
+//! Across servers, the store's per-lease revision preconditions decide.
 
-use plinth_dhcp::pxe::BootFiles;
-use plinth_dhcp::server::{
-    self, Decision, Destination, Facts, LeaseState, LeaseWrite, Owner, ReservationView, SubnetView,
+pub use plinth_dhcp::index::BOOT_SERVER_PORT;
+use plinth_dhcp::index::{
+    Index, LeaseChange, Machines, Outcome, Request, ReservationConfig, StoredLease, SubnetConfig,
 };
-use plinth_dhcp::{Message, MessageType, Pool, code};
+use plinth_dhcp::pxe::BootFiles;
+use plinth_dhcp::server::{Destination, LeaseState};
+use plinth_dhcp::{Message, MessageType, code};
 use plinth_model::{Kind, Lease, Reservation, Subnet};
 use plinth_store::{Expect, Store, StoreExt};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -40,13 +51,23 @@ pub struct DhcpConfig {
     /// The boot HTTP server's URL as machines reach it (`--boot-url`); else
     /// `http://<the interface's address>:<http_port>`.
     pub http_url: Option<String>,
-    /// Queue of received packets; beyond it packets are dropped.
+    /// Capacity of the receive queue of requests (DISCOVERs get a quarter
+    /// of it); beyond it packets are shed.
     pub queue: usize,
+    /// Counters, shared with whoever reports them.
+    pub stats: Arc<DhcpStats>,
 }
 
 impl Default for DhcpConfig {
     fn default() -> DhcpConfig {
-        DhcpConfig { server_port: 67, client_port: 68, http_port: 8091, http_url: None, queue: 4096 }
+        DhcpConfig {
+            server_port: 67,
+            client_port: 68,
+            http_port: 8091,
+            http_url: None,
+            queue: 2048,
+            stats: Arc::default(),
+        }
     }
 }
 
@@ -57,50 +78,47 @@ impl DhcpConfig {
     }
 }
 
-type ClientKey = Vec<u8>;
-
-struct SubnetState {
-    subnet: Subnet,
-    pool: Pool,
-    options: Vec<(u8, Vec<u8>)>,
-    boot: BootFiles,
-    /// When new clients were last offered an address (the last minute's).
-    new_clients: std::collections::VecDeque<i64>,
-    /// Addresses offered or leased to clients Plinth does not know, which
-    /// may hold at most the subnet's `unknown_share` of the range.
-    unknown: std::collections::HashSet<Ipv4Addr>,
+/// What the DHCP service has done since it started. Every packet received
+/// is either answered, ignored or refused by the core, or shed here.
+#[derive(Debug, Default)]
+pub struct DhcpStats {
+    /// Packets received (well-formed).
+    pub received: AtomicU64,
+    /// Packets that did not parse.
+    pub malformed: AtomicU64,
+    /// DISCOVERs shed because their queue was full.
+    pub shed_discovers: AtomicU64,
+    /// Other requests shed because their queue was full.
+    pub shed_requests: AtomicU64,
+    /// Requests shed because they waited longer than their client waits.
+    pub shed_stale: AtomicU64,
+    /// New clients not answered by a starvation guard.
+    pub starved: AtomicU64,
+    /// Replies sent.
+    pub replies: AtomicU64,
+    /// Lease writes made durable, and the transactions that made them.
+    pub lease_writes: AtomicU64,
+    pub commits: AtomicU64,
+    /// ACKs withheld because their leases could not be stored.
+    pub withheld: AtomicU64,
 }
 
-impl SubnetState {
-    /// The core's view of this subnet.
-    fn view(&self) -> SubnetView<'_> {
-        let s = &self.subnet;
-        SubnetView {
-            name: s.name.as_str(),
-            network: s.cidr.addr,
-            prefix: s.cidr.prefix,
-            lease_secs: s.lease_secs,
-            options: &self.options,
-            next_server: s.next_server,
-            only_reservations: s.only_reservations && !s.proxy,
-            boot_files: &self.boot,
-            range: if s.proxy { None } else { s.range_start.zip(s.range_end) },
-        }
+impl DhcpStats {
+    fn shed_total(&self) -> u64 {
+        self.shed_discovers.load(Relaxed) + self.shed_requests.load(Relaxed) + self.shed_stale.load(Relaxed)
     }
 }
 
-#[derive(Debug, Clone)]
-struct LeaseRec {
-    client: ClientKey,
-    state: plinth_model::LeaseState,
-    expires_at: i64,
-    revision: u64,
-}
-
-struct ReservationRec {
-    reservation: Reservation,
-    options: Vec<(u8, Vec<u8>)>,
-}
+/// Most requests decided in one batch.
+const BATCH: usize = 256;
+/// ACKs waiting on commits beyond which no new exchange begins.
+const ACK_BACKLOG: usize = 64;
+/// A DISCOVER older than this is not answered: its client has stopped
+/// waiting for this offer (perfdhcp after 1 s; firmware retransmits after
+/// about 4 s, with a new transaction).
+const STALE_DISCOVER: Duration = Duration::from_millis(1000);
+/// A REQUEST older than this is not answered (clients retransmit by then).
+const STALE_REQUEST: Duration = Duration::from_secs(4);
 
 struct Listener {
     /// Server port (67).
@@ -108,21 +126,24 @@ struct Listener {
     /// PXE boot server port (4011), for proxy subnets.
     boot_socket: Option<Arc<UdpSocket>>,
     address: Ipv4Addr,
+    http_base: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Most requests handled in one batch (one store transaction).
-const BATCH: usize = 128;
-
-/// The PXE boot server port (proxyDHCP requests).
-pub const BOOT_SERVER_PORT: u16 = 4011;
-
 struct Packet {
-    interface: String,
+    interface: Arc<str>,
     /// Local port it arrived on.
     port: u16,
     from: SocketAddr,
+    message: Message,
+    at: Instant,
+}
+
+/// A reply ready to send.
+struct Reply {
+    socket: Arc<UdpSocket>,
     bytes: Vec<u8>,
+    to: SocketAddr,
 }
 
 fn option_bytes(opts: &[plinth_model::DhcpOption]) -> Vec<(u8, Vec<u8>)> {
@@ -154,40 +175,6 @@ fn subnet_options(s: &Subnet) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
-/// Who a request is from. By default its hardware address (Ethernet, six
-/// bytes: anything else is refused); with the subnet's `match_client_id`,
-/// its client identifier (option 61) when it sends one, unless that names
-/// a hardware address other than the packet's.
-fn client_key(m: &Message, match_client_id: bool) -> Result<ClientKey, &'static str> {
-    let Some(mac) = m.mac() else {
-        return Err("a hardware type or address length Plinth does not serve (Ethernet, six bytes)");
-    };
-    let mut hw = vec![1];
-    hw.extend_from_slice(&mac);
-    if !match_client_id {
-        return Ok(hw);
-    }
-    match m.option(code::CLIENT_ID) {
-        Some([1, named @ ..]) if named.len() == 6 && named != mac => {
-            Err("a client identifier that names another hardware address than the packet's")
-        }
-        Some(id) if !id.is_empty() => Ok(id.to_vec()),
-        _ => Ok(hw),
-    }
-}
-
-/// The client a stored lease is for, by the same rule as [`client_key`].
-fn key_of_lease(l: &Lease, match_client_id: bool) -> ClientKey {
-    match l.client_id.as_deref().and_then(hex_decode) {
-        Some(id) if match_client_id && !id.is_empty() => id,
-        _ => {
-            let mut k = vec![1];
-            k.extend_from_slice(&l.mac.0);
-            k
-        }
-    }
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -196,28 +183,70 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
 }
 
-fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
+fn now_secs() -> u64 {
+    chrono::Utc::now().timestamp().max(0) as u64
 }
 
-/// The in-memory view of subnets, reservations, leases and offers.
-struct Engine {
-    store: Arc<dyn Store>,
-    config: DhcpConfig,
-    subnets: Vec<SubnetState>,
-    reservations: HashMap<[u8; 6], ReservationRec>,
-    leases: HashMap<Ipv4Addr, LeaseRec>,
-    by_client: HashMap<ClientKey, Ipv4Addr>,
-    offers: HashMap<Ipv4Addr, (ClientKey, i64)>,
-    listeners: HashMap<String, Listener>,
-    tx: mpsc::Sender<Packet>,
-    log: crate::events::BootLog,
-    /// Lease writes of the batch being handled: key, body, precondition.
-    staged: Vec<(String, serde_json::Value, Expect)>,
-    /// Replies of the batch, sent once its leases are durable.
-    outbox: Vec<(Arc<UdpSocket>, Vec<u8>, SocketAddr)>,
-    /// Which machines boot from their disk: see [`BootTargets`].
-    targets: BootTargets,
+fn subnet_config(s: Subnet) -> SubnetConfig {
+    SubnetConfig {
+        options: subnet_options(&s),
+        boot_files: BootFiles::with_overrides(&s.boot_files),
+        name: s.name.to_string(),
+        network: s.cidr.addr,
+        prefix: s.cidr.prefix,
+        interface: s.interface,
+        proxy: s.proxy,
+        range: s.range_start.zip(s.range_end),
+        lease_secs: s.lease_secs,
+        next_server: s.next_server,
+        only_reservations: s.only_reservations,
+        relays: s.relays,
+        match_client_id: s.match_client_id,
+        unknown_share: s.unknown_share,
+        max_pending_offers: s.max_pending_offers,
+        new_clients_per_minute: s.new_clients_per_minute,
+    }
+}
+
+fn stored_lease(l: Lease, revision: u64) -> StoredLease {
+    StoredLease {
+        address: l.address,
+        mac: l.mac.0,
+        client_id: l.client_id.as_deref().and_then(hex_decode),
+        subnet: l.subnet.to_string(),
+        state: match l.state {
+            plinth_model::LeaseState::Released => LeaseState::Released,
+            plinth_model::LeaseState::Declined => LeaseState::Declined,
+            _ => LeaseState::Bound,
+        },
+        expires_at: l.expires_at.timestamp().max(0) as u64,
+        revision,
+    }
+}
+
+/// The stored form of a lease change. Built from typed values, so it needs
+/// no validation round trip.
+fn lease_body(c: &LeaseChange) -> Result<serde_json::Value, String> {
+    let lease = Lease {
+        address: c.address,
+        mac: plinth_model::MacAddr(c.mac),
+        client_id: c.client_id.as_deref().map(hex),
+        subnet: c.subnet.parse().map_err(|e| format!("subnet name: {e}"))?,
+        state: match c.state {
+            LeaseState::Released => plinth_model::LeaseState::Released,
+            LeaseState::Declined => plinth_model::LeaseState::Declined,
+            _ => plinth_model::LeaseState::Bound,
+        },
+        expires_at: chrono::DateTime::from_timestamp(c.expires_at.min(i64::MAX as u64) as i64, 0).unwrap_or_default(),
+        hostname: c.hostname.clone(),
+        client_arch: c.client_arch,
+        relay_info: c.relay_info.as_deref().map(hex),
+        meta: Default::default(),
+        revision: 0,
+        created_at: None,
+        updated_at: None,
+    };
+    serde_json::to_value(&lease).map_err(|e| e.to_string())
 }
 
 /// What DHCP needs to know of machines: which MACs belong to a machine
@@ -275,19 +304,52 @@ impl BootTargets {
     }
 }
 
-impl Engine {
-    fn held(&self, ip: Ipv4Addr, now: i64) -> bool {
-        let lease_held = self.leases.get(&ip).is_some_and(|l| {
-            l.expires_at > now
-                && matches!(l.state, plinth_model::LeaseState::Bound | plinth_model::LeaseState::Declined)
-        });
-        let offered = self.offers.get(&ip).is_some_and(|(_, exp)| *exp > now);
-        let reserved = self.reservations.values().any(|r| r.reservation.address == ip);
-        lease_held || offered || reserved
+impl Machines for BootTargets {
+    fn known(&self, mac: [u8; 6]) -> bool {
+        self.by_mac.contains_key(&mac)
     }
+    fn netboot(&self, mac: Option<[u8; 6]>) -> bool {
+        BootTargets::netboot(self, mac)
+    }
+}
 
-    /// Rebuilds everything from the store and reconciles listeners.
+/// A commit under way: its store call and the ACKs waiting on it.
+struct Commit {
+    task: tokio::task::JoinHandle<Result<Vec<plinth_store::Change>, plinth_store::StoreError>>,
+    acks: Vec<Reply>,
+    addresses: std::collections::HashSet<Ipv4Addr>,
+    writes: u64,
+}
+
+/// The DHCPv4 service: sockets, queues and the batch commit around the core's [`Index`].
+struct DhcpService {
+    store: Arc<dyn Store>,
+    config: DhcpConfig,
+    index: Index,
+    targets: BootTargets,
+    listeners: HashMap<Arc<str>, Listener>,
+    requests: mpsc::Sender<Packet>,
+    discovers: mpsc::Sender<Packet>,
+    log: crate::events::BootLog,
+    /// Lease writes of the batch being gathered, one per address (the last).
+    staged: Vec<LeaseChange>,
+    staged_at: HashMap<Ipv4Addr, usize>,
+    /// ACKs of the batch being gathered, sent once its writes are durable.
+    acks: Vec<Reply>,
+    /// Replies that need nothing stored (OFFERs, NAKs), sent after each batch.
+    now_out: Vec<Reply>,
+    commit: Option<Commit>,
+    /// The index may differ from the store (a commit failed): reload.
+    stale: bool,
+}
+
+impl DhcpService {
+    /// Rebuilds the index from the store and reconciles listeners. First
+    /// lets every write made or staged land, so the store read includes
+    /// them all: a lease the index handed out is never forgotten.
     async fn reload(&mut self) {
+        self.settle().await;
+        self.stale = false;
         let load = async {
             let subnets = self.store.list_all(Kind::Subnet, vec![]).await?;
             let reservations = self.store.list_all(Kind::Reservation, vec![]).await?;
@@ -310,84 +372,43 @@ impl Engine {
         for r in machines {
             self.targets.set_machine(&r.key, Some(&r.body));
         }
-        self.reservations.clear();
-        for r in reservations {
-            if let Ok(res) = plinth_model::decode::<Reservation>(r.body) {
-                let options = option_bytes(&res.options);
-                self.reservations.insert(res.mac.0, ReservationRec { reservation: res, options });
-            }
-        }
-        self.leases.clear();
-        self.by_client.clear();
-        let by_client_id: std::collections::HashSet<String> = subnets
-            .iter()
-            .filter(|r| r.body.get("match_client_id").and_then(|v| v.as_bool()) == Some(true))
-            .map(|r| r.key.clone())
+        let reservations = reservations
+            .into_iter()
+            .filter_map(|r| plinth_model::decode::<Reservation>(r.body).ok())
+            .map(|r| ReservationConfig {
+                options: option_bytes(&r.options),
+                mac: r.mac.0,
+                address: r.address,
+                hostname: r.hostname.map(|h| h.to_string()),
+                next_server: r.next_server,
+            })
             .collect();
-        let mut unknown_leases = Vec::new();
-        for r in leases {
-            let revision = r.revision;
-            if let Ok(l) = plinth_model::decode::<Lease>(r.body) {
-                let client = key_of_lease(&l, by_client_id.contains(l.subnet.as_str()));
-                if !self.known(Some(l.mac.0)) {
-                    unknown_leases.push(l.address);
-                }
-                self.by_client.insert(client.clone(), l.address);
-                self.leases.insert(
-                    l.address,
-                    LeaseRec { client, state: l.state, expires_at: l.expires_at.timestamp(), revision },
-                );
-            }
-        }
-        let now = now_secs();
-        self.subnets.clear();
-        for r in subnets {
-            let Ok(s) = plinth_model::decode::<Subnet>(r.body) else { continue };
-            if !s.enabled {
-                continue;
-            }
-            let mut pool = match (s.range_start, s.range_end) {
-                (Some(a), Some(b)) if !s.proxy => Pool::new(a, b),
-                _ => Pool::new(Ipv4Addr::new(0, 0, 0, 1), Ipv4Addr::UNSPECIFIED),
-            };
-            for ip in [s.cidr.addr, s.cidr.broadcast()] {
-                pool.take(ip);
-            }
-            let options = subnet_options(&s);
-            let boot = BootFiles::with_overrides(&s.boot_files);
-            let unknown = unknown_leases.iter().copied().filter(|ip| s.cidr.contains(*ip)).collect();
-            self.subnets.push(SubnetState { subnet: s, pool, options, boot, new_clients: Default::default(), unknown });
-        }
-        let held: Vec<Ipv4Addr> = self
-            .leases
-            .keys()
-            .chain(self.offers.keys())
-            .copied()
-            .chain(self.reservations.values().map(|r| r.reservation.address))
-            .filter(|ip| self.held(*ip, now))
+        let leases = leases
+            .into_iter()
+            .filter_map(|r| plinth_model::decode::<Lease>(r.body).ok().map(|l| stored_lease(l, r.revision)))
             .collect();
-        for s in &mut self.subnets {
-            for ip in &held {
-                s.pool.take(*ip);
-            }
-        }
+        let subnets = subnets
+            .into_iter()
+            .filter_map(|r| plinth_model::decode::<Subnet>(r.body).ok())
+            .filter(|s| s.enabled)
+            .map(subnet_config)
+            .collect();
+        self.index.reload(subnets, reservations, leases, &self.targets, now_secs());
         self.reconcile_listeners();
         tracing::info!(
-            subnets = self.subnets.len(),
-            reservations = self.reservations.len(),
-            leases = self.leases.len(),
+            subnets = self.index.subnets().count(),
+            leases = self.index.lease_count(),
             "dhcp: configuration loaded"
         );
     }
 
     fn reconcile_listeners(&mut self) {
-        let wanted: Vec<String> = self.subnets.iter().filter_map(|s| s.subnet.interface.clone()).collect();
-        let proxied =
-            |name: &str| self.subnets.iter().any(|s| s.subnet.proxy && s.subnet.interface.as_deref() == Some(name));
-        let stale: Vec<String> = self
+        let wanted: Vec<String> = self.index.subnets().filter_map(|s| s.interface.clone()).collect();
+        let proxied = |name: &str| self.index.subnets().any(|s| s.proxy && s.interface.as_deref() == Some(name));
+        let stale: Vec<Arc<str>> = self
             .listeners
             .iter()
-            .filter(|(name, l)| !wanted.contains(name) || l.boot_socket.is_some() != proxied(name))
+            .filter(|(name, l)| !wanted.iter().any(|w| w == &***name) || l.boot_socket.is_some() != proxied(name))
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
@@ -398,15 +419,11 @@ impl Engine {
         }
         let addrs = if_addrs::get_if_addrs().unwrap_or_default();
         for name in wanted {
-            if self.listeners.contains_key(&name) {
+            if self.listeners.contains_key(name.as_str()) {
                 continue;
             }
-            let cidrs: Vec<plinth_model::Ipv4Cidr> = self
-                .subnets
-                .iter()
-                .filter(|s| s.subnet.interface.as_deref() == Some(&name))
-                .map(|s| s.subnet.cidr)
-                .collect();
+            let subnets: Vec<&SubnetConfig> =
+                self.index.subnets().filter(|s| s.interface.as_deref() == Some(name.as_str())).collect();
             let address = addrs
                 .iter()
                 .filter(|a| a.name == name)
@@ -414,13 +431,12 @@ impl Engine {
                     std::net::IpAddr::V4(v4) => Some(v4),
                     _ => None,
                 })
-                .max_by_key(|ip| cidrs.iter().any(|c| c.contains(*ip)));
+                .max_by_key(|ip| subnets.iter().any(|s| s.contains(*ip)));
             let Some(address) = address else {
                 tracing::error!(interface = %name, "dhcp: interface has no IPv4 address (or does not exist); not listening there");
                 continue;
             };
-            let proxy =
-                self.subnets.iter().any(|s| s.subnet.proxy && s.subnet.interface.as_deref() == Some(name.as_str()));
+            let proxy = subnets.iter().any(|s| s.proxy);
             let opened = open_socket(&name, self.config.server_port).and_then(|s| {
                 let boot = if proxy { Some(open_socket(&name, BOOT_SERVER_PORT)?) } else { None };
                 Ok((s, boot))
@@ -428,18 +444,25 @@ impl Engine {
             match opened {
                 Ok((socket, boot)) => {
                     let socket = Arc::new(socket);
+                    let name: Arc<str> = name.into();
+                    let queues = Queues {
+                        requests: self.requests.clone(),
+                        discovers: self.discovers.clone(),
+                        stats: self.config.stats.clone(),
+                    };
                     let mut tasks = vec![tokio::spawn(receive(
                         socket.clone(),
                         name.clone(),
                         self.config.server_port,
-                        self.tx.clone(),
+                        queues.clone(),
                     ))];
                     let boot_socket = boot.map(Arc::new);
                     if let Some(b) = &boot_socket {
-                        tasks.push(tokio::spawn(receive(b.clone(), name.clone(), BOOT_SERVER_PORT, self.tx.clone())));
+                        tasks.push(tokio::spawn(receive(b.clone(), name.clone(), BOOT_SERVER_PORT, queues)));
                     }
                     tracing::info!(service = "dhcp", interface = %name, %address, port = self.config.server_port, proxy, "listening");
-                    self.listeners.insert(name, Listener { socket, boot_socket, address, tasks });
+                    let http_base = self.config.http_base(address);
+                    self.listeners.insert(name, Listener { socket, boot_socket, address, http_base, tasks });
                 }
                 Err(e) => {
                     let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -453,254 +476,6 @@ impl Engine {
         }
     }
 
-    /// The subnet a request is for: a relayed one's by its `giaddr`, but
-    /// only when it comes from a relay that subnet trusts (anyone can write
-    /// a `giaddr`); a direct one's by the interface it came in on.
-    fn subnet_for(&self, m: &Message, interface: &str, from: SocketAddr) -> Option<usize> {
-        let direct = self.subnets.iter().position(|s| s.subnet.interface.as_deref() == Some(interface));
-        if !m.giaddr.is_unspecified() {
-            // A relay on the interface's own segment (a `giaddr` in the
-            // subnet the interface serves) asks for what a direct client
-            // would get: nothing another subnet has.
-            if let Some(d) = direct
-                && self.subnets[d].subnet.cidr.contains(m.giaddr)
-            {
-                return Some(d);
-            }
-            let si = self.subnets.iter().position(|s| s.subnet.cidr.contains(m.giaddr))?;
-            let sender = match from.ip() {
-                std::net::IpAddr::V4(v4) => v4,
-                std::net::IpAddr::V6(_) => return None,
-            };
-            if !self.subnets[si].subnet.relays.contains(&sender) {
-                let name = &self.subnets[si].subnet.name;
-                let why = format!(
-                    "relayed request (giaddr {}) from {sender} on {interface} refused: {sender} is not a relay subnet `{name}` trusts",
-                    m.giaddr
-                );
-                tracing::info!(mac = ?m.mac().map(plinth_model::MacAddr), "dhcp: {why}");
-                self.log.record(m.mac().map(plinth_model::MacAddr), Some(sender), "dhcp", why);
-                return None;
-            }
-            return Some(si);
-        }
-        direct
-    }
-
-    /// Whether a machine or a reservation holds `mac`.
-    fn known(&self, mac: Option<[u8; 6]>) -> bool {
-        mac.is_some_and(|m| self.targets.by_mac.contains_key(&m) || self.reservations.contains_key(&m))
-    }
-
-    /// Whether subnet `si`'s clients Plinth does not know already hold
-    /// their share of its range (counting only live offers and leases).
-    fn unknown_full(&mut self, si: usize, now: i64) -> bool {
-        let share = u64::from(self.subnets[si].subnet.unknown_share);
-        let size = match (self.subnets[si].subnet.range_start, self.subnets[si].subnet.range_end) {
-            (Some(a), Some(b)) => u64::from(u32::from(b).saturating_sub(u32::from(a))) + 1,
-            _ => 0,
-        };
-        let cap = (size * share / 100) as usize;
-        if share >= 100 {
-            return false;
-        }
-        if self.subnets[si].unknown.len() >= cap {
-            // Drop what has ended, or become a known machine's, since.
-            let live: Vec<Ipv4Addr> = self.subnets[si]
-                .unknown
-                .iter()
-                .copied()
-                .filter(|ip| {
-                    let offered = self.offers.get(ip).is_some_and(|(_, exp)| *exp > now);
-                    let leased = self.leases.get(ip).is_some_and(|l| {
-                        l.expires_at > now
-                            && l.state == plinth_model::LeaseState::Bound
-                            && !self.known(l.client.get(1..7).and_then(|m| m.try_into().ok()))
-                    });
-                    offered || leased
-                })
-                .collect();
-            self.subnets[si].unknown = live.into_iter().collect();
-        }
-        self.subnets[si].unknown.len() >= cap
-    }
-
-    fn owner(&self, ip: Ipv4Addr, client: &ClientKey, mac: Option<[u8; 6]>, now: i64) -> Owner {
-        if let Some(r) = self.reservations.values().find(|r| r.reservation.address == ip) {
-            return if Some(r.reservation.mac.0) == mac { Owner::ThisClient } else { Owner::Other };
-        }
-        if let Some((who, exp)) = self.offers.get(&ip)
-            && *exp > now
-        {
-            return if who == client { Owner::ThisClient } else { Owner::Other };
-        }
-        match self.leases.get(&ip) {
-            Some(l) if l.expires_at > now && l.state == plinth_model::LeaseState::Bound => {
-                if &l.client == client {
-                    Owner::ThisClient
-                } else {
-                    Owner::Other
-                }
-            }
-            Some(l) if l.expires_at > now && l.state == plinth_model::LeaseState::Declined => {
-                if &l.client == client {
-                    Owner::ThisClient
-                } else {
-                    Owner::Other
-                }
-            }
-            _ => Owner::Free,
-        }
-    }
-
-    fn handle(&mut self, p: Packet) {
-        let m = match Message::parse(&p.bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(from = %p.from, error = %e, "dhcp: malformed packet");
-                return;
-            }
-        };
-        let Some(listener) = self.listeners.get(&p.interface) else { return };
-        let on_boot_port = p.port == BOOT_SERVER_PORT;
-        let socket = if on_boot_port { listener.boot_socket.clone() } else { Some(listener.socket.clone()) };
-        let (Some(socket), server_id) = (socket, listener.address) else { return };
-        let Some(si) = self.subnet_for(&m, &p.interface, p.from) else {
-            tracing::debug!(interface = %p.interface, giaddr = %m.giaddr, "dhcp: no subnet for request; ignoring");
-            return;
-        };
-        if self.subnets[si].subnet.proxy {
-            self.handle_proxy(&m, si, server_id, on_boot_port, socket, p.from);
-            return;
-        }
-        if on_boot_port {
-            return;
-        }
-        let now = now_secs();
-        let client = match client_key(&m, self.subnets[si].subnet.match_client_id) {
-            Ok(c) => c,
-            Err(why) => {
-                let why = format!("{:?} refused: {why}", m.message_type());
-                tracing::info!(from = %p.from, "dhcp: {why}");
-                self.log.record(m.mac().map(plinth_model::MacAddr), None, "dhcp", why);
-                return;
-            }
-        };
-        let mac = m.mac();
-        let kind = m.message_type();
-        let requested = server::requested_address(&m);
-        let requested_owner = requested.map_or(Owner::Free, |ip| self.owner(ip, &client, mac, now));
-        let subnet_cidr = self.subnets[si].subnet.cidr;
-        let current = self
-            .by_client
-            .get(&client)
-            .copied()
-            .filter(|ip| subnet_cidr.contains(*ip) && self.owner(*ip, &client, mac, now) != Owner::Other)
-            .or_else(|| self.offers.iter().find(|(_, (who, exp))| who == &client && *exp > now).map(|(ip, _)| *ip));
-        let has_reservation = mac.is_some_and(|m| self.reservations.contains_key(&m));
-        let new_client = kind == Some(MessageType::Discover) && !has_reservation && current.is_none();
-        if new_client && let Some(why) = self.starved(si, now) {
-            tracing::warn!(subnet = %self.subnets[si].subnet.name, mac = ?mac.map(plinth_model::MacAddr), why, "dhcp: new client not answered");
-            return;
-        }
-        let unknown = !self.known(mac);
-        if new_client && unknown && self.unknown_full(si, now) {
-            let s = &self.subnets[si].subnet;
-            let why = format!(
-                "DISCOVER not answered: clients Plinth does not know hold their share ({} %) of subnet `{}`",
-                s.unknown_share, s.name
-            );
-            tracing::warn!(mac = ?mac.map(plinth_model::MacAddr), "dhcp: {why}");
-            self.log.record(mac.map(plinth_model::MacAddr), None, "dhcp", why);
-            return;
-        }
-        let free = if new_client { self.next_free(si, now) } else { None };
-        let reservation = mac.and_then(|m| self.reservations.get(&m));
-        let http_base = self.config.http_base(server_id);
-        let s = &self.subnets[si];
-        let view = s.view();
-        let facts = Facts {
-            server_id,
-            http_base: &http_base,
-            reservation: reservation.map(|r| ReservationView {
-                address: r.reservation.address,
-                hostname: r.reservation.hostname.as_ref().map(|h| h.as_str()),
-                options: &r.options,
-                next_server: r.reservation.next_server,
-            }),
-            current,
-            requested_owner,
-            free,
-            now: now.max(0) as u64,
-            netboot: self.targets.netboot(mac),
-        };
-        let decision = server::decide(&m, &view, &facts);
-        let subnet_name = s.subnet.name.to_string();
-        let mac_text = mac.map(|b| plinth_model::MacAddr(b).to_string()).unwrap_or_default();
-        if let Some(f) = free
-            && !matches!(&decision, Decision::Reply { lease: Some(LeaseWrite { address, .. }), .. } if *address == f)
-        {
-            // Not used after all.
-            self.subnets[si].pool.free(f);
-        }
-        match decision {
-            Decision::Ignore(why) => tracing::debug!(mac = %mac_text, ?kind, why, "dhcp: ignored"),
-            Decision::OtherServer => {
-                self.offers.retain(|ip, (who, _)| {
-                    let drop = *who == client;
-                    if drop {
-                        for s in &mut self.subnets {
-                            s.pool.free(*ip);
-                        }
-                    }
-                    !drop
-                });
-            }
-            Decision::Record(w) => {
-                self.log.record(
-                    mac.map(plinth_model::MacAddr),
-                    Some(w.address),
-                    "dhcp",
-                    format!("{kind:?} {} ({:?})", w.address, w.state),
-                );
-                if let Err(e) = self.stage(&w, &m, &client, &subnet_name) {
-                    tracing::warn!(mac = %mac_text, error = %e, "dhcp: cannot record lease change");
-                }
-            }
-            Decision::Reply { message, to, lease } => {
-                if let Some(w) = &lease {
-                    if unknown {
-                        self.subnets[si].unknown.insert(w.address);
-                    }
-                    if w.state == LeaseState::Offered {
-                        self.offers.insert(w.address, (client.clone(), w.expires_at as i64));
-                        self.subnets[si].pool.take(w.address);
-                    } else if let Err(e) = self.stage(w, &m, &client, &subnet_name) {
-                        // Cannot be made durable: do not acknowledge. The client retries.
-                        tracing::warn!(mac = %mac_text, address = %w.address, error = %e, "dhcp: lease not stored; reply withheld");
-                        return;
-                    }
-                }
-                let dest = self.destination(to, p.from);
-                let reply_kind = message.message_type();
-                self.outbox.push((socket.clone(), message.encode(), dest));
-                let file = String::from_utf8_lossy(&message.file).into_owned();
-                tracing::info!(mac = %mac_text, request = ?kind, reply = ?reply_kind, address = %message.yiaddr, subnet = %subnet_name, %file, "dhcp");
-                let address = if message.yiaddr.is_unspecified() { None } else { Some(message.yiaddr) };
-                self.log.record(
-                    mac.map(plinth_model::MacAddr),
-                    address,
-                    "dhcp",
-                    format!(
-                        "{kind:?} -> {reply_kind:?} {} subnet {subnet_name}{}",
-                        message.yiaddr,
-                        if file.is_empty() { String::new() } else { format!(" file {file}") }
-                    ),
-                );
-            }
-        }
-    }
-
     fn destination(&self, to: Destination, from: SocketAddr) -> SocketAddr {
         match to {
             Destination::Relay(ip) => SocketAddrV4::new(ip, self.config.server_port).into(),
@@ -710,190 +485,180 @@ impl Engine {
         }
     }
 
-    fn handle_proxy(
-        &mut self,
-        m: &Message,
-        si: usize,
-        server_id: Ipv4Addr,
-        on_boot_port: bool,
-        socket: Arc<UdpSocket>,
-        from: SocketAddr,
-    ) {
-        let s = &self.subnets[si];
-        let http_base = self.config.http_base(server_id);
-        let view = s.view();
-        let facts = Facts {
-            server_id,
-            http_base: &http_base,
-            reservation: None,
-            current: None,
-            requested_owner: Owner::Other,
-            free: None,
-            now: now_secs().max(0) as u64,
-            netboot: self.targets.netboot(m.mac()),
+    /// Decides one request.
+    fn handle(&mut self, p: Packet) {
+        let stats = &self.config.stats;
+        let discover = p.message.message_type() == Some(MessageType::Discover);
+        if p.at.elapsed() > if discover { STALE_DISCOVER } else { STALE_REQUEST } {
+            stats.shed_stale.fetch_add(1, Relaxed);
+            return;
+        }
+        let Some(listener) = self.listeners.get(&p.interface) else { return };
+        let boot_port = p.port == BOOT_SERVER_PORT;
+        let socket = if boot_port { listener.boot_socket.clone() } else { Some(listener.socket.clone()) };
+        let Some(socket) = socket else { return };
+        let m = &p.message;
+        let source = match p.from.ip() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
         };
-        let mac = m.mac().map(|b| plinth_model::MacAddr(b).to_string()).unwrap_or_default();
-        match server::decide_proxy(m, &view, &facts, on_boot_port) {
-            Decision::Reply { message, to, .. } => {
-                let dest = self.destination(to, from);
-                self.outbox.push((socket, message.encode(), dest));
-                self.log.record(
-                    m.mac().map(plinth_model::MacAddr),
-                    None,
-                    "dhcp",
-                    format!(
-                        "proxy {:?} -> {:?} file {}",
-                        m.message_type(),
-                        message.message_type(),
-                        String::from_utf8_lossy(&message.file)
-                    ),
-                );
-                tracing::info!(%mac, request = ?m.message_type(), reply = ?message.message_type(), subnet = %s.subnet.name, proxy = true,
-                    port = if on_boot_port { BOOT_SERVER_PORT } else { self.config.server_port },
-                    file = %String::from_utf8_lossy(&message.file), "dhcp");
+        let req = Request {
+            message: m,
+            interface: &p.interface,
+            source,
+            boot_port,
+            server_id: listener.address,
+            http_base: &listener.http_base,
+            now: now_secs(),
+        };
+        let mac = m.mac().map(plinth_model::MacAddr);
+        let mac_text = || mac.map(|m| m.to_string()).unwrap_or_default();
+        match self.index.handle(&req, &self.targets) {
+            Outcome::Ignored(why) => tracing::debug!(mac = %mac_text(), kind = ?m.message_type(), why, "dhcp: ignored"),
+            Outcome::Starved(why) => {
+                stats.starved.fetch_add(1, Relaxed);
+                tracing::debug!(mac = %mac_text(), why, "dhcp: new client not answered");
             }
-            Decision::Ignore(why) => tracing::debug!(%mac, why, "dhcp: proxy ignored"),
-            _ => {}
+            Outcome::Refused { why, from } => {
+                tracing::info!(mac = %mac_text(), "dhcp: {why}");
+                self.log.record(mac, from, "dhcp", why);
+            }
+            Outcome::OtherServer => tracing::debug!(mac = %mac_text(), "dhcp: the client chose another server"),
+            Outcome::Record { change, event } => {
+                self.log.record(mac, Some(change.address), "dhcp", event);
+                self.stage(change);
+            }
+            Outcome::Reply { message, to, change, event } => {
+                let to = self.destination(to, p.from);
+                let reply = Reply { socket, bytes: message.encode(), to };
+                tracing::info!(mac = %mac_text(), %event, "dhcp");
+                let address = (!message.yiaddr.is_unspecified()).then_some(message.yiaddr);
+                self.log.record(mac, address, "dhcp", event);
+                match change {
+                    Some(c) => {
+                        self.stage(c);
+                        self.acks.push(reply);
+                    }
+                    None => self.now_out.push(reply),
+                }
+            }
         }
     }
 
-    /// Why subnet `si` takes no new client now (its starvation guards), or
-    /// `None` when it does; a `None` counts the client against the rate.
-    fn starved(&mut self, si: usize, now: i64) -> Option<&'static str> {
-        let s = &self.subnets[si];
-        let cap = s.subnet.max_pending_offers as usize;
-        if cap > 0 {
-            let cidr = s.subnet.cidr;
-            let pending = self.offers.iter().filter(|(ip, (_, exp))| *exp > now && cidr.contains(**ip)).count();
-            if pending >= cap {
-                return Some("max_pending_offers reached (possible starvation attempt)");
+    /// Adds a write to the batch being gathered; a later write to the same
+    /// address replaces an earlier one.
+    fn stage(&mut self, c: LeaseChange) {
+        match self.staged_at.get(&c.address) {
+            Some(&i) => self.staged[i] = c,
+            None => {
+                self.staged_at.insert(c.address, self.staged.len());
+                self.staged.push(c);
             }
         }
-        let s = &mut self.subnets[si];
-        let rate = s.subnet.new_clients_per_minute as usize;
-        if rate > 0 {
-            while s.new_clients.front().is_some_and(|t| *t <= now - 60) {
-                s.new_clients.pop_front();
-            }
-            if s.new_clients.len() >= rate {
-                return Some("new_clients_per_minute reached (possible starvation attempt)");
-            }
-            s.new_clients.push_back(now);
-        }
-        None
     }
 
-    fn next_free(&mut self, si: usize, now: i64) -> Option<Ipv4Addr> {
-        // The pool may still mark addresses whose lease or offer has since
-        // expired; it never hands out one that is held.
-        for _ in 0..64 {
-            let ip = self.subnets[si].pool.next_free()?;
-            if self.held(ip, now) {
-                self.subnets[si].pool.take(ip);
-                continue;
-            }
-            self.subnets[si].pool.take(ip);
-            return Some(ip);
+    /// Sends what needs nothing stored.
+    async fn flush(&mut self) {
+        for r in std::mem::take(&mut self.now_out) {
+            send(&r, &self.config.stats).await;
         }
-        None
     }
 
-    /// Makes the batch's lease writes durable in one transaction, then sends
-    /// the batch's replies. If the store refuses (another writer changed a
-    /// lease), nothing is sent: the index is reloaded and clients retry.
-    async fn commit(&mut self) {
-        if !self.staged.is_empty() {
-            let ops = self
-                .staged
-                .drain(..)
-                .map(|(key, body, expect)| plinth_store::WriteOp::Put { kind: Kind::Lease, key, body, expect })
-                .collect();
-            match self.store.apply(ops).await {
-                Ok(changes) => {
-                    for c in changes {
-                        if let Some(l) = c.key.parse::<Ipv4Addr>().ok().and_then(|ip| self.leases.get_mut(&ip)) {
-                            l.revision = c.revision;
-                        }
+    /// Starts committing the gathered writes, unless a commit is under way
+    /// (they then go in the next one, which also bounds how stale a
+    /// precondition can be: each is read when its commit starts).
+    fn start_commit(&mut self) {
+        if self.commit.is_some() || (self.staged.is_empty() && self.acks.is_empty()) {
+            return;
+        }
+        self.staged_at.clear();
+        let mut ops = Vec::with_capacity(self.staged.len());
+        let mut addresses = std::collections::HashSet::new();
+        for c in self.staged.drain(..) {
+            let body = match lease_body(&c) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(address = %c.address, error = %e, "dhcp: cannot record lease change");
+                    continue;
+                }
+            };
+            let expect = self.index.revision(c.address).map_or(Expect::Absent, Expect::Revision);
+            addresses.insert(c.address);
+            ops.push(plinth_store::WriteOp::Put { kind: Kind::Lease, key: c.address.to_string(), body, expect });
+        }
+        let writes = ops.len() as u64;
+        let store = self.store.clone();
+        let task = tokio::spawn(async move { if ops.is_empty() { Ok(vec![]) } else { store.apply(ops).await } });
+        self.commit = Some(Commit { task, acks: std::mem::take(&mut self.acks), addresses, writes });
+    }
+
+    /// Waits for the commit under way and commits what is staged.
+    async fn settle(&mut self) {
+        loop {
+            if let Some(c) = self.commit.take() {
+                let result =
+                    c.task.await.unwrap_or_else(|e| Err(plinth_store::StoreError::Query(format!("commit task: {e}"))));
+                self.finish_commit(c.acks, c.writes, result).await;
+            }
+            self.start_commit();
+            if self.commit.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// A commit ended: on success its ACKs go out; if the store refused
+    /// (another writer changed a lease), they are withheld, clients retry,
+    /// and the index is marked for a reload.
+    async fn finish_commit(
+        &mut self,
+        acks: Vec<Reply>,
+        writes: u64,
+        result: Result<Vec<plinth_store::Change>, plinth_store::StoreError>,
+    ) {
+        let stats = &self.config.stats;
+        match result {
+            Ok(changes) => {
+                for ch in changes {
+                    if let Ok(ip) = ch.key.parse::<Ipv4Addr>() {
+                        self.index.committed(ip, ch.revision);
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, dropped = self.outbox.len(), "dhcp: leases not stored; replies withheld, reloading");
-                    self.outbox.clear();
-                    self.reload().await;
-                    return;
+                stats.commits.fetch_add(1, Relaxed);
+                stats.lease_writes.fetch_add(writes, Relaxed);
+                for r in &acks {
+                    send(r, stats).await;
                 }
             }
-        }
-        for (socket, bytes, dest) in self.outbox.drain(..) {
-            if let Err(e) = socket.send_to(&bytes, dest).await {
-                tracing::warn!(%dest, error = %e, "dhcp: send failed");
+            Err(e) => {
+                stats.withheld.fetch_add(acks.len() as u64, Relaxed);
+                tracing::warn!(error = %e, withheld = acks.len(), "dhcp: leases not stored; ACKs withheld, reloading");
+                self.stale = true;
             }
         }
     }
 
-    /// Stages a lease write for the batch being handled and updates the
-    /// in-memory index at once, so later packets of the batch see it. Writes
-    /// to one address within a batch are coalesced, keeping the precondition
-    /// from before the batch.
-    fn stage(
-        &mut self,
-        w: &LeaseWrite,
-        m: &Message,
-        client: &ClientKey,
-        subnet: &str,
-    ) -> Result<(), plinth_store::StoreError> {
-        let state = match w.state {
-            LeaseState::Offered | LeaseState::Bound => plinth_model::LeaseState::Bound,
-            LeaseState::Released => plinth_model::LeaseState::Released,
-            LeaseState::Declined => plinth_model::LeaseState::Declined,
-        };
-        let expires = chrono::DateTime::from_timestamp(w.expires_at as i64, 0).unwrap_or_default();
-        // Built from typed values, so it needs no validation round trip.
-        let lease = Lease {
-            address: w.address,
-            mac: plinth_model::MacAddr(m.mac().unwrap_or_default()),
-            client_id: m.option(code::CLIENT_ID).map(hex),
-            subnet: subnet.parse().map_err(plinth_store::StoreError::Query)?,
-            state,
-            expires_at: expires,
-            hostname: w.hostname.clone(),
-            client_arch: m.option(code::CLIENT_ARCH).filter(|v| v.len() >= 2).map(|v| u16::from_be_bytes([v[0], v[1]])),
-            relay_info: m.option(code::RELAY_AGENT).map(hex),
-            meta: Default::default(),
-            revision: 0,
-            created_at: None,
-            updated_at: None,
-        };
-        let key = w.address.to_string();
-        let body = serde_json::to_value(&lease).map_err(|e| plinth_store::StoreError::Query(e.to_string()))?;
-        match self.staged.iter_mut().find(|(k, _, _)| *k == key) {
-            Some(staged) => staged.1 = body,
-            None => {
-                let expect = match self.leases.get(&w.address) {
-                    Some(l) => Expect::Revision(l.revision),
-                    None => Expect::Absent,
-                };
-                self.staged.push((key, body, expect));
-            }
+    /// ACKs waiting for their leases to be stored.
+    fn ack_backlog(&self) -> usize {
+        self.acks.len() + self.commit.as_ref().map_or(0, |c| c.acks.len())
+    }
+
+    /// Whether a lease change event is one of ours (already indexed, or in
+    /// the commit under way) rather than another writer's.
+    fn ours(&self, c: &plinth_store::Change) -> bool {
+        let Ok(ip) = c.key.parse::<Ipv4Addr>() else { return false };
+        // An older revision than the index holds is one of ours, seen late.
+        self.index.revision(ip).is_some_and(|r| c.revision <= r)
+            || self.commit.as_ref().is_some_and(|k| k.addresses.contains(&ip))
+    }
+}
+
+async fn send(r: &Reply, stats: &DhcpStats) {
+    match r.socket.send_to(&r.bytes, r.to).await {
+        Ok(_) => {
+            stats.replies.fetch_add(1, Relaxed);
         }
-        let revision = self.leases.get(&w.address).map_or(0, |l| l.revision);
-        self.offers.remove(&w.address);
-        if let Some(old) = self.by_client.iter().find(|(k, ip)| *k == client && **ip != w.address).map(|(_, ip)| *ip) {
-            for s in &mut self.subnets {
-                s.pool.free(old);
-            }
-        }
-        self.by_client.insert(client.clone(), w.address);
-        self.leases
-            .insert(w.address, LeaseRec { client: client.clone(), state, expires_at: w.expires_at as i64, revision });
-        for s in &mut self.subnets {
-            if state == plinth_model::LeaseState::Released {
-                s.pool.free(w.address);
-            } else {
-                s.pool.take(w.address);
-            }
-        }
-        Ok(())
+        Err(e) => tracing::warn!(to = %r.to, error = %e, "dhcp: send failed"),
     }
 }
 
@@ -902,6 +667,9 @@ fn open_socket(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
+    // Room for a burst while the queues decide what to keep (the kernel
+    // caps this at net.core.rmem_max).
+    let _ = s.set_recv_buffer_size(4 << 20);
     // Only this interface's packets, and replies leave through it.
     s.bind_device(Some(interface.as_bytes()))?;
     s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
@@ -909,15 +677,38 @@ fn open_socket(interface: &str, port: u16) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-async fn receive(socket: Arc<UdpSocket>, interface: String, port: u16, tx: mpsc::Sender<Packet>) {
+#[derive(Clone)]
+struct Queues {
+    requests: mpsc::Sender<Packet>,
+    discovers: mpsc::Sender<Packet>,
+    stats: Arc<DhcpStats>,
+}
+
+async fn receive(socket: Arc<UdpSocket>, interface: Arc<str>, port: u16, q: Queues) {
     let mut buf = vec![0u8; 1500];
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((n, from)) => {
-                let p = Packet { interface: interface.clone(), port, from, bytes: buf[..n].to_vec() };
-                // A full queue means a flood: drop rather than grow.
-                if tx.try_send(p).is_err() {
-                    tracing::debug!(%interface, "dhcp: queue full, dropping a packet");
+                // Parsed here, on whichever core is free, so the deciding
+                // task only decides.
+                let message = match Message::parse(&buf[..n]) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        q.stats.malformed.fetch_add(1, Relaxed);
+                        tracing::debug!(%from, error = %e, "dhcp: malformed packet");
+                        continue;
+                    }
+                };
+                q.stats.received.fetch_add(1, Relaxed);
+                let discover = message.message_type() == Some(MessageType::Discover) && port != BOOT_SERVER_PORT;
+                let p = Packet { interface: interface.clone(), port, from, message, at: Instant::now() };
+                // A full queue means a storm: shed rather than grow.
+                if discover {
+                    if q.discovers.try_send(p).is_err() {
+                        q.stats.shed_discovers.fetch_add(1, Relaxed);
+                    }
+                } else if q.requests.try_send(p).is_err() {
+                    q.stats.shed_requests.fetch_add(1, Relaxed);
                 }
             }
             Err(e) => {
@@ -935,89 +726,117 @@ pub async fn serve(
     log: crate::events::BootLog,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let (tx, mut rx) = mpsc::channel(config.queue);
+    let (requests, mut request_rx) = mpsc::channel(config.queue.max(1));
+    // A quarter as many DISCOVERs: one waiting long is worth little (its
+    // client is about to retransmit), and a short queue keeps offers prompt.
+    let (discovers, mut discover_rx) = mpsc::channel((config.queue / 4).max(1));
     let mut changes = store.subscribe();
-    let mut engine = Engine {
+    let stats = config.stats.clone();
+    let mut svc = DhcpService {
         store,
         config,
-        subnets: Vec::new(),
-        reservations: HashMap::new(),
-        leases: HashMap::new(),
-        by_client: HashMap::new(),
-        offers: HashMap::new(),
+        index: Index::default(),
+        targets: BootTargets::default(),
         listeners: HashMap::new(),
-        tx,
+        requests,
+        discovers,
         log,
         staged: Vec::new(),
-        outbox: Vec::new(),
-        targets: BootTargets::default(),
+        staged_at: HashMap::new(),
+        acks: Vec::new(),
+        now_out: Vec::new(),
+        commit: None,
+        stale: false,
     };
-    engine.reload().await;
-    if engine.subnets.is_empty() {
+    svc.reload().await;
+    if svc.index.subnets().next().is_none() {
         tracing::info!("dhcp: no subnet configured; not answering anywhere until one is created");
     }
     tokio::pin!(shutdown);
-    let mut sweep = tokio::time::interval(Duration::from_secs(30));
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    let mut report = tokio::time::interval(Duration::from_secs(5));
+    let mut shed_reported = 0;
     loop {
+        let admit = svc.ack_backlog() < ACK_BACKLOG;
         tokio::select! {
+            biased;
             _ = &mut shutdown => break,
-            Some(p) = rx.recv() => {
-                // Handle what has queued up as one batch: one transaction
-                // (one fsync) makes all its leases durable before any reply.
-                engine.handle(p);
-                for _ in 1..BATCH {
-                    match rx.try_recv() {
-                        Ok(p) => engine.handle(p),
-                        Err(_) => break,
-                    }
-                }
-                engine.commit().await;
+            done = async { (&mut svc.commit.as_mut().expect("guarded").task).await }, if svc.commit.is_some() => {
+                let c = svc.commit.take().expect("guarded");
+                let result = done.unwrap_or_else(|e| Err(plinth_store::StoreError::Query(format!("commit task: {e}"))));
+                svc.finish_commit(c.acks, c.writes, result).await;
             }
+            // Change events before packets: under a storm they must not
+            // pile up until the channel lags (which costs a full reload).
             change = changes.recv() => match change {
-                Ok(c) if matches!(c.kind, Kind::Subnet | Kind::Reservation) => engine.reload().await,
+                Ok(c) if matches!(c.kind, Kind::Subnet | Kind::Reservation) => svc.reload().await,
                 Ok(c) if c.kind == Kind::Machine => {
                     let body = (c.action != plinth_store::Action::Deleted).then_some(&c.object);
-                    engine.targets.set_machine(&c.key, body);
+                    svc.targets.set_machine(&c.key, body);
                 }
                 Ok(c) if c.kind == Kind::BootEnv => {
                     let body = (c.action != plinth_store::Action::Deleted).then_some(&c.object);
-                    engine.targets.set_bootenv(&c.key, body);
+                    svc.targets.set_bootenv(&c.key, body);
                 }
-                Ok(c) if c.kind == Kind::Lease => {
-                    // Our own writes are already indexed; another writer's
-                    // (the API, a second server) needs a reload.
-                    let ours = c.object.get("address").and_then(|a| a.as_str()).and_then(|a| a.parse::<Ipv4Addr>().ok())
-                        .and_then(|ip| engine.leases.get(&ip)).is_some_and(|l| l.revision == c.revision);
-                    if !ours {
-                        engine.reload().await;
-                    }
-                }
+                // Another writer's lease (the API, a second server) needs a reload.
+                Ok(c) if c.kind == Kind::Lease && !svc.ours(&c) => svc.reload().await,
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => engine.reload().await,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => svc.reload().await,
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
-            _ = sweep.tick() => {
-                let now = now_secs();
-                // Expired offers and leases give their addresses back to the
-                // pools (the lease records stay, so a returning client gets
-                // its old address while nobody else took it).
-                let expired_offers: Vec<Ipv4Addr> = engine.offers.iter().filter(|(_, (_, e))| *e <= now).map(|(ip, _)| *ip).collect();
-                for ip in &expired_offers {
-                    engine.offers.remove(ip);
+            first = async {
+                // Requests first: they finish exchanges already begun. New
+                // exchanges begin only while the ACKs waiting on commits are
+                // few, so offers are made no faster than leases can be
+                // stored, and a DISCOVER not taken in time is shed.
+                tokio::select! {
+                    biased;
+                    Some(p) = request_rx.recv() => Some(p),
+                    Some(p) = discover_rx.recv(), if admit => Some(p),
+                    else => None,
                 }
-                let expired_leases = engine.leases.iter().filter(|(_, l)| l.expires_at <= now).map(|(ip, _)| *ip);
-                let candidates: Vec<Ipv4Addr> = expired_offers.iter().copied().chain(expired_leases).collect();
-                for ip in candidates {
-                    if !engine.held(ip, now) {
-                        for s in &mut engine.subnets {
-                            s.pool.free(ip);
-                        }
-                    }
+            } => {
+                let Some(first) = first else { break };
+                svc.handle(first);
+                let mut n = 1;
+                while n < BATCH {
+                    let p = match request_rx.try_recv() {
+                        Ok(p) => p,
+                        Err(_) if svc.ack_backlog() < ACK_BACKLOG => match discover_rx.try_recv() {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                        Err(_) => break,
+                    };
+                    svc.handle(p);
+                    n += 1;
+                }
+                svc.flush().await;
+            }
+            _ = sweep.tick() => svc.index.sweep(now_secs()),
+            _ = report.tick() => {
+                let shed = stats.shed_total() + stats.starved.load(Relaxed);
+                if shed > shed_reported {
+                    tracing::warn!(
+                        shed_discovers = stats.shed_discovers.load(Relaxed),
+                        shed_requests = stats.shed_requests.load(Relaxed),
+                        shed_stale = stats.shed_stale.load(Relaxed),
+                        starved = stats.starved.load(Relaxed),
+                        replies = stats.replies.load(Relaxed),
+                        "dhcp: overloaded; requests shed since start (REQUESTs go first, new DISCOVERs are shed)"
+                    );
+                    shed_reported = shed;
                 }
             }
         }
+        if svc.stale {
+            svc.reload().await;
+        }
+        svc.start_commit();
     }
-    for (_, l) in engine.listeners.drain() {
+    // Let the last batches land, then answer them: they are durable either way.
+    svc.settle().await;
+    for (_, l) in svc.listeners.drain() {
         l.tasks.iter().for_each(|t| t.abort());
     }
 }

@@ -1138,9 +1138,11 @@ object! {
             "additionalProperties" = {"type": "string", "minLength": 1, "maxLength": 255}
         ))]
         pub boot_files: BTreeMap<String, String>,
-        /// Starvation guard: at most this many offers not yet requested at
-        /// once; beyond it, clients with no lease or reservation are not
-        /// answered until offers are taken or expire. 0 means no limit.
+        /// Starvation guard: offers not yet requested hold at most this many
+        /// addresses at once; a new offer beyond it withdraws the oldest
+        /// (whose address goes back to the range), so DISCOVERs that never
+        /// REQUEST cannot drain the range, and no client is refused for
+        /// them. 0 means no limit.
         #[serde(default = "default_max_pending_offers")]
         pub max_pending_offers: u32,
         /// Starvation guard: at most this many new clients (no lease or

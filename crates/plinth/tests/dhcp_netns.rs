@@ -269,28 +269,48 @@ fn starvation_guards_cap_pending_offers_and_new_clients_per_minute() {
     if !netns::available() || !have("perfdhcp") {
         return;
     }
-    let mut capped = lab_subnet();
-    capped["max_pending_offers"] = serde_json::json!(5);
-    let lab = lab(&[capped]);
-    // perfdhcp sends from an address of its own (the server still sees
-    // broadcast DISCOVERs from the spoofed MACs).
-    lab.cli.ip(&["addr", "add", "10.77.0.2/24", "dev", "vc0"]);
-    // 60 spoofed MACs that DISCOVER and never REQUEST.
-    let flood = |lab: &Lab| {
-        let o = lab
-            .cli
-            .exec(&[
-                "timeout", "30", "perfdhcp", "-4", "-l", "vc0", "-i", "-r", "60", "-n", "60", "-R", "60", "-p", "4",
-            ])
-            .output()
-            .unwrap();
+    // A range of 10, all of which clients nobody knows may hold.
+    let small = |max_pending: u32| {
+        let mut s = lab_subnet();
+        s["range_end"] = serde_json::json!("10.77.0.109");
+        s["unknown_share"] = serde_json::json!(100);
+        s["max_pending_offers"] = serde_json::json!(max_pending);
+        s
+    };
+    // 60 spoofed MACs that DISCOVER and never REQUEST (perfdhcp sends from
+    // an address of its own; the server still sees broadcast DISCOVERs).
+    let flood = |lab: &Lab, args: &[&str]| {
+        let mut cmd = vec!["timeout", "30", "perfdhcp", "-4", "-l", "vc0"];
+        cmd.extend_from_slice(args);
+        let o = lab.cli.exec(&cmd).output().unwrap();
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
     };
-    let text = flood(&lab);
-    assert_eq!(received(&text), 5, "offers stop at max_pending_offers: {text}");
-    assert!(leases(&lab).is_empty(), "offers are not leases");
-    assert!(lab.server.log.lock().unwrap().iter().any(|l| l.contains("max_pending_offers reached")));
+    let discovers = ["-i", "-r", "60", "-n", "60", "-R", "60", "-p", "4"];
+    // Three new clients that go through the whole exchange afterwards.
+    let newcomers = ["-r", "3", "-n", "3", "-R", "3", "-b", "mac=52:54:00:aa:00:00", "-p", "3"];
 
+    // Without the guard the flood takes the whole range for the offers'
+    // hold, and a newcomer finds none.
+    let lab = lab(&[small(0)]);
+    lab.cli.ip(&["addr", "add", "10.77.0.2/24", "dev", "vc0"]);
+    let text = flood(&lab, &discovers);
+    assert_eq!(received(&text), 10, "the range ran dry: {text}");
+    let text = flood(&lab, &newcomers);
+    assert!(leases(&lab).is_empty(), "no address was left: {text}");
+    drop(lab);
+
+    // With it, offers not taken hold at most 5 addresses: every DISCOVER
+    // is answered (the oldest offer gives its address back), and the
+    // newcomers still get leases.
+    let lab = self::lab(&[small(5)]);
+    lab.cli.ip(&["addr", "add", "10.77.0.2/24", "dev", "vc0"]);
+    let text = flood(&lab, &discovers);
+    // (perfdhcp may pick one of its 60 random clients twice, or end before
+    // the last offer arrives.)
+    assert!(received(&text) >= 55, "no client is refused (10 addresses, 60 clients): {text}");
+    assert!(leases(&lab).is_empty(), "offers are not leases");
+    let text = flood(&lab, &newcomers);
+    assert!(!leases(&lab).is_empty(), "the newcomers got leases: {text}");
     drop(lab);
 
     // The rate guard instead, on a fresh server: 7 new clients a minute.
@@ -299,7 +319,7 @@ fn starvation_guards_cap_pending_offers_and_new_clients_per_minute() {
     rated["new_clients_per_minute"] = serde_json::json!(7);
     let lab = self::lab(&[rated]);
     lab.cli.ip(&["addr", "add", "10.77.0.2/24", "dev", "vc0"]);
-    let text = flood(&lab);
+    let text = flood(&lab, &discovers);
     assert_eq!(received(&text), 7, "offers stop at new_clients_per_minute: {text}");
 }
 
