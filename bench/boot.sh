@@ -221,7 +221,7 @@ p0=$(one 16969); h0=$(one 16970)
 pw=$(one 16969 --option "blksize 1468" --option "windowsize 16")
 pm=$(many 16969 --option "blksize 1468"); hm=$(many 16970 --option "blksize 1468")
 echo
-echo "### TFTP (atftp client, loopback)"
+echo "### TFTP (atftp clients, each in a namespace of its own on one bridge)"
 echo
 echo "| transfer | Plinth | tftpd-hpa | ratio Plinth/peer (time) |"
 echo "| --- | --- | --- | --- |"
