@@ -81,6 +81,19 @@ enum Want {
     OtherServer,
 }
 
+/// A request arriving on `eth0` from `source` at `now`.
+fn request(message: &Message, source: Option<Ipv4Addr>, now: u64) -> Request<'_> {
+    Request {
+        message,
+        interface: "eth0",
+        source,
+        boot_port: false,
+        server_id: SERVER,
+        http_base: "http://10.0.0.1:8091",
+        now,
+    }
+}
+
 fn message(client: u8, send: Sends) -> Message {
     let mut m = Message::parse(&udhcpc_discover()).unwrap();
     m.chaddr[..6].copy_from_slice(&mac(client));
@@ -124,15 +137,7 @@ fn run(index: &mut Index, fleet: &Fleet, steps: &[(u64, u8, Sends, Want)]) {
             Sends::Relayed(from) => Some(Ipv4Addr::from(from)),
             _ => None,
         };
-        let req = Request {
-            message: &m,
-            interface: "eth0",
-            source,
-            boot_port: false,
-            server_id: SERVER,
-            http_base: "http://10.0.0.1:8091",
-            now: T0 + t,
-        };
+        let req = request(&m, source, T0 + t);
         let outcome = index.handle(&req, fleet);
         let got = match &outcome {
             Outcome::Ignored(_) => Want::Ignored,
@@ -401,15 +406,7 @@ fn matching_by_client_id_keeps_one_lease_per_identifier() {
             msg.set_option(code::REQUESTED_IP, ip(a).octets().to_vec());
             msg.set_option(code::SERVER_ID, SERVER.octets().to_vec());
         }
-        let req = Request {
-            message: &msg,
-            interface: "eth0",
-            source: None,
-            boot_port: false,
-            server_id: SERVER,
-            http_base: "",
-            now: T0,
-        };
+        let req = request(&msg, None, T0);
         ix.handle(&req, &fleet)
     };
     let yiaddr = |o: Outcome| match o {
@@ -441,15 +438,7 @@ fn a_large_flood_of_new_clients_gets_distinct_addresses_until_the_range_is_dry()
     for n in 0..20_000u32 {
         let mut m = message(0, Discover);
         m.chaddr[2..6].copy_from_slice(&n.to_be_bytes());
-        let req = Request {
-            message: &m,
-            interface: "eth0",
-            source: None,
-            boot_port: false,
-            server_id: SERVER,
-            http_base: "",
-            now: T0,
-        };
+        let req = request(&m, None, T0);
         match ix.handle(&req, &fleet) {
             Outcome::Reply { message, .. } => assert!(seen.insert(message.yiaddr), "{} twice", message.yiaddr),
             Outcome::Ignored(_) => dry += 1,
