@@ -96,6 +96,12 @@ pub struct DhcpStats {
     pub starved: AtomicU64,
     /// Replies sent.
     pub replies: AtomicU64,
+    /// Replies RFC 2131 wants unicast to a client with no address yet,
+    /// sent so, and those broadcast instead because the kernel would not
+    /// take the client's link-layer address (no `CAP_NET_ADMIN`, or a
+    /// full neighbour table).
+    pub unicast_direct: AtomicU64,
+    pub unicast_fallbacks: AtomicU64,
     /// Lease writes made durable, and the transactions that made them.
     pub lease_writes: AtomicU64,
     pub commits: AtomicU64,
@@ -144,6 +150,9 @@ struct Reply {
     socket: Arc<UdpSocket>,
     bytes: Vec<u8>,
     to: SocketAddr,
+    /// A unicast to a client with no address yet: broadcast it if the
+    /// unicast cannot be sent.
+    direct: bool,
 }
 
 fn option_bytes(opts: &[plinth_model::DhcpOption]) -> Vec<(u8, Vec<u8>)> {
@@ -480,8 +489,28 @@ impl DhcpService {
         match to {
             Destination::Relay(ip) => SocketAddrV4::new(ip, self.config.server_port).into(),
             Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, self.config.client_port).into(),
-            Destination::Unicast(ip) => SocketAddrV4::new(ip, self.config.client_port).into(),
+            Destination::Unicast(ip) | Destination::Direct { ip, .. } => {
+                SocketAddrV4::new(ip, self.config.client_port).into()
+            }
             Destination::Source => from,
+        }
+    }
+
+    /// Where a reply to a client with no address yet goes: unicast once
+    /// the kernel knows its link-layer address, else broadcast.
+    fn direct(&self, socket: &UdpSocket, interface: &str, ip: Ipv4Addr, mac: [u8; 6]) -> (SocketAddr, bool) {
+        let stats = &self.config.stats;
+        match crate::neighbour::set(socket, interface, ip, mac) {
+            Ok(()) => {
+                stats.unicast_direct.fetch_add(1, Relaxed);
+                (SocketAddrV4::new(ip, self.config.client_port).into(), true)
+            }
+            Err(e) => {
+                if stats.unicast_fallbacks.fetch_add(1, Relaxed) == 0 {
+                    tracing::warn!(%interface, error = %e, "dhcp: cannot set the client's ARP entry (needs CAP_NET_ADMIN); replies RFC 2131 wants unicast are broadcast");
+                }
+                (self.destination(Destination::Broadcast, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))), false)
+            }
         }
     }
 
@@ -529,8 +558,11 @@ impl DhcpService {
                 self.stage(change);
             }
             Outcome::Reply { message, to, change, event } => {
-                let to = self.destination(to, p.from);
-                let reply = Reply { socket, bytes: message.encode(), to };
+                let (to, direct) = match to {
+                    Destination::Direct { ip, mac } => self.direct(&socket, &p.interface, ip, mac),
+                    other => (self.destination(other, p.from), false),
+                };
+                let reply = Reply { socket, bytes: message.encode(), to, direct };
                 tracing::info!(mac = %mac_text(), %event, "dhcp");
                 let address = (!message.yiaddr.is_unspecified()).then_some(message.yiaddr);
                 self.log.record(mac, address, "dhcp", event);
@@ -654,7 +686,14 @@ impl DhcpService {
 }
 
 async fn send(r: &Reply, stats: &DhcpStats) {
-    match r.socket.send_to(&r.bytes, r.to).await {
+    let mut result = r.socket.send_to(&r.bytes, r.to).await;
+    if result.is_err() && r.direct {
+        // No route to the new address on this interface: the client still
+        // hears a broadcast.
+        stats.unicast_fallbacks.fetch_add(1, Relaxed);
+        result = r.socket.send_to(&r.bytes, SocketAddrV4::new(Ipv4Addr::BROADCAST, r.to.port())).await;
+    }
+    match result {
         Ok(_) => {
             stats.replies.fetch_add(1, Relaxed);
         }

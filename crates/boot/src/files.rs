@@ -83,7 +83,12 @@ impl FileRoot {
 
     /// Resolves a request to a regular file inside the root.
     pub fn resolve(&self, request: &[u8]) -> Result<PathBuf, PathError> {
-        let relative = FileRoot::clean(request)?;
+        self.resolve_clean(&FileRoot::clean(request)?)
+    }
+
+    /// Resolves a path [`FileRoot::clean`] made to a regular file inside
+    /// the root.
+    pub fn resolve_clean(&self, relative: &Path) -> Result<PathBuf, PathError> {
         let joined = self.root.join(relative);
         let canonical = match joined.canonicalize() {
             Ok(c) => c,

@@ -10,26 +10,36 @@
 //! machine) are answered by the generated-files hook and sent with
 //! `Cache-Control: no-store`. Nothing of the API is reachable here.
 
+use crate::cache::{Cached, FileCache, Validators};
 use crate::events::BootLog;
 use crate::files::{FileRoot, PathError};
 use crate::generated::{FileRequest, Generated};
 use axum::Router;
-use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 
 /// Chunk size when streaming a file.
 const CHUNK: usize = 256 * 1024;
-/// Files up to this size are sent from one buffer.
-const SMALL: u64 = 64 * 1024;
+/// Files up to this size are sent from one buffer (and kept).
+const SMALL: u64 = crate::cache::MAX_FILE;
 
 /// The boot HTTP router.
 pub fn router(root: FileRoot, generated: Arc<dyn Generated>, log: BootLog) -> Router {
+    let cache = FileCache::new(root.path());
+    // Watching walks the whole root: off the async workers, and the cache
+    // keeps nothing until it is in place.
+    let watched = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = watched.watch() {
+            tracing::warn!(root = %watched.root().display(), error = %e, "http: cannot watch the file root; small-file cache off");
+        }
+    });
     Router::new()
         .route("/files/{*path}", axum::routing::get(file))
         .route("/ipxe/{mac}", axum::routing::get(ipxe_script))
@@ -37,7 +47,7 @@ pub fn router(root: FileRoot, generated: Arc<dyn Generated>, log: BootLog) -> Ro
         .route("/t/{token}/{*path}", axum::routing::get(token_file))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(axum::middleware::from_fn_with_state(log, log_request))
-        .with_state(HttpState { root, generated })
+        .with_state(HttpState { root, cache, generated })
 }
 
 /// The boot HTTP server's URL as this connection's client reaches it: the
@@ -50,6 +60,7 @@ struct BootBase(String);
 #[derive(Clone)]
 struct HttpState {
     root: FileRoot,
+    cache: Arc<FileCache>,
     generated: Arc<dyn Generated>,
 }
 
@@ -429,27 +440,38 @@ async fn generated_response(
 }
 
 async fn file(State(state): State<HttpState>, method: Method, headers: HeaderMap, uri: Uri) -> Response {
-    let root = state.root;
     let raw = uri.path().strip_prefix("/files/").unwrap_or_default();
     let Some(request) = percent_decode(raw) else {
         return plain(StatusCode::BAD_REQUEST, "bad percent-encoding in path");
     };
-    serve_path(root, request, method, headers).await
+    serve_path(state, request, method, headers).await
 }
 
-async fn serve_path(root: FileRoot, request: Vec<u8>, method: Method, headers: HeaderMap) -> Response {
-    let raw = String::from_utf8_lossy(&request).into_owned();
+async fn serve_path(state: HttpState, request: Vec<u8>, method: Method, headers: HeaderMap) -> Response {
+    let key = match FileRoot::clean(&request) {
+        Ok(k) => k,
+        Err(PathError::Empty) => return plain(StatusCode::NOT_FOUND, "not found"),
+        Err(e) => return refused(&request, &e),
+    };
+    // A kept small file: answered without a system call.
+    if let Some(hit) = state.cache.get(&key) {
+        return answer(&hit.validators, Body::Memory(hit.body.clone()), &method, &headers);
+    }
+    let generation = state.cache.generation();
+    let root = state.root;
+    let relative = key.clone();
     // Resolve, open, stat and (for small files) read in one trip to the
     // blocking pool.
     let opened = tokio::task::spawn_blocking(move || {
-        let path = root.resolve(&request)?;
+        let path = root.resolve_clean(&relative)?;
         let file = std::fs::File::open(&path).map_err(|_| PathError::NotFound)?;
         let meta = file.metadata().map_err(|_| PathError::NotFound)?;
         let small = if meta.len() <= SMALL {
             let mut buf = Vec::with_capacity(meta.len() as usize);
-            let mut limited = std::io::Read::take(&file, SMALL);
+            let mut limited = std::io::Read::take(&file, SMALL + 1);
             std::io::Read::read_to_end(&mut limited, &mut buf).map_err(|_| PathError::NotFound)?;
-            Some(buf)
+            // Grown while being read: streamed from the open file instead.
+            (buf.len() as u64 == meta.len()).then_some(buf)
         } else {
             None
         };
@@ -461,20 +483,54 @@ async fn serve_path(root: FileRoot, request: Vec<u8>, method: Method, headers: H
         Ok(Err(PathError::NotFound | PathError::NotAFile | PathError::Empty)) => {
             return plain(StatusCode::NOT_FOUND, "not found");
         }
-        Ok(Err(e)) => {
-            tracing::info!(path = %raw.escape_debug(), error = %e, "http: refused path");
-            return plain(StatusCode::FORBIDDEN, &format!("refused: {e}"));
-        }
+        Ok(Err(e)) => return refused(&request, &e),
         Err(_) => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
     };
+    let validators = validators(&path, &meta);
+    match small {
+        Some(buf) => {
+            let body = Bytes::from(buf);
+            let v = validators.clone();
+            state.cache.insert(key, generation, Cached { canonical: path, validators: v, body: body.clone() });
+            answer(&validators, Body::Memory(body), &method, &headers)
+        }
+        None => answer(&validators, Body::File(file), &method, &headers),
+    }
+}
+
+fn refused(request: &[u8], e: &PathError) -> Response {
+    tracing::info!(path = %String::from_utf8_lossy(request).escape_debug(), error = %e, "http: refused path");
+    plain(StatusCode::FORBIDDEN, &format!("refused: {e}"))
+}
+
+/// The ETag, Last-Modified and type of a file.
+fn validators(path: &std::path::Path, meta: &std::fs::Metadata) -> Validators {
     let size = meta.len();
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let mtime = modified.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let etag = format!("\"{size:x}-{:x}\"", mtime.as_nanos());
+    let hv = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
     // HTTP dates have one-second resolution.
     let modified_secs = UNIX_EPOCH + Duration::from_secs(mtime.as_secs());
-    let last_modified = httpdate::fmt_http_date(modified_secs);
+    Validators {
+        size,
+        etag: hv(format!("\"{size:x}-{:x}\"", mtime.as_nanos())),
+        last_modified: hv(httpdate::fmt_http_date(modified_secs)),
+        modified_secs,
+        content_type: content_type(path),
+    }
+}
 
+/// Where an answer's bytes come from.
+enum Body {
+    Memory(Bytes),
+    File(std::fs::File),
+}
+
+/// The answer for a file, honouring conditional and range requests.
+fn answer(v: &Validators, body: Body, method: &Method, headers: &HeaderMap) -> Response {
+    let size = v.size;
+    let etag = v.etag.to_str().unwrap_or_default();
+    let last_modified = v.last_modified.to_str().unwrap_or_default();
     let header_str = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
     let not_modified = match header_str(header::IF_NONE_MATCH) {
         Some(inm) => inm.split(',').any(|t| t.trim() == etag || t.trim() == "*"),
@@ -483,17 +539,17 @@ async fn serve_path(root: FileRoot, request: Vec<u8>, method: Method, headers: H
         None => header_str(header::IF_MODIFIED_SINCE)
             .and_then(|d| httpdate::parse_http_date(d).ok())
             .filter(|since: &SystemTime| *since <= SystemTime::now())
-            .is_some_and(|since: SystemTime| modified_secs <= since),
+            .is_some_and(|since: SystemTime| v.modified_secs <= since),
     };
     let mut h = HeaderMap::new();
     let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
-    h.insert(header::ETAG, hv(&etag));
-    h.insert(header::LAST_MODIFIED, hv(&last_modified));
+    h.insert(header::ETAG, v.etag.clone());
+    h.insert(header::LAST_MODIFIED, v.last_modified.clone());
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if not_modified {
         return (StatusCode::NOT_MODIFIED, h).into_response();
     }
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type(&path)));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v.content_type));
 
     let range_applies = header_str(header::IF_RANGE).is_none_or(|ir| ir == etag || ir == last_modified);
     let range = match header_str(header::RANGE) {
@@ -511,23 +567,27 @@ async fn serve_path(root: FileRoot, request: Vec<u8>, method: Method, headers: H
             return (StatusCode::RANGE_NOT_SATISFIABLE, h).into_response();
         }
     };
-    h.insert(header::CONTENT_LENGTH, hv(&len.to_string()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if method == Method::HEAD {
         return (status, h).into_response();
     }
-    // Small answers (scripts, configs) go out as one buffer.
-    if let Some(mut buf) = small {
-        let end = usize::try_from(start + len).unwrap_or(usize::MAX).min(buf.len());
-        buf.truncate(end);
-        buf.drain(..usize::try_from(start).unwrap_or(0).min(end));
-        return (status, h, buf).into_response();
+    match body {
+        // Small answers (scripts, configs) go out as one buffer.
+        Body::Memory(bytes) => {
+            let end = usize::try_from(start + len).unwrap_or(usize::MAX).min(bytes.len());
+            let begin = usize::try_from(start).unwrap_or(0).min(end);
+            (status, h, bytes.slice(begin..end)).into_response()
+        }
+        Body::File(mut file) => {
+            // A seek on an open regular file does no I/O.
+            if start > 0 && std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).is_err() {
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "seek failed");
+            }
+            let file = tokio::fs::File::from_std(file);
+            let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), CHUNK);
+            (status, h, axum::body::Body::from_stream(stream)).into_response()
+        }
     }
-    let mut f = tokio::fs::File::from_std(file);
-    if start > 0 && f.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "seek failed");
-    }
-    let stream = tokio_util::io::ReaderStream::with_capacity(f.take(len), CHUNK);
-    (status, h, Body::from_stream(stream)).into_response()
 }
 
 #[cfg(test)]

@@ -10,17 +10,23 @@
 //!   scripts for machines Plinth does not know).
 //! - [`metadata`]: the metadata service's paths (NoCloud and EC2 layouts),
 //!   answered under `/t/<token>/` for the token's machine.
+//! - [`cache`]: the boot HTTP server's small-file cache, kept coherent by
+//!   watching the file root.
 //! - [`files`]: safe resolution of a requested path inside the file root.
 //! - [`events`]: the boot event log.
 //!
 //! Nothing here serves the API, and no request can name a file outside the
-//! file root: every path goes through [`files::FileRoot::resolve`].
-#![forbid(unsafe_code)]
+//! file root: every path goes through [`files::FileRoot::clean`] and
+//! [`files::FileRoot::resolve_clean`].
+// `unsafe` only in `neighbour` (one ioctl), which says so.
+#![deny(unsafe_code)]
 
+pub mod cache;
 pub mod dhcp;
 pub mod events;
 pub mod files;
 pub mod generated;
 pub mod http;
 pub mod metadata;
+mod neighbour;
 pub mod tftp;

@@ -1,6 +1,7 @@
 //! TFTP and boot HTTP against real clients: tftp-hpa and atftp fetch files
 //! byte-identical with and without blksize/windowsize, curl does ranges and
-//! conditional requests, and traversal attempts are refused on both.
+//! conditional requests, small files kept in memory follow every change,
+//! and traversal attempts are refused on both.
 //! Everything runs on loopback.
 
 mod common;
@@ -222,6 +223,82 @@ fn http_serves_files_with_ranges_and_validators() {
     // If-Range with a stale validator gets the whole file.
     let (h, _) = curl(&["-r", "0-9", "-H", "If-Range: \"stale\"", &format!("{base}/images/disk.img")]);
     assert_eq!(status(&h), 200);
+}
+
+/// Fetches `url` until its body is `want` (bounded): how long that took.
+fn seen_within(url: &str, want: &[u8]) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let (h, b) = curl(&[url]);
+        if b == want || (want.is_empty() && status(&h) != 200) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(3),
+            "{url} still answers {h} {:?}",
+            String::from_utf8_lossy(&b)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn http_small_files_kept_in_memory_follow_every_change_at_once() {
+    if !have("curl") {
+        return;
+    }
+    let server = Server::start();
+    let root = server.files();
+    let base = format!("{}/files", server.services["http"]);
+    let url = format!("{base}/boot/menu.ipxe");
+    write(&root, "boot/menu.ipxe", b"#!ipxe\necho one\n");
+    // The watch is set up in the background: until then nothing is kept.
+    let _ = seen_within(&url, b"#!ipxe\necho one\n");
+    let (h1, _) = curl(&[&url]);
+    let (h2, _) = curl(&[&url]);
+    let etag = header(&h1, "etag").unwrap().to_owned();
+    assert_eq!(header(&h2, "etag"), Some(etag.as_str()), "the same validators from memory");
+    let (h, _) = curl(&["-H", &format!("If-None-Match: {etag}"), &url]);
+    assert_eq!(status(&h), 304);
+    let (h, b) = curl(&["-r", "7-10", &url]);
+    assert_eq!((status(&h), b.as_slice()), (206, &b"echo"[..]));
+
+    let mut worst = std::time::Duration::ZERO;
+    // Rewritten in place, same size.
+    std::fs::write(root.join("boot/menu.ipxe"), b"#!ipxe\necho two\n").unwrap();
+    worst = worst.max(seen_within(&url, b"#!ipxe\necho two\n"));
+    let (h, _) = curl(&[&url]);
+    assert_ne!(header(&h, "etag"), Some(etag.as_str()), "a new ETag");
+    // Replaced by rename, as deploy tools do.
+    write(&root, "boot/.menu.tmp", b"#!ipxe\necho three\n");
+    std::fs::rename(root.join("boot/.menu.tmp"), root.join("boot/menu.ipxe")).unwrap();
+    worst = worst.max(seen_within(&url, b"#!ipxe\necho three\n"));
+    // Through a symlink whose target changes, then is retargeted.
+    write(&root, "a.cfg", b"a");
+    write(&root, "b.cfg", b"b");
+    std::os::unix::fs::symlink("a.cfg", root.join("current.cfg")).unwrap();
+    let link = format!("{base}/current.cfg");
+    let _ = seen_within(&link, b"a");
+    std::fs::write(root.join("a.cfg"), b"A").unwrap();
+    worst = worst.max(seen_within(&link, b"A"));
+    std::fs::remove_file(root.join("current.cfg")).unwrap();
+    std::os::unix::fs::symlink("b.cfg", root.join("current.cfg")).unwrap();
+    worst = worst.max(seen_within(&link, b"b"));
+    // A directory renamed away, and a file swapped for a link leaving the
+    // root: neither is served from memory.
+    std::fs::rename(root.join("boot"), root.join("old-boot")).unwrap();
+    worst = worst.max(seen_within(&url, b""));
+    let (h, _) = curl(&[&url]);
+    assert_eq!(status(&h), 404);
+    std::fs::write(server.dir.join("outside.txt"), "secret").unwrap();
+    let _ = seen_within(&format!("{base}/b.cfg"), b"b");
+    std::fs::remove_file(root.join("b.cfg")).unwrap();
+    std::os::unix::fs::symlink(server.dir.join("outside.txt"), root.join("b.cfg")).unwrap();
+    worst = worst.max(seen_within(&format!("{base}/b.cfg"), b""));
+    let (h, b) = curl(&[&format!("{base}/b.cfg")]);
+    assert_eq!(status(&h), 403);
+    assert!(!String::from_utf8_lossy(&b).contains("secret"));
+    eprintln!("http cache: every change served within {worst:?}");
 }
 
 #[test]

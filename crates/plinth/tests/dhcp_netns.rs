@@ -1,7 +1,8 @@
 //! DHCP against real clients inside network namespaces the test creates:
 //! udhcpc and dhclient get leases with the configured options, renew and
 //! release work, and a relayed request (perfdhcp as a relay) gets a lease
-//! from the subnet its giaddr names.
+//! from the subnet its giaddr names. Replies to a client with no address
+//! yet go unicast to its MAC unless it asks for broadcast (RFC 2131 §4.1).
 
 mod common;
 
@@ -20,12 +21,18 @@ struct Lab {
 
 /// Server in one namespace (10.77.0.1/24 on `vs0`), clients in another.
 fn lab(subnets: &[Value]) -> Lab {
+    lab_as(subnets, &[])
+}
+
+/// [`lab`] with the server started behind `wrapper` inside its namespace.
+fn lab_as(subnets: &[Value], wrapper: &[&str]) -> Lab {
     let srv = Netns::new("srv");
     let cli = Netns::new("cli");
     netns::veth(&srv, "vs0", &cli, "vc0");
     srv.ip(&["addr", "add", "10.77.0.1/24", "dev", "vs0"]);
     let dir = tempfile::tempdir().unwrap();
-    let prefix = srv.prefix();
+    let mut prefix = srv.prefix();
+    prefix.extend_from_slice(wrapper);
     let server = Server::start_with(dir.path(), &prefix, &["--http-addr", "10.77.0.1:0", "--tftp-addr", "10.77.0.1:0"]);
     let pw = dir.path().join("pw");
     std::fs::write(&pw, common::PASSWORD).unwrap();
@@ -440,4 +447,92 @@ while i < len(data):
         .unwrap();
     assert!(st.success(), "udhcpc got a lease after the garbage");
     assert_eq!(leases(&lab).len(), 1);
+}
+
+/// One reply seen on the client's link: Ethernet and IP destinations.
+fn replies_seen(capture: &str) -> Vec<(String, String)> {
+    // `tcpdump -e -n`: "<src mac> > <dst mac>, ethertype IPv4 ..., length N: <src>.67 > <dst>.68: BOOTP/DHCP, Reply"
+    capture
+        .lines()
+        .filter(|l| l.contains("BOOTP/DHCP, Reply"))
+        .filter_map(|l| {
+            let (link, ip) = l.split_once(": ")?;
+            let eth_dst = link.split(" > ").nth(1)?.split(',').next()?.trim().to_owned();
+            let ip_dst = ip.split(" > ").nth(1)?.split(':').next()?.trim_end_matches(".68").to_owned();
+            Some((eth_dst, ip_dst))
+        })
+        .collect()
+}
+
+/// udhcpc once in the client namespace, with `extra` flags, while tcpdump
+/// watches the server's replies: the replies seen and the address bound.
+fn udhcpc_watched(lab: &Lab, extra: &[&str]) -> (Vec<(String, String)>, String) {
+    let out = tempfile::tempdir().unwrap();
+    let script = out.path().join("script.sh");
+    std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let capture = out.path().join("capture.txt");
+    let mut tcpdump = lab
+        .cli
+        .exec(&["timeout", "60", "tcpdump", "-i", "vc0", "-e", "-n", "-l", "-U", "udp and src port 67"])
+        .stdout(std::fs::File::create(&capture).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // tcpdump says "listening on" once its capture is in place.
+    let mut err = std::io::BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("listening on") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(n > 0, "tcpdump ended: {said}");
+        said.push_str(&line);
+    }
+    let mut args = vec!["timeout", "30", "udhcpc", "-f", "-q", "-n", "-i", "vc0", "-t", "5", "-T", "1"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-s", script.to_str().unwrap()]);
+    let st = lab.cli.exec(&args).env("OUT", out.path()).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    assert!(st.success(), "udhcpc {extra:?} got a lease");
+    std::thread::sleep(Duration::from_millis(300));
+    netns::run(&["kill", "-INT", &tcpdump.id().to_string()]);
+    let _ = tcpdump.wait();
+    let bound = events(out.path(), "bound").remove(0);
+    let ip = env_var(&bound, "ip").unwrap().to_owned();
+    lab.cli.ip(&["addr", "flush", "dev", "vc0"]);
+    (replies_seen(&std::fs::read_to_string(&capture).unwrap()), ip)
+}
+
+#[test]
+fn replies_to_clients_without_an_address_are_unicast_unless_they_ask_for_broadcast() {
+    if !netns::available() || !have("udhcpc") || !have("tcpdump") || !have("setpriv") {
+        return;
+    }
+    let lab = lab(&[lab_subnet()]);
+    let mac = String::from_utf8(lab.cli.exec(&["cat", "/sys/class/net/vc0/address"]).output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    // udhcpc sets no broadcast flag: the OFFER and the ACK go to its MAC
+    // and to the address being given, as RFC 2131 §4.1 says.
+    let (seen, ip) = udhcpc_watched(&lab, &[]);
+    assert!(seen.len() >= 2, "an OFFER and an ACK: {seen:?}");
+    assert!(seen.iter().all(|(eth, dst)| *eth == mac && *dst == ip), "unicast to {mac} / {ip}: {seen:?}");
+    // With the flag (-B), broadcast.
+    let (seen, _) = udhcpc_watched(&lab, &["-B"]);
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|(eth, dst)| eth == "ff:ff:ff:ff:ff:ff" && dst == "255.255.255.255"),
+        "broadcast: {seen:?}"
+    );
+    drop(lab);
+
+    // A server without CAP_NET_ADMIN cannot tell the kernel the client's
+    // MAC: it says so once and broadcasts, and the client still gets its
+    // lease.
+    let lab = lab_as(&[lab_subnet()], &["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"]);
+    let (seen, _) = udhcpc_watched(&lab, &[]);
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen.iter().all(|(eth, _)| eth == "ff:ff:ff:ff:ff:ff"), "broadcast instead: {seen:?}");
+    let log = lab.server.log.lock().unwrap().join("\n");
+    assert_eq!(log.matches("cannot set the client's ARP entry").count(), 1, "said once: {log}");
 }

@@ -117,6 +117,11 @@ pub enum Destination {
     Broadcast,
     /// To this address, port 68.
     Unicast(Ipv4Addr),
+    /// To the address being given, port 68, at the client's hardware
+    /// address: the client has no address yet and did not ask for
+    /// broadcast, so it cannot answer ARP and the sender has to make the
+    /// link-layer address known itself (RFC 2131 §4.1).
+    Direct { ip: Ipv4Addr, mac: [u8; 6] },
     /// Back to the request's source address and port (proxyDHCP on 4011).
     Source,
 }
@@ -177,7 +182,7 @@ pub fn decide(m: &Message, subnet: &SubnetView<'_>, facts: &Facts<'_>) -> Decisi
         MessageType::Inform => {
             let mut r = build(m, MessageType::Inform, Ipv4Addr::UNSPECIFIED, subnet, facts, false);
             r.set_option(code::MESSAGE_TYPE, vec![MessageType::Ack as u8]);
-            let to = destination(m);
+            let to = destination(m, Ipv4Addr::UNSPECIFIED);
             Decision::Reply { message: Box::new(r), to, lease: None }
         }
         MessageType::Offer | MessageType::Ack | MessageType::Nak => {
@@ -192,7 +197,7 @@ fn discover(m: &Message, subnet: &SubnetView<'_>, facts: &Facts<'_>) -> Decision
     let address = facts.reservation.as_ref().map(|r| r.address).or(facts.current).or(requested).or(facts.free);
     let Some(address) = address else { return Decision::Ignore("no free address in the subnet") };
     let message = build(m, MessageType::Offer, address, subnet, facts, true);
-    let to = destination(m);
+    let to = destination(m, address);
     let lease = LeaseWrite {
         address,
         state: LeaseState::Offered,
@@ -234,7 +239,7 @@ fn request(m: &Message, subnet: &SubnetView<'_>, facts: &Facts<'_>) -> Decision 
         return nak(m, facts, "address not available to this client");
     }
     let message = build(m, MessageType::Ack, address, subnet, facts, true);
-    let to = destination(m);
+    let to = destination(m, address);
     let lease = LeaseWrite {
         address,
         state: LeaseState::Bound,
@@ -267,15 +272,21 @@ fn nak(m: &Message, facts: &Facts<'_>, why: &str) -> Decision {
 }
 
 /// RFC 2131 §4.1: relay first; then a client with an address; then the
-/// broadcast bit; else unicast to the new address, which without a raw
-/// socket (to fill the ARP cache) is sent as a broadcast instead.
-fn destination(req: &Message) -> Destination {
+/// broadcast bit; else unicast to the address being given (`yiaddr`) at
+/// the client's Ethernet address. A client with no Ethernet address or
+/// nothing being given gets a broadcast.
+fn destination(req: &Message, yiaddr: Ipv4Addr) -> Destination {
     if !req.giaddr.is_unspecified() {
         Destination::Relay(req.giaddr)
     } else if !req.ciaddr.is_unspecified() {
         Destination::Unicast(req.ciaddr)
-    } else {
+    } else if req.broadcast_flag() || yiaddr.is_unspecified() {
         Destination::Broadcast
+    } else {
+        match req.mac() {
+            Some(mac) => Destination::Direct { ip: yiaddr, mac },
+            None => Destination::Broadcast,
+        }
     }
 }
 

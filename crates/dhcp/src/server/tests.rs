@@ -62,7 +62,7 @@ fn discover_gets_an_offer_with_the_subnet_options() {
     assert_eq!(m.option(code::LEASE_TIME), Some(&3600u32.to_be_bytes()[..]));
     assert_eq!(m.option(code::RENEWAL_TIME), Some(&1800u32.to_be_bytes()[..]));
     assert!(m.option(code::BOOTFILE).is_none(), "an OS client gets no boot file");
-    assert_eq!(to, Destination::Broadcast);
+    assert_eq!(to, Destination::Direct { ip: Ipv4Addr::new(10, 0, 0, 100), mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56] });
     assert_eq!(lease.unwrap().state, LeaseState::Offered);
 }
 
@@ -110,7 +110,7 @@ fn request_in_selecting_state_is_acked_and_bound() {
     let (m, to, lease) = with_subnet(|s| reply(decide(&req, s, &f)));
     assert_eq!(m.message_type(), Some(MessageType::Ack));
     assert_eq!(m.yiaddr, Ipv4Addr::new(10, 0, 0, 100));
-    assert_eq!(to, Destination::Broadcast);
+    assert_eq!(to, Destination::Direct { ip: Ipv4Addr::new(10, 0, 0, 100), mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56] });
     let lease = lease.unwrap();
     assert_eq!(
         (lease.state, lease.expires_at, lease.hostname.as_deref()),
@@ -295,5 +295,34 @@ fn proxy_answers_pxe_clients_with_boot_information_only() {
     assert!(
         matches!(with_subnet(|s| decide_proxy(&ipxe_req, s, &facts(), false)), Decision::Ignore(_)),
         "REQUEST on 67 is the other server's"
+    );
+}
+
+/// RFC 2131 §4.1's order for where an OFFER or ACK goes.
+#[test]
+fn replies_go_where_rfc_2131_says() {
+    let given = Ipv4Addr::new(10, 0, 0, 100);
+    let mac = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    let to = |edit: &dyn Fn(&mut Message)| {
+        let mut m = msg(MessageType::Discover, &[]);
+        edit(&mut m);
+        with_subnet(|s| reply(decide(&m, s, &facts())).1)
+    };
+    // No address, no broadcast flag: unicast at the hardware address.
+    assert_eq!(to(&|_| {}), Destination::Direct { ip: given, mac });
+    // The broadcast flag asks for broadcast.
+    assert_eq!(to(&|m| m.flags = 0x8000), Destination::Broadcast);
+    // A hardware address that is not Ethernet cannot be unicast to.
+    assert_eq!(to(&|m| m.htype = 6), Destination::Broadcast);
+    assert_eq!(to(&|m| m.hlen = 8), Destination::Broadcast);
+    // A client with an address gets it there; a relay, at the relay, even
+    // with the flag.
+    assert_eq!(to(&|m| m.ciaddr = Ipv4Addr::new(10, 0, 0, 7)), Destination::Unicast(Ipv4Addr::new(10, 0, 0, 7)));
+    assert_eq!(
+        to(&|m| {
+            m.giaddr = Ipv4Addr::new(10, 0, 0, 254);
+            m.flags = 0x8000;
+        }),
+        Destination::Relay(Ipv4Addr::new(10, 0, 0, 254))
     );
 }
