@@ -13,14 +13,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q
+cargo build --release -q -p plinth-dhcp --example dhcpload
 PLINTH=$PWD/target/release/plinth
+DHCPLOAD=$PWD/target/release/examples/dhcpload
 work=$(mktemp -d)
+chmod 755 "$work"  # nginx's workers (www-data) read the files under it
 pids=()
 nets=()
 NS_S=plt-bench-s-$$
 NS_C=plt-bench-c-$$
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Servers started from subshells are not in pids: whatever still runs in
+  # this script's own namespaces is stopped by its PID.
+  for n in "$NS_S" "$NS_C" "${nets[@]}"; do
+    for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  done
   sleep 0.5
   ip netns del "$NS_S" 2>/dev/null || true
   ip netns del "$NS_C" 2>/dev/null || true
@@ -31,6 +39,12 @@ trap cleanup EXIT
 SECS=${SECS:-10}
 CLIENTS=${CLIENTS:-150000}
 RATES=${RATES:-2000 4000 6000 8000 10000 12000 16000 24000}
+# The sweep runs once per load generator: perfdhcp (Kea's), then
+# dhcpload (crates/dhcp/examples/dhcpload.rs), which costs a fraction of
+# perfdhcp's CPU per exchange, so the servers and not the generator set the
+# knee. dhcpload runs with the server on core 0 and itself on core 1.
+LOADGENS=${LOADGENS:-perfdhcp dhcpload}
+DHCPLOAD_RATES=${DHCPLOAD_RATES:-2000 4000 6000 8000 10000 12000 14000 16000 20000 30000 45000}
 ONLY=${ONLY:-dhcp tftp http}  # sections to run
 # Load generators and the server share the machine's cores, as they would
 # a host under a storm: the server that needs less CPU per exchange leaves
@@ -63,6 +77,16 @@ perf() { # rate server-pid -> "exchanges/s lost% cpu-ms-per-1000" (lost: DISCOVE
   # near 6,500 exchanges/s here, below what the servers can do.
   local c0 c1 i pids_p=()
   c0=$(cpu "$2")
+  if [ "$LOADGEN" = dhcpload ]; then
+    local line per=?
+    line=$(ip netns exec "$NS_C" timeout $((SECS + 30)) $PIN_CLIENT "$DHCPLOAD" 10.99.0.2 10.99.0.1 "$1" "$SECS" "$CLIENTS" 02:00:01 | tail -1)
+    c1=$(cpu "$2")
+    # "discovers D offers O acks A lost L% rate R"
+    read -r _ _ _ _ _ acks _ lost _ rate <<<"$line"
+    [ "${acks:-0}" -gt 0 ] && per=$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v a="$acks" 'BEGIN{printf "%.0f", 1e6*t/hz/a}')
+    printf '%s %s %s\n' "${rate:-0}" "${lost%\%}" "$per"
+    return
+  fi
   for i in $(seq 1 "$GENERATORS"); do
     ip netns exec "$NS_C" timeout $((SECS + 30)) $PIN_CLIENT perfdhcp $PERF_OPTS -4 -l "10.99.0.$((i + 1))" \
       -b "mac=02:00:0$i:00:00:00" -r $(($1 / GENERATORS)) -R $((CLIENTS / GENERATORS)) -p "$SECS" 10.99.0.1 >"$work/perf.$i" 2>&1 &
@@ -142,13 +166,19 @@ JSON
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "?" }'; }
 
+for LOADGEN in $LOADGENS; do
+local rates=$RATES
+if [ "$LOADGEN" = dhcpload ]; then
+  rates=$DHCPLOAD_RATES
+  PIN_SERVER=${DHCPLOAD_PIN_SERVER:-taskset -c 0}; PIN_CLIENT=${DHCPLOAD_PIN_CLIENT:-taskset -c 1}
+fi
 echo
-echo "### DHCP knee sweep (perfdhcp, $CLIENTS clients, $SECS s per rate, DORA; lost = DISCOVERs without an ACK)"
+echo "### DHCP knee sweep ($LOADGEN, $CLIENTS clients, $SECS s per rate, DORA; lost = DISCOVERs without an ACK)"
 echo
 echo "| offered/s | Plinth exchanges/s | Plinth lost | Plinth CPU ms per 1000 | Kea exchanges/s | Kea lost | Kea CPU ms per 1000 | ratio Plinth/Kea |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 local p_knee=0 k_knee=0 p_knee_rate=0 k_knee_rate=0
-for r in $RATES; do
+for r in $rates; do
   read -r pr pd pc < <(plinth_rate "$r")
   read -r kr kd kc < <(kea_rate "$r")
   printf '| %s | %s | %s %% | %s | %s | %s %% | %s | %s |\n' "$r" "$pr" "$pd" "$pc" "$kr" "$kd" "$kc" "$(ratio "$pr" "$kr")"
@@ -157,6 +187,7 @@ for r in $RATES; do
 done
 echo
 echo "Knee (highest offered rate with under 1 % lost): Plinth $p_knee/s ($p_knee_rate achieved), Kea $k_knee/s ($k_knee_rate achieved), ratio $(ratio "$p_knee" "$k_knee")."
+done
 ip netns del "$NS_S"; ip netns del "$NS_C"
 }
 
@@ -253,6 +284,18 @@ CONF
 nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 sleep 1
+# Both answer the files whole before anything is timed.
+for port in 18091 18080; do
+  for f in large.bin small.bin; do
+    want="200 $(stat -c %s "$files/$f")"
+    for _ in $(seq 50); do
+      got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "http://127.0.0.1:$port/files/$f" || true)
+      [ "$got" = "$want" ] && break
+      sleep 0.2
+    done
+    [ "$got" = "$want" ] || { echo "http bench: port $port answers $got for $f, not $want" >&2; exit 1; }
+  done
+done
 wrk_run() { wrk -t2 -c"$2" -d"${SECS}s" "$1" 2>/dev/null | awk '/Requests\/sec/{r=$2} /Transfer\/sec/{t=$2} END{print r, t}'; }
 read -r pl_r pl_t < <(wrk_run http://127.0.0.1:18091/files/large.bin 4)
 read -r ng_r ng_t < <(wrk_run http://127.0.0.1:18080/files/large.bin 4)
