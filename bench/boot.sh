@@ -44,7 +44,7 @@ RATES=${RATES:-2000 4000 6000 8000 10000 12000 16000 24000}
 # perfdhcp's CPU per exchange, so the servers and not the generator set the
 # knee. dhcpload runs with the server on core 0 and itself on core 1.
 LOADGENS=${LOADGENS:-perfdhcp dhcpload}
-DHCPLOAD_RATES=${DHCPLOAD_RATES:-2000 4000 6000 8000 10000 12000 14000 16000 20000 30000 45000}
+DHCPLOAD_RATES=${DHCPLOAD_RATES:-2000 4000 6000 8000 9000 10000 11000 12000 13000 14000 15000 16000 20000 30000 45000}
 ONLY=${ONLY:-dhcp tftp http}  # sections to run
 # Load generators and the server share the machine's cores, as they would
 # a host under a storm: the server that needs less CPU per exchange leaves
@@ -65,9 +65,9 @@ ip netns add "$NS_S"; ip netns add "$NS_C"
 ip link add vs0 netns "$NS_S" type veth peer name vc0 netns "$NS_C"
 ip -n "$NS_S" link set lo up; ip -n "$NS_C" link set lo up
 ip -n "$NS_S" link set vs0 up; ip -n "$NS_C" link set vc0 up
-ip -n "$NS_S" addr add 10.99.0.1/16 dev vs0
+ip -n "$NS_S" addr add 10.99.0.1/10 dev vs0
 for i in $(seq 1 "$GENERATORS"); do  # perfdhcp needs an address to send from
-  ip -n "$NS_C" addr add "10.99.0.$((i + 1))/16" dev vc0
+  ip -n "$NS_C" addr add "10.99.0.$((i + 1))/10" dev vc0
 done
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # user + system ticks
@@ -127,7 +127,7 @@ plinth_rate() { # rate -> line of perf on a fresh Plinth
   sleep 1
   cli() { ip netns exec "$NS_S" env PLINTH_ENDPOINT=https://127.0.0.1:18092 PLINTH_CA_CERT="$dir/tls/ca.pem" PLINTH_CONFIG="$work/cli.json" "$PLINTH" "$@"; }
   echo bench-password | cli login --password-stdin >/dev/null
-  cli subnets create --data '{"name":"bench","cidr":"10.99.0.0/16","range_start":"10.99.1.0","range_end":"10.99.255.254","interface":"vs0","lease_secs":3600,"unknown_share":100}' >/dev/null
+  cli subnets create --data '{"name":"bench","cidr":"10.64.0.0/10","range_start":"10.100.0.0","range_end":"10.127.255.254","interface":"vs0","lease_secs":3600,"unknown_share":100}' >/dev/null
   ready || true
   perf "$1" "$ppid"
   [ "${KEEP_LOG:-}" ] && cp "$work/plinth.log" "/tmp/plinth-bench-$1.log"
@@ -142,7 +142,7 @@ kea_rate() { # rate -> line of perf on a fresh Kea
   "lease-database": {"type": "memfile", "persist": true, "name": "$work/kea.leases"},
   "valid-lifetime": 3600,
   "multi-threading": {"enable-multi-threading": true, "thread-pool-size": 2, "packet-queue-size": 64},
-  "subnet4": [{"id": 1, "subnet": "10.99.0.0/16", "pools": [{"pool": "10.99.1.0 - 10.99.255.254"}]}],
+  "subnet4": [{"id": 1, "subnet": "10.64.0.0/10", "pools": [{"pool": "10.100.0.0 - 10.127.255.254"}]}],
   "loggers": [{"name": "kea-dhcp4", "severity": "WARN", "output_options": [{"output": "stderr"}]}]}}
 JSON
   local kpid try

@@ -150,9 +150,9 @@ struct Reply {
     socket: Arc<UdpSocket>,
     bytes: Vec<u8>,
     to: SocketAddr,
-    /// A unicast to a client with no address yet: broadcast it if the
-    /// unicast cannot be sent.
-    direct: bool,
+    /// A unicast to a client with no address yet, on this interface at
+    /// this hardware address: broadcast instead if it cannot be sent so.
+    direct: Option<(Arc<str>, [u8; 6])>,
 }
 
 fn option_bytes(opts: &[plinth_model::DhcpOption]) -> Vec<(u8, Vec<u8>)> {
@@ -496,24 +496,6 @@ impl DhcpService {
         }
     }
 
-    /// Where a reply to a client with no address yet goes: unicast once
-    /// the kernel knows its link-layer address, else broadcast.
-    fn direct(&self, socket: &UdpSocket, interface: &str, ip: Ipv4Addr, mac: [u8; 6]) -> (SocketAddr, bool) {
-        let stats = &self.config.stats;
-        match crate::neighbour::set(socket, interface, ip, mac) {
-            Ok(()) => {
-                stats.unicast_direct.fetch_add(1, Relaxed);
-                (SocketAddrV4::new(ip, self.config.client_port).into(), true)
-            }
-            Err(e) => {
-                if stats.unicast_fallbacks.fetch_add(1, Relaxed) == 0 {
-                    tracing::warn!(%interface, error = %e, "dhcp: cannot set the client's ARP entry (needs CAP_NET_ADMIN); replies RFC 2131 wants unicast are broadcast");
-                }
-                (self.destination(Destination::Broadcast, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))), false)
-            }
-        }
-    }
-
     /// Decides one request.
     fn handle(&mut self, p: Packet) {
         let stats = &self.config.stats;
@@ -558,11 +540,11 @@ impl DhcpService {
                 self.stage(change);
             }
             Outcome::Reply { message, to, change, event } => {
-                let (to, direct) = match to {
-                    Destination::Direct { ip, mac } => self.direct(&socket, &p.interface, ip, mac),
-                    other => (self.destination(other, p.from), false),
+                let direct = match to {
+                    Destination::Direct { mac, .. } => Some((p.interface.clone(), mac)),
+                    _ => None,
                 };
-                let reply = Reply { socket, bytes: message.encode(), to, direct };
+                let reply = Reply { socket, bytes: message.encode(), to: self.destination(to, p.from), direct };
                 tracing::info!(mac = %mac_text(), %event, "dhcp");
                 let address = (!message.yiaddr.is_unspecified()).then_some(message.yiaddr);
                 self.log.record(mac, address, "dhcp", event);
@@ -686,18 +668,47 @@ impl DhcpService {
 }
 
 async fn send(r: &Reply, stats: &DhcpStats) {
-    let mut result = r.socket.send_to(&r.bytes, r.to).await;
-    if result.is_err() && r.direct {
-        // No route to the new address on this interface: the client still
-        // hears a broadcast.
-        stats.unicast_fallbacks.fetch_add(1, Relaxed);
-        result = r.socket.send_to(&r.bytes, SocketAddrV4::new(Ipv4Addr::BROADCAST, r.to.port())).await;
-    }
+    let result = match &r.direct {
+        Some((interface, mac)) => send_direct(r, interface, *mac, stats).await,
+        None => r.socket.send_to(&r.bytes, r.to).await,
+    };
     match result {
         Ok(_) => {
             stats.replies.fetch_add(1, Relaxed);
         }
         Err(e) => tracing::warn!(to = %r.to, error = %e, "dhcp: send failed"),
+    }
+}
+
+/// Unicasts to a client with no address yet: the kernel is told the
+/// client's MAC for the address just before the send and forgets it just
+/// after (the frame is addressed by then), so a storm of new clients never
+/// fills the host's neighbour table. Without `CAP_NET_ADMIN`, or if the
+/// unicast cannot go out, the reply is broadcast.
+async fn send_direct(r: &Reply, interface: &str, mac: [u8; 6], stats: &DhcpStats) -> std::io::Result<usize> {
+    let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, r.to.port());
+    let std::net::IpAddr::V4(ip) = r.to.ip() else { return r.socket.send_to(&r.bytes, broadcast).await };
+    if let Err(e) = crate::neighbour::set(r.socket.as_ref(), interface, ip, mac) {
+        if stats.unicast_fallbacks.fetch_add(1, Relaxed) == 0 {
+            tracing::warn!(%interface, error = %e, "dhcp: cannot set the client's ARP entry (needs CAP_NET_ADMIN); replies RFC 2131 wants unicast are broadcast");
+        }
+        return r.socket.send_to(&r.bytes, broadcast).await;
+    }
+    let sent = r.socket.send_to(&r.bytes, r.to).await;
+    if let Err(e) = crate::neighbour::remove(r.socket.as_ref(), interface, ip) {
+        tracing::debug!(%interface, %ip, error = %e, "dhcp: cannot remove the client's ARP entry");
+    }
+    match sent {
+        Ok(n) => {
+            stats.unicast_direct.fetch_add(1, Relaxed);
+            Ok(n)
+        }
+        // No route to the new address on this interface: the client still
+        // hears a broadcast.
+        Err(_) => {
+            stats.unicast_fallbacks.fetch_add(1, Relaxed);
+            r.socket.send_to(&r.bytes, broadcast).await
+        }
     }
 }
 

@@ -517,6 +517,9 @@ fn replies_to_clients_without_an_address_are_unicast_unless_they_ask_for_broadca
     let (seen, ip) = udhcpc_watched(&lab, &[]);
     assert!(seen.len() >= 2, "an OFFER and an ACK: {seen:?}");
     assert!(seen.iter().all(|(eth, dst)| *eth == mac && *dst == ip), "unicast to {mac} / {ip}: {seen:?}");
+    // The ARP entry the server set for the unicast is gone once it is out.
+    let neigh = lab.srv.exec(&["ip", "neigh", "show", "to", &ip, "dev", "vs0"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&neigh.stdout).trim(), "", "no ARP entry left for {ip}");
     // With the flag (-B), broadcast.
     let (seen, _) = udhcpc_watched(&lab, &["-B"]);
     assert!(seen.len() >= 2, "{seen:?}");
