@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Boot-services benchmark: Plinth against the reference peers, same machine,
 # same run. Not a test; prints a Markdown table for docs/benchmarks.md.
-#   DHCP: the knee sweep: perfdhcp 4-way exchanges/s and exchanges lost at
-#         each offered rate of RATES, Plinth against Kea (memfile, 2 threads),
-#         each server fresh and alone in a network namespace this script creates.
+#   DHCP: the knee sweep: 4-way exchanges/s and exchanges lost at each
+#         offered rate, Plinth against Kea (memfile, 2 threads), each server
+#         fresh and alone in a network namespace this script creates; once with
+#         perfdhcp (RATES) and once with dhcpload (DHCPLOAD_RATES, server and
+#         generator on a core each); LOADGENS picks them.
 #   TFTP: one 50 MB file, and 100 concurrent 5 MB transfers from 100 clients
 #         (a namespace and an address each), vs tftpd-hpa.
 #   HTTP: large-file throughput and small-file requests/s with wrk vs nginx (loopback).
@@ -73,8 +75,7 @@ done
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # user + system ticks
 perf() { # rate server-pid -> "exchanges/s lost% cpu-ms-per-1000" (lost: DISCOVERs sent that got no ACK)
   # $GENERATORS perfdhcp processes share the offered rate, each from an
-  # address and a MAC range of its own: one perfdhcp saturates its core
-  # near 6,500 exchanges/s here, below what the servers can do.
+  # address and a MAC range of its own; dhcpload is one process.
   local c0 c1 i pids_p=()
   c0=$(cpu "$2")
   if [ "$LOADGEN" = dhcpload ]; then
