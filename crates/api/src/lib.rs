@@ -17,6 +17,7 @@ mod crud;
 mod error;
 mod events;
 mod extract;
+pub mod health;
 mod metadata;
 mod openapi;
 mod params;
@@ -30,6 +31,7 @@ pub use rustls::ServerConfig as TlsConfig;
 
 pub use auth::{BootstrapError, LoginLimiter, Principal, bootstrap, hash_password, random_secret, sweep_tokens};
 pub use error::ApiError;
+pub use health::{ApiMetrics, Readiness};
 pub use secure::{reseal_all, sealed_under_old_keys};
 
 use axum::Router;
@@ -76,10 +78,14 @@ pub struct AppState {
     /// When each running job last reported progress (at most one report
     /// every [`agent::PROGRESS_EVERY`] reaches the timeline).
     pub progress: Arc<std::sync::Mutex<std::collections::HashMap<plinth_model::JobId, std::time::Instant>>>,
+    /// The listeners `/readyz` checks.
+    pub readiness: Arc<Readiness>,
+    /// Request durations, for the metrics listener.
+    pub metrics: ApiMetrics,
 }
 
 /// The API's router, with authentication applied to every route but
-/// `POST /api/v1/auth/token`.
+/// `POST /api/v1/auth/token`, `GET /healthz` and `GET /readyz`.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/api/v1/openapi.json", get(openapi::document))
@@ -125,8 +131,11 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     let routes = Router::new()
         .route("/api/v1/auth/token", post(auth::mint_token))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .merge(protected)
         .layer(axum::middleware::from_fn(time_limit))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), health::record))
         .fallback(|| async { ApiError::NotFound("no such route; see /api/v1/openapi.json".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state);

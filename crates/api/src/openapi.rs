@@ -579,6 +579,16 @@ pub fn build() -> Value {
         "The job's task rendered for its machine: [{name, path, contents}]", None, "the files", &["401", "403", "404", "409"])}));
     paths.insert("/api/v1/info".into(), json!({"get": {"operationId": "info", "tags": ["meta"], "summary": "Server name and version",
         "responses": merge(json!({"200": {"description": "version", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401"]))}}));
+    // Probes: no token (`security: []`), plain text, nothing revealed.
+    let probe = |id: &str, summary: &str, answers: Value| json!({"get": {"operationId": id, "tags": ["meta"], "summary": summary, "security": [], "responses": answers}});
+    let text = |d: &str| json!({"description": d, "content": {"text/plain": {"schema": {"type": "string"}}}});
+    paths.insert(
+        "/healthz".into(),
+        probe("healthz", "Alive: 200 `ok` while the process serves", json!({"200": text("alive")})),
+    );
+    paths.insert("/readyz".into(), probe("readyz",
+        "Ready: 200 `ready` when the store answers within 2 s and every configured listener is up, else 503 `not ready` (the log says why)",
+        json!({"200": text("ready"), "503": text("not ready")})));
     paths.insert("/api/v1/openapi.json".into(), json!({"get": {"operationId": "openapi", "tags": ["meta"], "summary": "This document",
         "responses": merge(json!({"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401"]))}}));
     schemas.insert(
@@ -611,7 +621,7 @@ pub fn build() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Plinth API", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Provisioning for bare metal and cloud machines. Every route needs a bearer token except POST /api/v1/auth/token."},
+                 "description": "Provisioning for bare metal and cloud machines. Every route needs a bearer token except POST /api/v1/auth/token, GET /healthz and GET /readyz."},
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
@@ -638,6 +648,10 @@ fn complete_responses(paths: &mut Map<String, Value>) {
         let Some(ops) = ops.as_object_mut() else { continue };
         for (method, op) in ops.iter_mut() {
             if !matches!(method.as_str(), "get" | "post" | "put" | "patch" | "delete") {
+                continue;
+            }
+            // The probes answer only what they document.
+            if op.get("security").is_some_and(|s| s == &json!([])) {
                 continue;
             }
             let has_body = op.get("requestBody").is_some();

@@ -107,6 +107,33 @@ pub struct DhcpStats {
     pub commits: AtomicU64,
     /// ACKs withheld because their leases could not be stored.
     pub withheld: AtomicU64,
+    /// Well-formed packets received, by DHCP message type (the index is
+    /// the type's number, 1 to 8; 0 for none or another).
+    pub received_by_type: [AtomicU64; 9],
+    /// Replies decided, by kind (an ACK counts here when decided, and is
+    /// sent once its lease is stored).
+    pub offers: AtomicU64,
+    pub acks: AtomicU64,
+    pub naks: AtomicU64,
+    /// Packets waiting in each queue, as the deciding task last saw them.
+    pub queued_requests: AtomicU64,
+    pub queued_discovers: AtomicU64,
+    /// How long each request waited from its arrival to its decision.
+    pub decide_seconds: Seconds,
+    /// How long each batch's commit took.
+    pub commit_seconds: Seconds,
+}
+
+/// A latency histogram in seconds (100 µs to about 6.5 s).
+#[derive(Debug, Clone)]
+pub struct Seconds(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for Seconds {
+    fn default() -> Self {
+        Seconds(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 4.0, 9),
+        ))
+    }
 }
 
 impl DhcpStats {
@@ -328,6 +355,7 @@ struct Commit {
     acks: Vec<Reply>,
     addresses: std::collections::HashSet<Ipv4Addr>,
     writes: u64,
+    started: Instant,
 }
 
 /// The DHCPv4 service: sockets, queues and the batch commit around the core's [`Index`].
@@ -500,7 +528,9 @@ impl DhcpService {
     fn handle(&mut self, p: Packet) {
         let stats = &self.config.stats;
         let discover = p.message.message_type() == Some(MessageType::Discover);
-        if p.at.elapsed() > if discover { STALE_DISCOVER } else { STALE_REQUEST } {
+        let waited = p.at.elapsed();
+        stats.decide_seconds.0.observe(waited.as_secs_f64());
+        if waited > if discover { STALE_DISCOVER } else { STALE_REQUEST } {
             stats.shed_stale.fetch_add(1, Relaxed);
             return;
         }
@@ -540,6 +570,12 @@ impl DhcpService {
                 self.stage(change);
             }
             Outcome::Reply { message, to, change, event } => {
+                match message.message_type() {
+                    Some(MessageType::Offer) => stats.offers.fetch_add(1, Relaxed),
+                    Some(MessageType::Ack) => stats.acks.fetch_add(1, Relaxed),
+                    Some(MessageType::Nak) => stats.naks.fetch_add(1, Relaxed),
+                    _ => 0,
+                };
                 let direct = match to {
                     Destination::Direct { mac, .. } => Some((p.interface.clone(), mac)),
                     _ => None,
@@ -603,7 +639,8 @@ impl DhcpService {
         let writes = ops.len() as u64;
         let store = self.store.clone();
         let task = tokio::spawn(async move { if ops.is_empty() { Ok(vec![]) } else { store.apply(ops).await } });
-        self.commit = Some(Commit { task, acks: std::mem::take(&mut self.acks), addresses, writes });
+        self.commit =
+            Some(Commit { task, acks: std::mem::take(&mut self.acks), addresses, writes, started: Instant::now() });
     }
 
     /// Waits for the commit under way and commits what is staged.
@@ -750,6 +787,8 @@ async fn receive(socket: Arc<UdpSocket>, interface: Arc<str>, port: u16, q: Queu
                     }
                 };
                 q.stats.received.fetch_add(1, Relaxed);
+                let t = message.message_type().map_or(0, |t| t as usize);
+                q.stats.received_by_type[if t < 9 { t } else { 0 }].fetch_add(1, Relaxed);
                 let discover = message.message_type() == Some(MessageType::Discover) && port != BOOT_SERVER_PORT;
                 let p = Packet { interface: interface.clone(), port, from, message, at: Instant::now() };
                 // A full queue means a storm: shed rather than grow.
@@ -813,6 +852,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             done = async { (&mut svc.commit.as_mut().expect("guarded").task).await }, if svc.commit.is_some() => {
                 let c = svc.commit.take().expect("guarded");
+                stats.commit_seconds.0.observe(c.started.elapsed().as_secs_f64());
                 let result = done.unwrap_or_else(|e| Err(plinth_store::StoreError::Query(format!("commit task: {e}"))));
                 svc.finish_commit(c.acks, c.writes, result).await;
             }
@@ -862,6 +902,8 @@ pub async fn serve(
                     n += 1;
                 }
                 svc.flush().await;
+                stats.queued_requests.store(request_rx.len() as u64, Relaxed);
+                stats.queued_discovers.store(discover_rx.len() as u64, Relaxed);
             }
             _ = sweep.tick() => svc.index.sweep(now_secs()),
             _ = report.tick() => {

@@ -9,6 +9,7 @@ use plinth_store::Store;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -29,6 +30,22 @@ const SOURCES: usize = 65_536;
 pub struct BootLog {
     tx: Option<mpsc::Sender<BootEvent>>,
     sources: Arc<std::sync::Mutex<HashMap<Ipv4Addr, Window>>>,
+    stats: Arc<BootStats>,
+}
+
+/// What TFTP and boot HTTP have served since the server started.
+#[derive(Debug, Default)]
+pub struct BootStats {
+    /// TFTP transfers sent whole, failed midway, and refused.
+    pub tftp_sent: AtomicU64,
+    pub tftp_failed: AtomicU64,
+    pub tftp_refused: AtomicU64,
+    /// Bytes of the TFTP transfers sent whole.
+    pub tftp_bytes: AtomicU64,
+    /// Boot HTTP answers by status class (index 1 to 5: 1xx to 5xx).
+    pub http_answers: [AtomicU64; 6],
+    /// Bytes the boot HTTP answers declared (`Content-Length`).
+    pub http_bytes: AtomicU64,
 }
 
 /// One client address's current window: when it began, the events
@@ -40,12 +57,17 @@ impl BootLog {
     pub fn start(store: Arc<dyn Store>) -> BootLog {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(writer(store, rx));
-        BootLog { tx: Some(tx), sources: Default::default() }
+        BootLog { tx: Some(tx), sources: Default::default(), stats: Default::default() }
     }
 
     /// A log that records nothing.
     pub fn disabled() -> BootLog {
-        BootLog { tx: None, sources: Default::default() }
+        BootLog { tx: None, sources: Default::default(), stats: Default::default() }
+    }
+
+    /// The counters TFTP and boot HTTP keep beside the events.
+    pub fn stats(&self) -> &Arc<BootStats> {
+        &self.stats
     }
 
     /// Whether `address` may record another event now; `Some(n)` when a new

@@ -80,6 +80,11 @@ async fn log_request(
     };
     let resp = next.run(req).await;
     tracing::info!(%client, %method, path = %path.escape_debug(), status = resp.status().as_u16(), "http boot request");
+    let stats = log.stats();
+    let class = usize::from(resp.status().as_u16() / 100).min(5);
+    stats.http_answers[class].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let declared = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    stats.http_bytes.fetch_add(declared.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     let v4 = match peer {
         Some(std::net::IpAddr::V4(v4)) => Some(v4),
         _ => None,

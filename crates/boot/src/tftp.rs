@@ -271,6 +271,7 @@ async fn run_transfer(
         Ok(x) => x,
         Err((code, message)) => {
             tracing::info!(%peer, file = %name.escape_debug(), %message, "tftp: refused");
+            log.stats().tftp_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             log.record(None, peer_v4, "tftp", format!("refused {}: {message}", name.escape_debug()));
             let _ = socket.send(&Packet::error(code, &message)).await;
             return;
@@ -307,6 +308,9 @@ async fn run_transfer(
                     let secs = started.elapsed().as_secs_f64();
                     tracing::info!(%peer, file = %name.escape_debug(), bytes = size, secs, blksize = transfer.blksize(),
                         windowsize = transfer.windowsize(), "tftp: sent");
+                    let stats = log.stats();
+                    stats.tftp_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    stats.tftp_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
                     log.record(
                         None,
                         peer_v4,
@@ -317,6 +321,7 @@ async fn run_transfer(
                 }
                 Action::Failed(e) => {
                     tracing::warn!(%peer, file = %name.escape_debug(), error = %e, "tftp: transfer failed");
+                    log.stats().tftp_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     log.record(None, peer_v4, "tftp", format!("failed {}: {e}", name.escape_debug()));
                     return;
                 }

@@ -32,6 +32,13 @@ pub fn command() -> Command {
         )
         .arg(Arg::new("tftp-addr").long("tftp-addr").default_value("0.0.0.0:69").help("TFTP server address, or `off`"))
         .arg(
+            Arg::new("metrics-addr")
+                .long("metrics-addr")
+                .env("PLINTH_METRICS_ADDR")
+                .default_value("off")
+                .help("Plain-HTTP address for /metrics (Prometheus), /healthz and /readyz, or `off`; no token: bind it to loopback or a management network, e.g. 127.0.0.1:9092"),
+        )
+        .arg(
             Arg::new("tftp-per-client")
                 .long("tftp-per-client")
                 .default_value("32")

@@ -8,6 +8,7 @@ mod args;
 mod bootloaders;
 mod debpkg;
 mod discovery;
+mod metrics;
 mod render_worker;
 mod secrets;
 mod serve;

@@ -58,6 +58,8 @@ pub struct Config {
     pub http_addr: Option<SocketAddr>,
     /// The TFTP server's address; `None` is off.
     pub tftp_addr: Option<SocketAddr>,
+    /// The metrics listener's address; `None` is off.
+    pub metrics_addr: Option<SocketAddr>,
     /// Most TFTP transfers one client address may have at once.
     pub tftp_per_client: usize,
     /// The DHCP server port; `None` is off.
@@ -117,6 +119,7 @@ impl Config {
             api_addr,
             http_addr: optional_addr(m, "http-addr")?,
             tftp_addr: optional_addr(m, "tftp-addr")?,
+            metrics_addr: optional_addr(m, "metrics-addr")?,
             tftp_per_client: m.get_one::<u32>("tftp-per-client").copied().unwrap_or(32) as usize,
             dhcp_port,
             tls: m.get_one::<PathBuf>("tls-cert").cloned().zip(m.get_one::<PathBuf>("tls-key").cloned()),
@@ -256,6 +259,8 @@ pub async fn run(config: Config) -> Result<()> {
         machine_session_max: config.machine_session_max,
         metadata_token_ttl: config.metadata_token_ttl,
         progress: Default::default(),
+        readiness: Default::default(),
+        metrics: Default::default(),
         api_url: config.api_url.clone(),
         job_log_max: config.job_log_max,
         power: Arc::new(plinth_api::power::Power::new(plinth_api::power::PowerConfig {
@@ -338,6 +343,7 @@ pub async fn run(config: Config) -> Result<()> {
             Ok(l) => {
                 http_port = l.local_addr()?.port();
                 let _ = state.power.http_port.set(http_port);
+                state.readiness.set("http", true);
                 tracing::info!(service = "http", url = %format!("http://{}", l.local_addr()?), "listening");
                 if addr.ip().is_unspecified() {
                     tracing::warn!(%addr, "boot HTTP answers on every address of this host, not only the provisioning network's; pass --http-addr ADDRESS:PORT to narrow it");
@@ -351,6 +357,7 @@ pub async fn run(config: Config) -> Result<()> {
                 });
             }
             Err(e) => {
+                state.readiness.set("http", false);
                 tracing::error!(%addr, error = %e, "cannot listen for boot HTTP (--http-addr); continuing without it")
             }
         }
@@ -358,6 +365,7 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(addr) = config.tftp_addr {
         match tokio::net::UdpSocket::bind(addr).await {
             Ok(s) => {
+                state.readiness.set("tftp", true);
                 tracing::info!(service = "tftp", url = %format!("tftp://{}", s.local_addr()?), "listening");
                 if addr.ip().is_unspecified() {
                     tracing::warn!(%addr, "TFTP answers on every address of this host, not only the provisioning network's; pass --tftp-addr ADDRESS:69 to narrow it");
@@ -381,10 +389,12 @@ pub async fn run(config: Config) -> Result<()> {
                 } else {
                     ""
                 };
+                state.readiness.set("tftp", false);
                 tracing::error!(%addr, error = %e, "cannot listen for TFTP{hint}; continuing without it");
             }
         }
     }
+    let dhcp_stats = Arc::new(plinth_boot::dhcp::DhcpStats::default());
     match config.dhcp_port {
         None => tracing::info!("dhcp: disabled (--dhcp-port off)"),
         Some(server_port) => {
@@ -392,6 +402,7 @@ pub async fn run(config: Config) -> Result<()> {
                 server_port,
                 http_port,
                 http_url: config.boot_url.clone(),
+                stats: dhcp_stats.clone(),
                 ..Default::default()
             };
             let (store, log, stop) = (state.store.clone(), boot_log.clone(), stopped());
@@ -408,6 +419,22 @@ pub async fn run(config: Config) -> Result<()> {
         plinth_api::power::run(power_state, power_stop).await;
         Ok(())
     });
+    if let Some(addr) = config.metrics_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--metrics-addr)"))?;
+        tracing::info!(service = "metrics", url = %format!("http://{}/metrics", l.local_addr()?), "listening");
+        let sources = Arc::new(crate::metrics::Sources {
+            store: state.store.clone(),
+            dhcp: dhcp_stats.clone(),
+            boot: boot_log.stats().clone(),
+            api: state.metrics.clone(),
+            readiness: state.readiness.clone(),
+        });
+        let stop = stopped();
+        tasks.spawn(async move { crate::metrics::serve(l, sources, stop).await.context("metrics listener failed") });
+    }
+    state.readiness.set("api", true);
     let api_stop = stopped();
     tasks.spawn(async move { plinth_api::serve(listener, tls, state, api_stop).await.context("API server failed") });
     tokio::select! {

@@ -139,8 +139,9 @@ impl Server {
             }
         });
         let mut services = std::collections::HashMap::new();
-        let wanted = 1 + flags.iter().filter(|f| **f == "--http-addr" || **f == "--tftp-addr").count()
-            - flags.windows(2).filter(|w| (w[0] == "--http-addr" || w[0] == "--tftp-addr") && w[1] == "off").count();
+        let listener = |f: &str| matches!(f, "--http-addr" | "--tftp-addr" | "--metrics-addr");
+        let wanted = 1 + flags.iter().filter(|f| listener(f)).count()
+            - flags.windows(2).filter(|w| listener(w[0]) && w[1] == "off").count();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while services.len() < wanted {
             // A listener that could not bind says so instead of listening.
