@@ -80,7 +80,9 @@ perf() { # rate server-pid -> "exchanges/s lost% cpu-ms-per-1000" (lost: DISCOVE
   c0=$(cpu "$2")
   if [ "$LOADGEN" = dhcpload ]; then
     local line per=?
-    line=$(ip netns exec "$NS_C" timeout $((SECS + 30)) $PIN_CLIENT "$DHCPLOAD" 10.99.0.2 10.99.0.1 "$1" "$SECS" "$CLIENTS" 02:00:01 | tail -1)
+    # Every exchange a client of its own (new leases, never renewals).
+    local clients=$(($1 * SECS > CLIENTS ? $1 * SECS : CLIENTS))
+    line=$(ip netns exec "$NS_C" timeout $((SECS + 30)) $PIN_CLIENT "$DHCPLOAD" 10.99.0.2 10.99.0.1 "$1" "$SECS" "$clients" 02:00:01 | tail -1)
     c1=$(cpu "$2")
     # "discovers D offers O acks A lost L% rate R"
     read -r _ _ _ _ _ acks _ lost _ rate <<<"$line"
@@ -167,8 +169,10 @@ JSON
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "?" }'; }
 
+local user_pin_server=$PIN_SERVER user_pin_client=$PIN_CLIENT
 for LOADGEN in $LOADGENS; do
 local rates=$RATES
+PIN_SERVER=$user_pin_server; PIN_CLIENT=$user_pin_client
 if [ "$LOADGEN" = dhcpload ]; then
   rates=$DHCPLOAD_RATES
   PIN_SERVER=${DHCPLOAD_PIN_SERVER:-taskset -c 0}; PIN_CLIENT=${DHCPLOAD_PIN_CLIENT:-taskset -c 1}

@@ -1,8 +1,9 @@
 //! Health and the API's own metrics.
 //!
 //! `GET /healthz` answers 200 while the process serves; `GET /readyz`
-//! answers 200 when the store answers a read within two seconds and every
-//! listener the server was told to run is up, else 503. Both need no
+//! answers 200 when the store answers a read within two seconds and the
+//! boot HTTP and TFTP listeners the server was told to run are bound, else
+//! 503. Both need no
 //! token and say nothing but `ok`, `ready` or `not ready` (the server's
 //! log says why). [`ApiMetrics`] times every API request by route
 //! template, method and status for the metrics listener.
@@ -25,7 +26,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Records whether `listener` (`api`, `http`, `tftp`, `dhcp`, …) is up.
+    /// Records whether `listener` (`api`, `http`, `tftp`) is up.
     pub fn set(&self, listener: &'static str, up: bool) {
         let mut l = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         match l.iter_mut().find(|(n, _)| *n == listener) {
@@ -84,7 +85,8 @@ pub(crate) async fn readyz(State(state): State<crate::AppState>) -> Response {
 /// Labels of an API request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The route template (`/api/v1/{kind}/{key}`), or `unmatched`.
+    /// The route template (`/api/v1/{kind}/{key}`); requests no route
+    /// matches are not counted.
     pub route: String,
     pub method: String,
     pub status: String,
@@ -116,7 +118,8 @@ pub(crate) async fn record(
     next: axum::middleware::Next,
 ) -> Response {
     use axum::http::Method;
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    // Only routes: the fallback does not pass through this layer.
+    let route = req.extensions().get::<MatchedPath>().map_or("", |m| m.as_str()).to_owned();
     let m = req.method();
     // Only the methods the API knows: anything else is one label value.
     let method =

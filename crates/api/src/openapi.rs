@@ -587,7 +587,7 @@ pub fn build() -> Value {
         probe("healthz", "Alive: 200 `ok` while the process serves", json!({"200": text("alive")})),
     );
     paths.insert("/readyz".into(), probe("readyz",
-        "Ready: 200 `ready` when the store answers within 2 s and every configured listener is up, else 503 `not ready` (the log says why)",
+        "Ready: 200 `ready` when the store answers within 2 s and the configured boot HTTP and TFTP listeners are bound, else 503 `not ready` (the log says why)",
         json!({"200": text("ready"), "503": text("not ready")})));
     paths.insert("/api/v1/openapi.json".into(), json!({"get": {"operationId": "openapi", "tags": ["meta"], "summary": "This document",
         "responses": merge(json!({"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}), error_responses(&["401"]))}}));

@@ -6,10 +6,11 @@
 //! and no trip to the blocking pool. The file root is watched (inotify,
 //! through `notify`): any change under it drops the entries it can
 //! affect (the file itself, anything below a renamed or removed
-//! directory, anything reached through a changed symlink) within
+//! directory, and every entry reached through a symlink) within
 //! milliseconds. A load that overlaps a change is served but not kept.
-//! While the watch is not in place, or after it reported an error or lost
-//! events, nothing is cached: a stale boot file is worse than a slow one.
+//! While the watch is not in place, or after it reported an error, lost
+//! events or saw the root itself move, nothing is cached: a stale boot file
+//! is worse than a slow one.
 
 use axum::body::Bytes;
 use axum::http::HeaderValue;
@@ -20,8 +21,18 @@ use std::time::SystemTime;
 
 /// Largest file kept.
 pub const MAX_FILE: u64 = 64 * 1024;
-/// Total bytes kept; beyond it, entries are dropped to make room.
+/// Total bytes kept (bodies, keys, paths and a fixed overhead per entry);
+/// beyond it, entries are dropped to make room.
 pub const MAX_BYTES: usize = 64 << 20;
+/// Most entries kept, however small their files.
+pub const MAX_ENTRIES: usize = 65_536;
+/// What an entry costs besides its body, its key and its path.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// The bytes an entry counts against [`MAX_BYTES`].
+fn cost(key: &Path, c: &Cached) -> usize {
+    c.body.len() + key.as_os_str().len() + c.canonical.as_os_str().len() + ENTRY_OVERHEAD
+}
 
 /// A file's validators, as the HTTP answer carries them.
 #[derive(Debug, Clone)]
@@ -85,11 +96,16 @@ impl FileCache {
     pub fn watch(self: &Arc<Self>) -> notify::Result<()> {
         use notify::Watcher;
         let weak = Arc::downgrade(self);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let handler = move |event: notify::Result<notify::Event>| {
             if let Some(cache) = weak.upgrade() {
                 cache.on_event(event);
             }
-        })?;
+        };
+        // Symlinks are not followed: a link into the root shares its
+        // target's watch (notify keeps one path per watch), and a link out
+        // of it is never served.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher: notify::RecommendedWatcher = notify::Watcher::new(handler, config)?;
         watcher.watch(&self.root, notify::RecursiveMode::Recursive)?;
         *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
         let mut inner = self.write();
@@ -108,48 +124,50 @@ impl FileCache {
 
     fn on_event(&self, event: notify::Result<notify::Event>) {
         use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode};
         match event {
-            // Reads (ours included) change nothing.
-            Ok(e) if matches!(e.kind, EventKind::Access(_)) => {}
-            Ok(e) if e.need_rescan() || e.paths.is_empty() => {
-                tracing::debug!(root = %self.root.display(), "http cache: events lost; cleared");
-                self.clear();
+            // Opens and reads (ours included) change nothing; a close after
+            // writing (all an mmap write leaves) does.
+            Ok(e) if matches!(e.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) => {}
+            // Lost events, or the root itself moved or removed: what is no
+            // longer watched may change unseen, so nothing is kept from now on.
+            Ok(e) if e.need_rescan() || e.paths.is_empty() || e.paths.iter().any(|p| p == &self.root) => {
+                self.stop("events were lost or the file root itself moved");
             }
             Ok(e) => {
                 for path in &e.paths {
                     self.invalidate(path);
                 }
             }
-            Err(e) => {
-                // A watch that failed (say, the inotify watch limit on a
-                // new directory) may miss changes from now on.
-                tracing::warn!(root = %self.root.display(), error = %e, "http cache: the file watch failed; small-file cache off");
-                let mut inner = self.write();
-                inner.watching = false;
-                inner.generation += 1;
-                inner.entries.clear();
-                inner.bytes = 0;
-            }
+            // A watch that failed (say, the inotify watch limit on a new
+            // directory) may miss changes from now on.
+            Err(e) => self.stop(&e.to_string()),
         }
     }
 
-    fn clear(&self) {
+    fn stop(&self, why: &str) {
+        tracing::warn!(root = %self.root.display(), why, "http cache: the file watch cannot be trusted; small-file cache off");
         let mut inner = self.write();
+        inner.watching = false;
         inner.generation += 1;
         inner.entries.clear();
         inner.bytes = 0;
     }
 
-    /// Drops every entry a change at `path` can affect.
+    /// Drops every entry a change at `path` can affect: the file, anything
+    /// below a changed directory, and every entry reached through a
+    /// symlink (a link on its way may be the one that changed; links are
+    /// few and changes rare, so they are simply read again).
     fn invalidate(&self, path: &Path) {
         let mut inner = self.write();
         inner.generation += 1;
         let root = &self.root;
         let mut freed = 0;
         inner.entries.retain(|key, c| {
-            let hit = c.canonical.starts_with(path) || root.join(key).starts_with(path);
+            let joined = root.join(key);
+            let hit = joined != c.canonical || c.canonical.starts_with(path) || joined.starts_with(path);
             if hit {
-                freed += c.body.len();
+                freed += cost(key, c);
             }
             !hit
         });
@@ -170,22 +188,22 @@ impl FileCache {
     /// Keeps a file read while the cache was at `generation`, unless
     /// something changed since, the watch is off, or it is too big.
     pub fn insert(&self, key: PathBuf, generation: u64, cached: Cached) {
-        let len = cached.body.len();
-        if len as u64 > MAX_FILE {
+        if cached.body.len() as u64 > MAX_FILE {
             return;
         }
+        let len = cost(&key, &cached);
         let mut inner = self.write();
         if !inner.watching || inner.generation != generation {
             return;
         }
         if let Some(old) = inner.entries.remove(&key) {
-            inner.bytes -= old.body.len();
+            inner.bytes -= cost(&key, &old);
         }
-        while inner.bytes + len > MAX_BYTES {
+        while inner.bytes + len > MAX_BYTES || inner.entries.len() >= MAX_ENTRIES {
             // Any entry: the set is bounded, the order does not matter.
             let Some(k) = inner.entries.keys().next().cloned() else { break };
             if let Some(old) = inner.entries.remove(&k) {
-                inner.bytes -= old.body.len();
+                inner.bytes -= cost(&k, &old);
             }
         }
         inner.bytes += len;
@@ -296,6 +314,25 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_root_turns_the_cache_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("files");
+        std::fs::create_dir(&root).unwrap();
+        let root = root.canonicalize().unwrap();
+        std::fs::write(root.join("a"), "a").unwrap();
+        let cache = FileCache::new(&root);
+        cache.watch().unwrap();
+        cache.insert("a".into(), cache.generation(), entry(&root, "a", b"a"));
+        assert_eq!(cache.len(), 1);
+        std::fs::rename(&root, dir.path().join("old")).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        assert!(eventually(|| cache.is_empty() && !cache.read().watching), "off once the root moved");
+        std::fs::write(root.join("a"), "b").unwrap();
+        cache.insert("a".into(), cache.generation(), entry(&root, "a", b"b"));
+        assert!(cache.is_empty(), "nothing kept without a watch");
+    }
+
+    #[test]
     fn stays_within_its_bounds() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
@@ -310,7 +347,13 @@ mod tests {
         for i in 0..n + 10 {
             cache.insert(format!("k{i}").into(), cache.generation(), entry(&root, "a", full));
         }
-        assert_eq!(cache.len(), n, "the byte budget bounds the entries");
+        assert!(cache.len() < n && cache.len() > n - 10, "the byte budget bounds the entries: {}", cache.len());
+        assert!(cache.read().bytes <= MAX_BYTES);
+        // Many empty files: each still counts its key, path and overhead.
+        for i in 0..MAX_ENTRIES + 10 {
+            cache.insert(format!("t{i}").into(), cache.generation(), entry(&root, "a", b""));
+        }
+        assert!(cache.len() <= MAX_ENTRIES && cache.read().bytes <= MAX_BYTES, "{}", cache.len());
         assert!(cache.read().bytes <= MAX_BYTES);
     }
 }

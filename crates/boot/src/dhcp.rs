@@ -720,11 +720,25 @@ async fn send(r: &Reply, stats: &DhcpStats) {
 /// Unicasts to a client with no address yet: the kernel is told the
 /// client's MAC for the address just before the send and forgets it just
 /// after (the frame is addressed by then), so a storm of new clients never
-/// fills the host's neighbour table. Without `CAP_NET_ADMIN`, or if the
-/// unicast cannot go out, the reply is broadcast.
+/// fills the host's neighbour table. An entry the host already has is
+/// used if it names the client's MAC and never replaced if it names
+/// another. Without `CAP_NET_ADMIN`, or if the unicast cannot go out, the
+/// reply is broadcast.
 async fn send_direct(r: &Reply, interface: &str, mac: [u8; 6], stats: &DhcpStats) -> std::io::Result<usize> {
     let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, r.to.port());
     let std::net::IpAddr::V4(ip) = r.to.ip() else { return r.socket.send_to(&r.bytes, broadcast).await };
+    match crate::neighbour::get(r.socket.as_ref(), interface, ip) {
+        // The host already knows this client at this address: just send.
+        Ok(Some(known)) if known == mac => return count_direct(r.socket.send_to(&r.bytes, r.to).await, stats),
+        // The host knows another MAC for the address (a static entry, or
+        // a machine still there): never replaced; broadcast.
+        Ok(Some(_)) => {
+            stats.unicast_fallbacks.fetch_add(1, Relaxed);
+            return r.socket.send_to(&r.bytes, broadcast).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(%interface, %ip, error = %e, "dhcp: cannot read the ARP table"),
+    }
     if let Err(e) = crate::neighbour::set(r.socket.as_ref(), interface, ip, mac) {
         if stats.unicast_fallbacks.fetch_add(1, Relaxed) == 0 {
             tracing::warn!(%interface, error = %e, "dhcp: cannot set the client's ARP entry (needs CAP_NET_ADMIN); replies RFC 2131 wants unicast are broadcast");
@@ -736,10 +750,7 @@ async fn send_direct(r: &Reply, interface: &str, mac: [u8; 6], stats: &DhcpStats
         tracing::debug!(%interface, %ip, error = %e, "dhcp: cannot remove the client's ARP entry");
     }
     match sent {
-        Ok(n) => {
-            stats.unicast_direct.fetch_add(1, Relaxed);
-            Ok(n)
-        }
+        Ok(n) => count_direct(Ok(n), stats),
         // No route to the new address on this interface: the client still
         // hears a broadcast.
         Err(_) => {
@@ -747,6 +758,13 @@ async fn send_direct(r: &Reply, interface: &str, mac: [u8; 6], stats: &DhcpStats
             r.socket.send_to(&r.bytes, broadcast).await
         }
     }
+}
+
+fn count_direct(sent: std::io::Result<usize>, stats: &DhcpStats) -> std::io::Result<usize> {
+    if sent.is_ok() {
+        stats.unicast_direct.fetch_add(1, Relaxed);
+    }
+    sent
 }
 
 fn open_socket(interface: &str, port: u16) -> std::io::Result<UdpSocket> {

@@ -584,8 +584,9 @@ fn answer(v: &Validators, body: Body, method: &Method, headers: &HeaderMap) -> R
             (status, h, bytes.slice(begin..end)).into_response()
         }
         Body::File(mut file) => {
-            // A seek on an open regular file does no I/O.
-            if start > 0 && std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).is_err() {
+            // Always: a file that grew while being read was read to its
+            // end. A seek on an open regular file does no I/O.
+            if std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).is_err() {
                 return plain(StatusCode::INTERNAL_SERVER_ERROR, "seek failed");
             }
             let file = tokio::fs::File::from_std(file);

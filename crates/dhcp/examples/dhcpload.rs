@@ -11,16 +11,22 @@
 //! ```
 //!
 //! Exchange `i` is client `i % CLIENTS` (its MAC is the prefix and the
-//! client number), with transaction id `i`. Each OFFER is answered with a
-//! REQUEST at once; an exchange counts when its ACK arrives within a
-//! second after the offered period. The last line says what happened:
-//! `discovers D offers O acks A lost L% rate R` (R = ACKs ÷ SECS).
+//! client number), with transaction id `i`. Each OFFER that comes within
+//! 1 s of its DISCOVER is answered with a REQUEST at once (perfdhcp's drop
+//! time); an exchange counts when its ACK comes within 2 s of its
+//! DISCOVER, and replies are awaited 2 s past the offered period. The last
+//! line says what happened: `discovers D offers O acks A lost L% rate R`
+//! (R = ACKs ÷ SECS).
 
 use plinth_dhcp::{Message, MessageType, code};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+/// An OFFER later than this after its DISCOVER is too late (perfdhcp's
+/// default drop time), and so is an ACK later than twice this.
+const DROP_MS: u32 = 1000;
 
 const SENT: u8 = 1;
 const REQUESTED: u8 = 2;
@@ -98,13 +104,15 @@ fn main() {
     let socket = Arc::new(socket);
     let total = rate * secs;
     let state: Arc<Vec<AtomicU8>> = Arc::new((0..total).map(|_| AtomicU8::new(0)).collect());
+    // When each DISCOVER left, in ms from the start.
+    let sent_at: Arc<Vec<AtomicU32>> = Arc::new((0..total).map(|_| AtomicU32::new(0)).collect());
     let to = SocketAddrV4::new(server, 67);
     let start = Instant::now();
     let end = start + Duration::from_secs(secs);
 
     // The sender paces DISCOVERs to the offered rate.
     let sender = {
-        let (socket, state) = (socket.clone(), state.clone());
+        let (socket, state, sent_at) = (socket.clone(), state.clone(), sent_at.clone());
         std::thread::spawn(move || {
             let mut sent = 0u64;
             while sent < total {
@@ -112,6 +120,7 @@ fn main() {
                 while sent < due {
                     let bytes = request(MessageType::Discover, sent as u32, mac(sent), local, &[]);
                     state[sent as usize].store(SENT, Relaxed);
+                    sent_at[sent as usize].store(start.elapsed().as_millis() as u32, Relaxed);
                     let _ = socket.send_to(&bytes, to);
                     sent += 1;
                 }
@@ -123,13 +132,14 @@ fn main() {
 
     let (offers, acks) = (AtomicU64::new(0), AtomicU64::new(0));
     let mut buf = [0u8; 1500];
-    let grace = end + Duration::from_secs(1);
+    let grace = end + Duration::from_millis(u64::from(2 * DROP_MS));
     while Instant::now() < grace {
         let Ok((n, _)) = socket.recv_from(&mut buf) else { continue };
         let Ok(m) = Message::parse(&buf[..n]) else { continue };
         let Some(slot) = state.get(m.xid as usize) else { continue };
+        let age = (start.elapsed().as_millis() as u32).saturating_sub(sent_at[m.xid as usize].load(Relaxed));
         match m.message_type() {
-            Some(MessageType::Offer) if slot.load(Relaxed) == SENT => {
+            Some(MessageType::Offer) if slot.load(Relaxed) == SENT && age <= DROP_MS => {
                 offers.fetch_add(1, Relaxed);
                 slot.store(REQUESTED, Relaxed);
                 let mut extra = vec![(code::REQUESTED_IP, m.yiaddr.octets().to_vec())];
@@ -139,7 +149,7 @@ fn main() {
                 let bytes = request(MessageType::Request, m.xid, mac(u64::from(m.xid)), local, &extra);
                 let _ = socket.send_to(&bytes, to);
             }
-            Some(MessageType::Ack) if slot.load(Relaxed) == REQUESTED => {
+            Some(MessageType::Ack) if slot.load(Relaxed) == REQUESTED && age <= 2 * DROP_MS => {
                 slot.store(ACKED, Relaxed);
                 acks.fetch_add(1, Relaxed);
             }

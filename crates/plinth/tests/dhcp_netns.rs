@@ -520,6 +520,15 @@ fn replies_to_clients_without_an_address_are_unicast_unless_they_ask_for_broadca
     // The ARP entry the server set for the unicast is gone once it is out.
     let neigh = lab.srv.exec(&["ip", "neigh", "show", "to", &ip, "dev", "vs0"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&neigh.stdout).trim(), "", "no ARP entry left for {ip}");
+    // An entry the host already has for the address, naming another MAC,
+    // is neither used nor replaced: the reply is broadcast.
+    lab.srv.ip(&["neigh", "replace", &ip, "lladdr", "02:00:00:00:00:99", "nud", "permanent", "dev", "vs0"]);
+    let (seen, again) = udhcpc_watched(&lab, &[]);
+    assert_eq!(again, ip, "the same address again");
+    assert!(seen.iter().all(|(eth, _)| eth == "ff:ff:ff:ff:ff:ff"), "broadcast past a foreign entry: {seen:?}");
+    let neigh = lab.srv.exec(&["ip", "neigh", "show", "to", &ip, "dev", "vs0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&neigh.stdout).contains("02:00:00:00:00:99"), "the entry is untouched");
+    lab.srv.ip(&["neigh", "del", &ip, "dev", "vs0"]);
     // With the flag (-B), broadcast.
     let (seen, _) = udhcpc_watched(&lab, &["-B"]);
     assert!(seen.len() >= 2, "{seen:?}");
