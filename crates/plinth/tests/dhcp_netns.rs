@@ -43,6 +43,12 @@ fn lab_as(subnets: &[Value], wrapper: &[&str]) -> Lab {
     Lab { srv, cli, server, _dir: dir }
 }
 
+/// The MAC of the client side's interface.
+fn client_mac(lab: &Lab) -> String {
+    let out = lab.cli.exec(&["cat", "/sys/class/net/vc0/address"]).output().unwrap().stdout;
+    String::from_utf8(out).unwrap().trim().to_owned()
+}
+
 fn leases(lab: &Lab) -> Vec<Value> {
     serde_json::from_str(&ok(lab.server.cli(&["leases", "list", "-o", "json"], None))).unwrap()
 }
@@ -164,10 +170,7 @@ fn dhclient_gets_a_lease_and_a_reservation_wins() {
         return;
     }
     let lab = lab(&[lab_subnet()]);
-    let mac = String::from_utf8(lab.cli.exec(&["cat", "/sys/class/net/vc0/address"]).output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let mac = client_mac(&lab);
     ok(lab.server.cli(
         &[
             "reservations",
@@ -508,10 +511,7 @@ fn replies_to_clients_without_an_address_are_unicast_unless_they_ask_for_broadca
         return;
     }
     let lab = lab(&[lab_subnet()]);
-    let mac = String::from_utf8(lab.cli.exec(&["cat", "/sys/class/net/vc0/address"]).output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let mac = client_mac(&lab);
     // udhcpc sets no broadcast flag: the OFFER and the ACK go to its MAC
     // and to the address being given, as RFC 2131 §4.1 says.
     let (seen, ip) = udhcpc_watched(&lab, &[]);

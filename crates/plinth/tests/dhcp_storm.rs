@@ -79,19 +79,6 @@ impl Storm {
     }
 }
 
-/// `(sent, received)` of one perfdhcp exchange section (`DISCOVER-OFFER`, `REQUEST-ACK`).
-fn counts(text: &str, section: &str) -> (u64, u64) {
-    let mut lines = text.lines().skip_while(|l| !l.contains(section));
-    let mut get = |what: &str| {
-        lines
-            .by_ref()
-            .find_map(|l| l.trim().strip_prefix(what).and_then(|n| n.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("no `{what}` under {section} in perfdhcp output: {text}"))
-    };
-    let sent = get("sent packets:");
-    (sent, get("received packets:"))
-}
-
 fn output(child: std::process::Child) -> String {
     let o = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
@@ -133,8 +120,8 @@ fn under_a_storm_requests_go_first_discovers_are_shed_and_every_ack_is_durable()
     let stats =
         server.log.lock().unwrap().iter().rfind(|l| l.contains("dhcp: overloaded")).cloned().unwrap_or_default();
     let text = format!("{text}\nserver: {stats}");
-    let (discovers, offers) = counts(&text, "DISCOVER-OFFER");
-    let (requests, acks) = counts(&text, "REQUEST-ACK");
+    let (discovers, offers) = common::perfdhcp_counts(&text, "DISCOVER-OFFER");
+    let (requests, acks) = common::perfdhcp_counts(&text, "REQUEST-ACK");
     assert!(offers * 10 < discovers * 9, "an overload: over 10 % of DISCOVERs go unanswered: {text}");
     assert!(requests > 500, "exchanges went on under the storm: {text}");
     // (perfdhcp misses a few replies of its own: it counts one as lost

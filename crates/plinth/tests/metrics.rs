@@ -15,19 +15,6 @@ use std::time::{Duration, Instant};
 const SUBNET: &str = r#"{"name": "m", "cidr": "10.67.0.0/16", "range_start": "10.67.1.0", "range_end": "10.67.255.254",
     "interface": "vs0", "lease_secs": 3600, "unknown_share": 100}"#;
 
-/// perfdhcp's counts of one exchange step: (sent, received).
-fn counts(text: &str, section: &str) -> (u64, u64) {
-    let mut lines = text.lines().skip_while(|l| !l.contains(section));
-    let mut get = |what: &str| -> u64 {
-        lines
-            .by_ref()
-            .find_map(|l| l.trim().strip_prefix(what).and_then(|n| n.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("no `{what}` under {section} in perfdhcp output: {text}"))
-    };
-    let sent = get("sent packets:");
-    (sent, get("received packets:"))
-}
-
 /// The value of an instant query through Prometheus's HTTP API (in the
 /// server's namespace), once it has one.
 fn query(srv: &Netns, q: &str) -> f64 {
@@ -145,8 +132,8 @@ fn prometheus_scrapes_dhcp_api_and_machine_series_during_a_storm() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (discovers, offers) = counts(&text, "DISCOVER-OFFER");
-    let (_, acks) = counts(&text, "REQUEST-ACK");
+    let (discovers, offers) = common::perfdhcp_counts(&text, "DISCOVER-OFFER");
+    let (_, acks) = common::perfdhcp_counts(&text, "REQUEST-ACK");
     assert!(acks > 500, "the storm got leases: {text}");
     // Let two scrapes land after the storm.
     std::thread::sleep(Duration::from_secs(3));

@@ -12,6 +12,20 @@ use std::time::Duration;
 pub mod lab;
 pub mod netns;
 
+/// perfdhcp's counts of one exchange step (`DISCOVER-OFFER`,
+/// `REQUEST-ACK`) in its output: (sent, received).
+pub fn perfdhcp_counts(text: &str, section: &str) -> (u64, u64) {
+    let mut lines = text.lines().skip_while(|l| !l.contains(section));
+    let mut get = |what: &str| -> u64 {
+        lines
+            .by_ref()
+            .find_map(|l| l.trim().strip_prefix(what).and_then(|n| n.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no `{what}` under {section} in perfdhcp output: {text}"))
+    };
+    let sent = get("sent packets:");
+    (sent, get("received packets:"))
+}
+
 /// Whether `tool` (a command or a file path) is installed. In CI a missing
 /// tool is a failure; on a developer machine the test says so and passes.
 pub fn have(tool: &str) -> bool {
